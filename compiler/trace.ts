@@ -1,0 +1,45 @@
+// Tracing: run the model's ordinary TypeScript with symbolic tensors whose ops append graph nodes.
+// Each node remembers the model line that created it.
+
+import { GraphBuilder, type Graph } from './ir.ts';
+import { GraphOpBuilder } from './ops.ts';
+import { ParamScope, type ModelDefinition, type ModelShape, type ParamSpec } from './nn.ts';
+import { callerLocation } from './source-loc.ts';
+import { Tensor, TraceError } from './tensor.ts';
+
+export interface TracedModel {
+  graph: Graph;
+  /** Parameters in graph-input order, with how each is initialised. */
+  params: ParamSpec[];
+}
+
+export interface TraceOptions {
+  /** Override the preset's batch size (the graph's static batch dimension). */
+  batchSize?: number;
+  /** Override the sequence length (defaults to the preset's context). */
+  seqLen?: number;
+}
+
+/** Trace the training forward pass: inputs `idx` and `targets` (i32 [B, T]) and parameters; output `loss`. */
+export function traceForward<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions = {}): TracedModel {
+  const B = opts.batchSize ?? config.batchSize;
+  const T = opts.seqLen ?? config.blockSize;
+  const graph = new GraphBuilder(`${def.name}_forward`);
+  const builder = new GraphOpBuilder(graph);
+  builder.locate = callerLocation;
+
+  const idx = new Tensor(builder, builder.input('idx', [B, T], 'i32', false));
+  const targets = new Tensor(builder, builder.input('targets', [B, T], 'i32', false));
+  const params: ParamSpec[] = [];
+  const scope = new ParamScope((spec) => {
+    if (params.some((p) => p.name === spec.name)) throw new TraceError(`parameter ${spec.name} is declared twice`);
+    params.push(spec);
+    return new Tensor(builder, builder.input(spec.name, [...spec.shape], 'f32', true));
+  });
+
+  const { loss } = def.create(scope, config).forward(idx, targets);
+  if (!loss) throw new TraceError(`${def.name}: forward(idx, targets) returned no loss`);
+  if (loss.size !== 1) throw new TraceError(`${def.name}: the loss must be a scalar, got shape [${loss.shape}]`);
+  graph.rename(loss.value as number, 'loss');
+  return { graph: graph.build([loss.value as number]), params };
+}
