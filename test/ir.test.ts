@@ -1,0 +1,88 @@
+// The text form: a stable printer and a parser that gives it back, and the tracer's source lines.
+
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { buildJointGraph } from '../compiler/autograd.ts';
+import { parseGraph } from '../compiler/parser.ts';
+import { printGraph } from '../compiler/printer.ts';
+import { traceForward } from '../compiler/trace.ts';
+import { Tensor, TraceError } from '../compiler/tensor.ts';
+import { model } from '../models/gpt.ts';
+import { evaluate } from '../runtime/reference.ts';
+
+describe('IR text form', () => {
+  it('print → parse → print is the identity on the full GPT-2 joint graph', () => {
+    const joint = buildJointGraph(traceForward(model, model.presets.gpt2).graph);
+    const text = printGraph(joint);
+    expect(joint.nodes.length).toBeGreaterThan(3000);
+    expect(printGraph(parseGraph(text))).toBe(text);
+  });
+
+  it('parses hand-written IR and evaluates it', () => {
+    const g = parseGraph(`
+graph axpy(%a: f32[2,2] param, %x: f32[2,2]) {
+  %s: f32[2,2] = const {value=3}
+  %0: f32[2,2] = mul %s, %a     # hand.ir:3
+  %y: f32[2,2] = add %0, %x
+  %t: f32[1,2] = sum %y {axis=0}
+  return %t
+}`);
+    expect(g.nodes[3].loc).toBe('hand.ir:3');
+    const [t] = evaluate(g, { a: [1, 2, 3, 4], x: [10, 20, 30, 40] });
+    expect(Array.from(t.data)).toEqual([3 + 10 + 9 + 30, 6 + 20 + 12 + 40]);
+  });
+
+  it.each([
+    ['graph g(%x: f32[2]) {\n  %y: f32[3] = exp %x\n  return %y\n}', /line 2: exp: declared f32\[3\] but computes f32\[2\]/],
+    ['graph g(%x: f32[2]) {\n  %y: f32[2] = exp %z\n  return %y\n}', /line 2: %z is used before it is defined/],
+    ['graph g(%x: f32[2]) {\n  %y: f32[2] = frobnicate %x\n  return %y\n}', /line 2: frobnicate: unknown op/],
+    ['graph g(%x: f64[2]) {\n  return %x\n}', /line 1: expected a type like f32\[4,64\]/],
+    ['graph g(%x: f32[2]) {\n  %y: f32[2] = exp %x\n', /missing 'return'/],
+  ])('reports bad IR with its line: %#', (text, message) => {
+    expect(() => parseGraph(text)).toThrow(message);
+  });
+});
+
+describe('tracing', () => {
+  it('every op of the GPT-2 forward graph names its models/gpt.ts line', () => {
+    const text = printGraph(traceForward(model, model.presets.gpt2).graph);
+    const opLines = text.split('\n').filter((l) => / = /.test(l));
+    expect(opLines.length).toBeGreaterThan(1000);
+    for (const line of opLines) expect(line).toMatch(/# models\/gpt\.ts:\d+$/);
+  });
+
+  /** Line number of the line in this file containing `marker`. */
+  const lineOf = (marker: string) => readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').findIndex((l) => l.includes(marker) && !l.includes('lineOf(')) + 1;
+
+  it('a traced value used as a host value is an error naming the model line', () => {
+    const broken = {
+      ...model,
+      create: () => ({
+        forward: (idx: Tensor) => {
+          const s = idx.cast('f32').sum();
+          if ((s as unknown as number) > 0) return { logits: s, loss: s }; // HOST-COMPARE
+          return { logits: s, loss: s };
+        },
+      }),
+    };
+    expect(() => traceForward(broken, model.presets.tiny)).toThrow(TraceError);
+    expect(() => traceForward(broken, model.presets.tiny)).toThrow(new RegExp(`^test/ir\\.test\\.ts:${lineOf('HOST-COMPARE')}: using it as a JavaScript number`));
+  });
+
+  it('reading a traced tensor is an error naming the model line', async () => {
+    let pending: Promise<unknown> | undefined;
+    const probe = {
+      ...model,
+      create: () => ({
+        forward: (idx: Tensor) => {
+          const loss = idx.cast('f32').sum();
+          pending = loss.data(); // HOST-READ
+          return { logits: idx, loss };
+        },
+      }),
+    };
+    traceForward(probe, model.presets.tiny);
+    await expect(pending).rejects.toThrow(new RegExp(`^test/ir\\.test\\.ts:${lineOf('HOST-READ')}: reading the value of a traced tensor`));
+  });
+});
