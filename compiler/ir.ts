@@ -74,6 +74,7 @@ export class GraphBuilder {
   }
 
   build(outputs: number[]): Graph {
-    return { name: this.graphName, nodes: this.nodes, outputs };
+    // A snapshot: nodes added to the builder later do not change a graph already built.
+    return { name: this.graphName, nodes: [...this.nodes], outputs: [...outputs] };
   }
 }

@@ -73,6 +73,7 @@ export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?:
       normAxis(op, attrs.axis as number, out.shape.length);
     }
     if (op === 'const' && typeof attrs.value !== 'number') fail(op, 'needs {value}');
+    if (op === 'const' && out.dtype === 'i32' && !Number.isInteger(attrs.value)) fail(op, 'i32 constant must be an integer');
   } else if (op === 'cast') {
     need(1);
     out = { shape: ins[0].shape, dtype: decl().dtype };
@@ -153,6 +154,7 @@ export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?:
     const [idx, src] = ins;
     const s = decl().shape;
     if (idx.dtype !== 'i32') fail(op, 'indices must be i32');
+    if (src.dtype !== 'f32') fail(op, 'src must be f32');
     if (!sameShape(src.shape, [...idx.shape, ...s.slice(1)])) fail(op, `src ${fmt(src.shape)} does not match indices ${fmt(idx.shape)} and rows of ${fmt(s)}`);
     out = { shape: s, dtype: src.dtype };
   } else {
@@ -182,7 +184,7 @@ export class Ops<V> {
 
   full = (value: number, shape: Shape, dtype: DType = 'f32'): V => this.b.emit('const', [], { value }, { shape, dtype });
   fullLike = (value: number, like: V): V => this.full(value, this.shape(like), this.dtype(like));
-  iota = (shape: Shape, axis: number): V => this.b.emit('iota', [], { axis }, { shape, dtype: 'i32' });
+  iota = (shape: Shape, axis: number): V => this.b.emit('iota', [], { axis: axis < 0 ? axis + shape.length : axis }, { shape, dtype: 'i32' });
   cast = (x: V, dtype: DType): V => this.b.emit('cast', [x], {}, { shape: this.shape(x), dtype });
 
   unary = (op: UnaryOp, x: V): V => this.b.emit(op, [x]);
@@ -200,16 +202,17 @@ export class Ops<V> {
   max = (a: V, b: V) => this.binary('max', a, b);
   where = (c: V, a: V, b: V): V => this.b.emit('where', [c, a, b]);
 
-  sum = (x: V, axis: number): V => this.b.emit('sum', [x], { axis: axis < 0 ? axis + this.shape(x).length : axis });
-  maxReduce = (x: V, axis: number): V =>
-    this.b.emit('max_reduce', [x], { axis: axis < 0 ? axis + this.shape(x).length : axis });
+  /** Axes are stored non-negative, so passes and kernels never see -1. */
+  private axis = (x: V, axis: number) => (axis < 0 ? axis + this.shape(x).length : axis);
+  sum = (x: V, axis: number): V => this.b.emit('sum', [x], { axis: this.axis(x, axis) });
+  maxReduce = (x: V, axis: number): V => this.b.emit('max_reduce', [x], { axis: this.axis(x, axis) });
 
   reshape = (x: V, shape: Shape): V => (sameShape(this.shape(x), shape) ? x : this.b.emit('reshape', [x], {}, { shape, dtype: this.dtype(x) }));
   permute = (x: V, perm: number[]): V => (perm.every((p, i) => p === i) ? x : this.b.emit('permute', [x], { perm }));
   broadcast = (x: V, shape: Shape): V =>
     sameShape(this.shape(x), shape) ? x : this.b.emit('broadcast', [x], {}, { shape, dtype: this.dtype(x) });
-  slice = (x: V, axis: number, start: number, end: number): V => this.b.emit('slice', [x], { axis, start, end });
-  pad = (x: V, axis: number, before: number, after: number): V => this.b.emit('pad', [x], { axis, before, after });
+  slice = (x: V, axis: number, start: number, end: number): V => this.b.emit('slice', [x], { axis: this.axis(x, axis), start, end });
+  pad = (x: V, axis: number, before: number, after: number): V => this.b.emit('pad', [x], { axis: this.axis(x, axis), before, after });
   matmul = (a: V, b: V, transA = false, transB = false): V => {
     const attrs: Attrs = {};
     if (transA) attrs.transA = true;
@@ -221,6 +224,7 @@ export class Ops<V> {
 
   /** Sum `x` down to `shape` (same rank; every axis of `shape` is 1 or equal): the VJP of broadcast. */
   sumTo = (x: V, shape: Shape): V => {
+    if (shape.length !== this.shape(x).length) throw new IRError(`sumTo: rank of [${this.shape(x)}] differs from [${shape}]`);
     let y = x;
     this.shape(x).forEach((d, i) => {
       if (shape[i] === 1 && d !== 1) y = this.sum(y, i);
@@ -247,7 +251,7 @@ export class GraphOpBuilder implements OpBuilder<number> {
   emit(op: string, inputs: number[], attrs: Attrs = {}, type?: ValueType): number {
     const t = inferType(op, inputs.map((i) => this.typeOf(i)), attrs, type);
     const loc = this.locate();
-    return this.graph.add({ op, inputs, shape: [...t.shape], dtype: t.dtype, attrs, ...(loc ? { loc } : {}) });
+    return this.graph.add({ op, inputs: [...inputs], shape: [...t.shape], dtype: t.dtype, attrs: { ...attrs }, ...(loc ? { loc } : {}) });
   }
 
   input(name: string, shape: Shape, dtype: DType, trainable: boolean): number {
