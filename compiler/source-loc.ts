@@ -12,7 +12,7 @@ function frameFile(frame: string): { file: string; line: number } | undefined {
   const m = /\(?((?:file:\/\/)?[^()\s]+?):(\d+):\d+\)?\s*$/.exec(frame);
   if (!m) return undefined;
   let file = m[1];
-  if (file.startsWith('file://')) file = fileURLToPath(file);
+  if (file.startsWith('file://')) file = fileURLToPath(file.replace(/\?.*$/, ''));
   return { file, line: Number(m[2]) };
 }
 
@@ -28,8 +28,13 @@ export function callerLocation(): string | undefined {
   for (const frame of stack.split('\n').slice(1)) {
     const f = frameFile(frame);
     if (!f || isFramework(f.file) || !path.isAbsolute(f.file)) continue;
-    const rel = path.relative(process.cwd(), f.file);
-    return `${rel.startsWith('..') ? f.file : rel.split(path.sep).join('/')}:${f.line}`;
+    return `${displayPath(f.file)}:${f.line}`;
   }
   return undefined;
+}
+
+/** A path as people read it: relative to the working directory when under it, else absolute. */
+export function displayPath(file: string): string {
+  const rel = path.relative(process.cwd(), file);
+  return rel.startsWith('..') || path.isAbsolute(rel) ? file : rel.split(path.sep).join('/');
 }

@@ -24,7 +24,9 @@ export const presets: Record<string, GPTConfig> = {
 class CausalSelfAttention {
   cAttn: Linear; // q, k, v projections for all heads, in one matrix
   cProj: Linear;
-  constructor(p: ParamScope, private readonly config: GPTConfig) {
+  nHead: number;
+  constructor(p: ParamScope, config: GPTConfig) {
+    this.nHead = config.nHead;
     this.cAttn = new Linear(p.child('c_attn'), config.nEmbd, 3 * config.nEmbd, { bias: config.bias });
     // GPT-2 scales the init of residual projections by 1/sqrt(2 * nLayer).
     this.cProj = new Linear(p.child('c_proj'), config.nEmbd, config.nEmbd, { bias: config.bias, std: 0.02 / Math.sqrt(2 * config.nLayer) });
@@ -32,8 +34,7 @@ class CausalSelfAttention {
 
   forward(x: Tensor): Tensor {
     const [B, T, C] = x.shape;
-    const nHead = this.config.nHead;
-    const heads = (t: Tensor) => t.view(B, T, nHead, C / nHead).transpose(1, 2); // (B, nh, T, hs)
+    const heads = (t: Tensor) => t.view(B, T, this.nHead, C / this.nHead).transpose(1, 2); // (B, nh, T, hs)
     const [q, k, v] = this.cAttn.forward(x).split(C, 2).map(heads);
 
     let att = q.matmul(k.transpose(-2, -1)).mul(1 / Math.sqrt(k.shape[3]));
@@ -82,7 +83,9 @@ export class GPT {
   h: Block[];
   lnF: LayerNorm;
   lmHead: Linear;
-  constructor(p: ParamScope, readonly config: GPTConfig) {
+  config: GPTConfig;
+  constructor(p: ParamScope, config: GPTConfig) {
+    this.config = config;
     this.wte = new Embedding(p.child('wte'), config.vocabSize, config.nEmbd);
     this.wpe = new Embedding(p.child('wpe'), config.blockSize, config.nEmbd);
     this.h = Array.from({ length: config.nLayer }, (_, i) => new Block(p.child('h').child(i), config));

@@ -70,6 +70,42 @@ describe('chotta-compile', () => {
     expect(debug.stderr).toMatch(/UsageError[\s\S]*\n\s+at /);
   });
 
+  it('control flow on a boolean tensor in a model file is an error naming its line', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-'));
+    const file = path.join(dir, 'branchy.ts');
+    const nn = path.join(root, 'compiler/nn.ts');
+    fs.writeFileSync(
+      file,
+      [
+        `import { defineModel, type Tensor } from ${JSON.stringify(nn)};`,
+        'export const model = defineModel({',
+        "  name: 'branchy', defaultPreset: 'one',",
+        '  presets: { one: { vocabSize: 4, blockSize: 2, batchSize: 1 } },',
+        '  create: () => ({',
+        '    forward(idx: Tensor, targets?: Tensor) {',
+        "      const s = idx.cast('f32').sum();",
+        '      const loss = targets ? s : s.neg(); // an optional tensor: fine',
+        '      if (s.gt(0)) return { logits: s, loss }; // a condition on values: line 9',
+        '      return { logits: s, loss };',
+        '    },',
+        '  }),',
+        '});',
+      ].join('\n'),
+    );
+    const r = chottaCompile([file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^chotta-compile: ${file.replace(/[.\\/]/g, '\\$&')}:9: control flow on a boolean tensor`));
+  });
+
+  it('TypeScript that cannot be erased (an enum) is one clear line naming the line', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-'));
+    const file = path.join(dir, 'enum.ts');
+    fs.writeFileSync(file, 'const a = 1;\nexport enum Size { Small, Large }\n');
+    const r = chottaCompile([file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`chotta-compile: ${file}:2: TypeScript syntax that cannot be erased (an enum, namespace or constructor parameter property); model files use plain, erasable TypeScript, as Node type stripping requires\n`);
+  });
+
   it('--help describes the options', () => {
     const r = chottaCompile(['--help']);
     expect(r.code).toBe(0);
