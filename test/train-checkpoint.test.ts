@@ -1,0 +1,199 @@
+import { afterEach, beforeEach, describe, it, expect, vi } from 'vitest';
+import fs from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  loadCheckpoint,
+  readSafetensors,
+  saveCheckpoint,
+  writeSafetensors,
+  type Checkpoint,
+  type HostTensor,
+} from '../runtime/train/checkpoint.ts';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await fs.mkdtemp(join(tmpdir(), 'chotta-checkpoint-'));
+});
+afterEach(async () => {
+  vi.restoreAllMocks();
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+const tensor = (shape: number[], values: number[]): HostTensor => ({ shape, data: Float32Array.from(values) });
+
+/** A tiny GPT-2-named parameter set whose values depend on `seed`, with moments to match. */
+function tinyCheckpoint(step: number, seed = step): Checkpoint {
+  const shapes: [string, number[]][] = [
+    ['wte.weight', [5, 4]],
+    ['wpe.weight', [3, 4]],
+    ['h.0.ln_1.weight', [4]],
+    ['h.0.attn.c_attn.weight', [12, 4]],
+    ['h.0.attn.c_attn.bias', [12]],
+    ['ln_f.bias', [4]],
+  ];
+  const fill = (shape: number[], offset: number) =>
+    tensor(shape, Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => seed + offset + i / 8));
+  return {
+    parameters: new Map(shapes.map(([name, shape]) => [name, fill(shape, 0)])),
+    moments: {
+      m: new Map(shapes.map(([name, shape]) => [name, fill(shape, 0.25)])),
+      v: new Map(shapes.map(([name, shape]) => [name, fill(shape, 0.5)])),
+    },
+    state: {
+      step,
+      tokensSeen: step * 4096,
+      sampler: { seed: 1337, epoch: 0, cursor: step * 4, windowCount: 1000 },
+      rng: { dropout: 99 },
+      config: { nLayer: 1, nHead: 2, nEmbd: 4, vocabSize: 5, blockSize: 3, name: 'tiny' },
+      data: { path: 'data/wiki.bin', tokens: 1_000_001 },
+      lossHistory: [
+        { step: 0, trainLoss: 1.6, lr: 1e-4 },
+        { step: 1, trainLoss: 1.5, valLoss: 1.55, lr: 2e-4, tokensPerSecond: 1234 },
+      ],
+      extra: { note: 'hello' },
+    },
+  };
+}
+
+describe('safetensors', () => {
+  it('writes the format byte for byte', async () => {
+    const path = join(dir, 'tiny.safetensors');
+    await writeSafetensors(path, new Map([['a', tensor([2], [1, 2])], ['b', tensor([1, 1], [-0.5])]]), { format: 'pt' });
+    const json =
+      '{"__metadata__":{"format":"pt"},' +
+      '"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' +
+      '"b":{"dtype":"F32","shape":[1,1],"data_offsets":[8,12]}}';
+    expect(json.length).toBe(141); // padded with 3 spaces to 144, a multiple of 8
+    const expected = Buffer.concat([
+      Buffer.from([144, 0, 0, 0, 0, 0, 0, 0]), // header length, u64 little-endian
+      Buffer.from(json + '   ', 'utf8'),
+      Buffer.from('0000803f' + '00000040' + '000000bf', 'hex'), // 1, 2, −0.5 as little-endian f32
+    ]);
+    expect((await fs.readFile(path)).equals(expected)).toBe(true);
+  });
+
+  it('round-trips tensors and metadata', async () => {
+    const path = join(dir, 'round.safetensors');
+    const tensors = new Map([
+      ['h.0.attn.c_attn.weight', tensor([3, 2], [1, -2, 3.5, 1e-30, -0, 7])],
+      ['scalar', tensor([], [42])],
+      ['empty', tensor([0, 3], [])],
+    ]);
+    await writeSafetensors(path, tensors, { nLayer: '12' });
+    const read = await readSafetensors(path);
+    expect(read.metadata).toEqual({ nLayer: '12' });
+    expect([...read.tensors.keys()]).toEqual([...tensors.keys()]);
+    for (const [name, t] of tensors) {
+      expect(read.tensors.get(name)!.shape).toEqual(t.shape);
+      expect(read.tensors.get(name)!.data).toEqual(t.data);
+    }
+  });
+
+  it('names the file and the problem when it is corrupt', async () => {
+    const path = join(dir, 'bad.safetensors');
+    await writeSafetensors(path, new Map([['a', tensor([4], [1, 2, 3, 4])]]));
+    const good = await fs.readFile(path);
+
+    await fs.writeFile(path, good.subarray(0, good.length - 4));
+    await expect(readSafetensors(path)).rejects.toThrow(`${path}: the tensors cover 16 bytes of data but the file holds 12`);
+
+    await fs.writeFile(path, good.subarray(0, 20));
+    await expect(readSafetensors(path)).rejects.toThrow(/header length \d+ does not fit in a file of 20 bytes/);
+
+    await fs.writeFile(path, Buffer.from(good.toString('latin1').replace('F32', 'F16'), 'latin1'));
+    await expect(readSafetensors(path)).rejects.toThrow('tensor a has dtype F16; only F32 is supported');
+
+    await fs.writeFile(path, Buffer.from([3, 0, 0, 0, 0, 0, 0, 0, 0x7b, 0x7b, 0x7b]));
+    await expect(readSafetensors(path)).rejects.toThrow('the header is not valid JSON');
+  });
+});
+
+describe('checkpoints', () => {
+  it('round-trips weights, moments and state', async () => {
+    const target = join(dir, 'ckpt');
+    const saved = tinyCheckpoint(7);
+    await saveCheckpoint(target, saved);
+    expect((await fs.readdir(target)).sort()).toEqual(['model.safetensors', 'optimizer.safetensors', 'state.json']);
+
+    const loaded = await loadCheckpoint(target);
+    expect(loaded.loadedFrom).toBe(target);
+    expect(loaded.parameters).toEqual(saved.parameters);
+    expect(loaded.moments).toEqual(saved.moments);
+    expect(loaded.state).toEqual(saved.state);
+
+    const model = await readSafetensors(join(target, 'model.safetensors'));
+    expect(model.metadata).toMatchObject({ nLayer: '1', nEmbd: '4', name: 'tiny' });
+    const optimizer = await readSafetensors(join(target, 'optimizer.safetensors'));
+    expect([...optimizer.tensors.keys()].slice(0, 2)).toEqual(['m.wte.weight', 'v.wte.weight']);
+  });
+
+  it('keeps the previous checkpoint loadable when the final rename fails', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const realRename = fs.rename;
+    const rename = vi.spyOn(fs, 'rename').mockImplementation(async (from, to) => {
+      if (to === target) throw new Error('simulated crash');
+      return realRename(from, to);
+    });
+    await expect(saveCheckpoint(target, tinyCheckpoint(2))).rejects.toThrow('simulated crash');
+    rename.mockRestore();
+
+    const recovered = await loadCheckpoint(target);
+    expect(recovered.state.step).toBe(1);
+    expect(recovered.parameters).toEqual(tinyCheckpoint(1).parameters);
+
+    // The next save completes the interrupted swap's work and leaves nothing behind.
+    await saveCheckpoint(target, tinyCheckpoint(3));
+    expect((await loadCheckpoint(target)).state.step).toBe(3);
+    expect(await fs.readdir(dir)).toEqual(['ckpt']);
+  });
+
+  it('leaves the previous checkpoint in place when writing the new one fails', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const realOpen = fs.open;
+    vi.spyOn(fs, 'open').mockImplementation(async (path, ...rest) => {
+      if (String(path).endsWith('optimizer.safetensors')) throw new Error('disk full');
+      return realOpen(path, ...rest);
+    });
+    await expect(saveCheckpoint(target, tinyCheckpoint(2))).rejects.toThrow('disk full');
+    vi.restoreAllMocks();
+    expect((await loadCheckpoint(target)).state.step).toBe(1);
+    expect(await fs.readdir(dir)).toEqual(['ckpt']);
+  });
+
+  it('says which file is missing or corrupt', async () => {
+    const target = join(dir, 'ckpt');
+    await expect(loadCheckpoint(target)).rejects.toThrow(`no checkpoint at ${target}`);
+
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    await fs.writeFile(join(target, 'state.json'), '{"step": 1,');
+    await expect(loadCheckpoint(target)).rejects.toThrow(`${join(target, 'state.json')}: not valid JSON`);
+
+    await fs.writeFile(join(target, 'state.json'), JSON.stringify({ ...tinyCheckpoint(1).state, step: -1 }));
+    await expect(loadCheckpoint(target)).rejects.toThrow('"step" is not a non-negative integer');
+
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const model = join(target, 'model.safetensors');
+    await fs.truncate(model, (await fs.stat(model)).size - 1);
+    await expect(loadCheckpoint(target)).rejects.toThrow(`${model}: the tensors cover`);
+
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    await fs.rm(join(target, 'optimizer.safetensors'));
+    await expect(loadCheckpoint(target)).rejects.toThrow('is incomplete: optimizer.safetensors is missing');
+  });
+
+  it('refuses moments that do not match the parameters', async () => {
+    const checkpoint = tinyCheckpoint(1);
+    checkpoint.moments.v.set('ln_f.bias', tensor([2], [0, 0]));
+    await expect(saveCheckpoint(join(dir, 'ckpt'), checkpoint)).rejects.toThrow('v.ln_f.bias has shape [2] but the parameter has [4]');
+
+    const target = join(dir, 'ckpt2');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const optimizer = await readSafetensors(join(target, 'optimizer.safetensors'));
+    optimizer.tensors.delete('m.wte.weight');
+    await writeSafetensors(join(target, 'optimizer.safetensors'), optimizer.tensors);
+    await expect(loadCheckpoint(target)).rejects.toThrow('no m.wte.weight for parameter wte.weight');
+  });
+});

@@ -1,0 +1,178 @@
+import { describe, it, expect } from 'vitest';
+import { accumulationSteps, batchRampFromTokens, learningRate } from '../runtime/train/schedule.ts';
+import { EpochSampler, fillBatch, windowCount } from '../runtime/train/sampler.ts';
+import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
+
+describe('learningRate (build-nanogpt get_lr)', () => {
+  // maxLr 6e-4, floor 6e-5, warmup 10 steps, cosine over steps 10..110.
+  const schedule = { maxLr: 6e-4, warmupSteps: 10, maxSteps: 110 };
+
+  it('warms up linearly from maxLr / warmupSteps at step 0', () => {
+    expect(learningRate(0, schedule)).toBeCloseTo(6e-5, 15);
+    expect(learningRate(4, schedule)).toBeCloseTo(3e-4, 15);
+    expect(learningRate(9, schedule)).toBeCloseTo(6e-4, 15);
+  });
+
+  it('starts the cosine at maxLr, is halfway at the middle and at the floor at the end', () => {
+    expect(learningRate(10, schedule)).toBeCloseTo(6e-4, 15);
+    // A quarter in: 6e-5 + ½(1 + cos(π/4))·5.4e-4.
+    expect(learningRate(35, schedule)).toBeCloseTo(6e-5 + 0.5 * (1 + Math.SQRT1_2) * 5.4e-4, 15);
+    expect(learningRate(60, schedule)).toBeCloseTo(3.3e-4, 15);
+    expect(learningRate(110, schedule)).toBeCloseTo(6e-5, 15);
+    expect(learningRate(5000, schedule)).toBeCloseTo(6e-5, 15);
+  });
+
+  it('honours minLrRatio and never increases after the warmup', () => {
+    expect(learningRate(500, { ...schedule, minLrRatio: 0 })).toBe(0);
+    let previous = Infinity;
+    for (let step = 10; step < 200; step++) {
+      const lr = learningRate(step, schedule);
+      expect(lr).toBeLessThanOrEqual(previous);
+      previous = lr;
+    }
+  });
+});
+
+describe('accumulationSteps (batch-size ramp)', () => {
+  const ramp = { startMicroBatches: 1, fullMicroBatches: 8, rampSteps: 14 };
+
+  it('ramps linearly in whole micro-batches and is full from rampSteps on', () => {
+    // start + floor(7·step / 14)
+    expect([0, 1, 2, 7, 13, 14, 15, 1000].map((s) => accumulationSteps(s, ramp))).toEqual([1, 1, 2, 4, 7, 8, 8, 8]);
+  });
+
+  it('is monotone non-decreasing and integer', () => {
+    let previous = 0;
+    for (let step = 0; step < 40; step++) {
+      const n = accumulationSteps(step, { startMicroBatches: 3, fullMicroBatches: 11, rampSteps: 25 });
+      expect(Number.isInteger(n)).toBe(true);
+      expect(n).toBeGreaterThanOrEqual(previous);
+      previous = n;
+    }
+    expect(previous).toBe(11);
+  });
+
+  it('without a ramp is always the full batch', () => {
+    expect(accumulationSteps(0, { startMicroBatches: 2, fullMicroBatches: 4, rampSteps: 0 })).toBe(4);
+  });
+
+  it('maps GPT-3 ramp in tokens to micro-batches and steps', () => {
+    // 32k → 0.5M tokens over 4B tokens with 16 × 1024-token micro-batches: 2 → 32 micro-batches,
+    // 17 micro-batches a step on average, 4e9 / (17 · 16384) = 14361.2 steps.
+    expect(
+      batchRampFromTokens({ startBatchTokens: 32_768, fullBatchTokens: 524_288, rampTokens: 4e9, microBatchTokens: 16_384 }),
+    ).toEqual({ startMicroBatches: 2, fullMicroBatches: 32, rampSteps: 14361 });
+  });
+});
+
+describe('EpochSampler', () => {
+  it('counts non-overlapping windows of T + 1 tokens', () => {
+    expect(windowCount(33, 8)).toBe(4);
+    expect(windowCount(32, 8)).toBe(3);
+    expect(windowCount(5, 8)).toBe(0);
+  });
+
+  it('yields every window once per epoch, in a different order each epoch', () => {
+    const sampler = new EpochSampler(10, 42);
+    const first = sampler.nextWindows(10);
+    expect(sampler.epoch).toBe(0);
+    const second = sampler.nextWindows(10);
+    expect(sampler.epoch).toBe(1);
+    const all = Array.from({ length: 10 }, (_, i) => i);
+    expect([...first].sort((a, b) => a - b)).toEqual(all);
+    expect([...second].sort((a, b) => a - b)).toEqual(all);
+    expect(second).not.toEqual(first);
+  });
+
+  it('is deterministic in the seed', () => {
+    expect(new EpochSampler(50, 7).nextWindows(120)).toEqual(new EpochSampler(50, 7).nextWindows(120));
+    expect(new EpochSampler(50, 7).nextWindows(50)).not.toEqual(new EpochSampler(50, 8).nextWindows(50));
+  });
+
+  it('resumes mid-epoch from its saved state exactly', () => {
+    const original = new EpochSampler(10, 3);
+    original.nextWindows(13); // one epoch and three windows into the next
+    const saved = JSON.parse(JSON.stringify(original.state()));
+    expect(saved).toEqual({ seed: 3, epoch: 1, cursor: 3, windowCount: 10 });
+    const resumed = EpochSampler.fromState(saved, 10);
+    expect(resumed.nextWindows(25)).toEqual(original.nextWindows(25));
+  });
+
+  it('refuses a saved state for different data', () => {
+    const saved = new EpochSampler(10, 3).state();
+    expect(() => EpochSampler.fromState(saved, 11)).toThrow(/10 windows but the data has 11/);
+  });
+
+  it('fills a batch of inputs and shifted targets', () => {
+    const tokens = Uint16Array.from({ length: 33 }, (_, i) => 100 + i);
+    const { idx, targets } = fillBatch(tokens, [2, 0], 8);
+    expect(Array.from(idx)).toEqual([116, 117, 118, 119, 120, 121, 122, 123, 100, 101, 102, 103, 104, 105, 106, 107]);
+    expect(Array.from(targets)).toEqual([117, 118, 119, 120, 121, 122, 123, 124, 101, 102, 103, 104, 105, 106, 107, 108]);
+    expect(() => fillBatch(tokens, [4], 8)).toThrow(/window 4 is out of range/);
+  });
+});
+
+describe('AdamW reference', () => {
+  it('does one update as torch.optim.AdamW, worked by hand', () => {
+    // Element 0, a decayed weight at step 3: p 0.5, g −0.2, m 0.1, v 0.01, lr 0.01, λ 0.1.
+    //   p ← 0.5 · (1 − 0.01·0.1)               = 0.4995
+    //   m ← 0.9·0.1 + 0.1·(−0.2)                = 0.07
+    //   v ← 0.95·0.01 + 0.05·0.04               = 0.0115
+    //   m̂ = 0.07 / (1 − 0.9³) = 0.07 / 0.271     = 0.2583026
+    //   v̂ = 0.0115 / (1 − 0.95³) = 0.0115 / 0.142625 = 0.0806310,  √v̂ = 0.2839560
+    //   p ← 0.4995 − 0.01 · 0.2583026 / 0.2839560 = 0.4995 − 0.0090966 = 0.4904034
+    const weight = Float32Array.of(0.5);
+    const weightM = Float32Array.of(0.1);
+    const weightV = Float32Array.of(0.01);
+    adamwUpdate(weight, Float32Array.of(-0.2), weightM, weightV, { lr: 0.01, step: 3 });
+    expect(weightM[0]).toBeCloseTo(0.07, 7);
+    expect(weightV[0]).toBeCloseTo(0.0115, 7);
+    expect(weight[0]).toBeCloseTo(0.4904034, 6);
+
+    // Element 1, a bias (no decay) with the gradient clipped by half: g = 0.3 · 0.5 = 0.15.
+    //   m ← 0.9·(−0.05) + 0.1·0.15 = −0.03,  v ← 0.95·0.004 + 0.05·0.0225 = 0.004925
+    //   m̂ = −0.03 / 0.271 = −0.1107011,  √v̂ = √(0.004925 / 0.142625) = 0.1858255
+    //   p ← 0.25 + 0.01 · 0.1107011 / 0.1858255 = 0.2559573
+    const bias = Float32Array.of(0.25);
+    const biasM = Float32Array.of(-0.05);
+    const biasV = Float32Array.of(0.004);
+    adamwUpdate(bias, Float32Array.of(0.3), biasM, biasV, { lr: 0.01, step: 3, weightDecay: 0, gradScale: 0.5 });
+    expect(biasM[0]).toBeCloseTo(-0.03, 7);
+    expect(biasV[0]).toBeCloseTo(0.004925, 7);
+    expect(bias[0]).toBeCloseTo(0.2559573, 6);
+  });
+
+  it('moves by about lr against the gradient on the first step', () => {
+    const p = Float32Array.of(1, 1);
+    adamwUpdate(p, Float32Array.of(3, -0.001), new Float32Array(2), new Float32Array(2), { lr: 0.1, step: 1, weightDecay: 0 });
+    expect(Array.from(p)).toEqual([expect.closeTo(0.9, 6), expect.closeTo(1.1, 5)]);
+  });
+
+  it('with a zero gradient only decays, and not at all with weightDecay 0', () => {
+    const decayed = Float32Array.of(2);
+    adamwUpdate(decayed, new Float32Array(1), new Float32Array(1), new Float32Array(1), { lr: 0.5, step: 1 });
+    expect(decayed[0]).toBeCloseTo(2 * (1 - 0.5 * 0.1), 6);
+    const kept = Float32Array.of(2);
+    adamwUpdate(kept, new Float32Array(1), new Float32Array(1), new Float32Array(1), { lr: 0.5, step: 1, weightDecay: 0 });
+    expect(kept[0]).toBe(2);
+  });
+
+  it('decays matrices and embeddings, not biases or layer norm parameters', () => {
+    expect(decays('wte.weight', [50304, 768])).toBe(true);
+    expect(decays('wpe.weight', [1024, 768])).toBe(true);
+    expect(decays('h.0.attn.c_attn.weight', [2304, 768])).toBe(true);
+    expect(decays('h.0.attn.c_attn.bias', [2304])).toBe(false);
+    expect(decays('h.0.ln_1.weight', [768])).toBe(false);
+    expect(decays('h.0.ln_1.bias', [768])).toBe(false);
+    expect(decays('ln_f.bias', [768])).toBe(false);
+  });
+
+  it('clips by the global norm as clip_grad_norm_', () => {
+    expect(globalNorm([Float32Array.of(3), Float32Array.of(0, 4)])).toBe(5);
+    expect(globalNorm([new Float32Array(1_000_000).fill(1)])).toBe(1000);
+    expect(clipFactor(5)).toBe(1 / (5 + 1e-6));
+    expect(clipFactor(5, 2)).toBe(2 / (5 + 1e-6));
+    expect(clipFactor(0.5)).toBe(1);
+    expect(clipFactor(0)).toBe(1);
+  });
+});
