@@ -1,0 +1,73 @@
+// Pieces every WGSL kernel shares: how each dtype is stored, how constants are spelled, how a flat
+// index is spread over a grid of workgroups. Shapes are baked into the shader text as constants, so
+// one pipeline serves one shape (pipelines are cached by text).
+
+import type { DType } from '../ir.ts';
+
+/** One compute kernel: WGSL text plus how to bind and launch it. */
+export interface KernelSpec {
+  /** Short human name (`matmul_1024x384x128`), shown in profiles and dumps. */
+  name: string;
+  wgsl: string;
+  /** Number of read-only inputs; they are bindings 0..n-1, the output is binding n. */
+  inputCount: number;
+  workgroups: [number, number, number];
+  /** The output must start as zeros (scatter_add accumulates into it). */
+  zeroOutput?: boolean;
+}
+
+/** bool is stored as u32 0/1: WGSL has no 1-byte storage type. */
+export const storageType = (d: DType): string => (d === 'f32' ? 'f32' : d === 'i32' ? 'i32' : 'u32');
+export const bytesPerElement = (_: DType): number => 4;
+
+/**
+ * A numeric constant in WGSL. WGSL has no infinity literal and implementations may assume
+ * arithmetic never produces one, so ±inf is spelled as ±f32 max: a causal mask of -f32max still
+ * gives exp(x - max) = 0 and leaves the row maximum untouched.
+ */
+export function literal(v: number, d: DType): string {
+  if (d === 'bool') return v ? '1u' : '0u';
+  if (d === 'i32') return `${Math.trunc(v)}i`;
+  if (Number.isNaN(v)) throw new Error('NaN constants cannot be spelled in WGSL');
+  if (!Number.isFinite(v)) return v > 0 ? 'bitcast<f32>(0x7f7fffffu)' : 'bitcast<f32>(0xff7fffffu)';
+  const s = Math.fround(v).toPrecision(9);
+  return /[.e]/.test(s) ? `${s}f` : `${s}.0f`;
+}
+
+export const WORKGROUP_SIZE = 256;
+const MAX_GROUPS_PER_DIM = 65535;
+
+/** Enough workgroups of WORKGROUP_SIZE threads for `n` threads, folded into 2-D past the per-dimension limit. */
+export function flatGrid(n: number): [number, number, number] {
+  const groups = Math.max(1, Math.ceil(n / WORKGROUP_SIZE));
+  const x = Math.min(groups, MAX_GROUPS_PER_DIM);
+  return [x, Math.ceil(groups / x), 1];
+}
+
+/** Declarations of the bindings: inputs read-only, the output read-write. */
+export function bindings(inputs: DType[], output: DType, outputAtomic = false): string {
+  const lines = inputs.map((d, i) => `@group(0) @binding(${i}) var<storage, read> in${i}: array<${storageType(d)}>;`);
+  const outElem = outputAtomic ? 'atomic<u32>' : storageType(output);
+  lines.push(`@group(0) @binding(${inputs.length}) var<storage, read_write> out: array<${outElem}>;`);
+  return lines.join('\n');
+}
+
+/** A kernel with one thread per element `i` in [0, n): the body sees `i`. */
+export function flatKernel(decls: string, n: number, body: string): string {
+  const [x] = flatGrid(n);
+  return `${decls}
+
+@compute @workgroup_size(${WORKGROUP_SIZE})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * ${x}u + wid.x) * ${WORKGROUP_SIZE}u + lid;
+  if (i >= ${n}u) { return; }
+${body}
+}
+`;
+}
+
+export function stridesOf(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length).fill(1);
+  for (let i = shape.length - 2; i >= 0; i--) s[i] = s[i + 1] * shape[i + 1];
+  return s;
+}

@@ -1,0 +1,189 @@
+// Eager execution: every op runs as soon as it is called, as one WGSL dispatch. Dispatches are
+// recorded into one command encoder and submitted only when the host needs a value (or the caller
+// flushes), so a training step never waits on the GPU in the middle. With a tape attached, every
+// op is also recorded for the backward pass, which replays the VJP rules of compiler/autograd.ts
+// through this same backend.
+
+import type { TapeEntry } from '../compiler/autograd.ts';
+import { primitiveKernel } from '../compiler/codegen/primitives.ts';
+import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
+import { numel, type Attrs, type DType, type Shape } from '../compiler/ir.ts';
+import { inferType, type ValueType } from '../compiler/ops.ts';
+import type { TensorBackend } from '../compiler/tensor.ts';
+import type { GpuContext } from './device.ts';
+
+export interface EagerValue {
+  buffer: GPUBuffer;
+  shape: Shape;
+  dtype: DType;
+  bytes: number;
+}
+
+const USAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+/**
+ * Free buffers by size class (powers of two from 256 bytes), so a training step reuses last step's
+ * buffers instead of allocating new ones. GPU work runs in submission order, so a buffer released
+ * after its last use may be handed out again at once.
+ */
+class BufferPool {
+  private readonly free = new Map<number, GPUBuffer[]>();
+  allocatedBytes = 0;
+  constructor(private readonly device: GPUDevice) {}
+
+  static sizeClass(bytes: number): number {
+    return Math.max(256, 2 ** Math.ceil(Math.log2(Math.max(bytes, 1))));
+  }
+
+  acquire(bytes: number): GPUBuffer {
+    const size = BufferPool.sizeClass(bytes);
+    const reused = this.free.get(size)?.pop();
+    if (reused) return reused;
+    this.allocatedBytes += size;
+    return this.device.createBuffer({ size, usage: USAGE() });
+  }
+
+  release(buffer: GPUBuffer): void {
+    const list = this.free.get(buffer.size) ?? [];
+    list.push(buffer);
+    this.free.set(buffer.size, list);
+  }
+}
+
+export class EagerBackend implements TensorBackend<EagerValue> {
+  readonly device: GPUDevice;
+  private readonly pool: BufferPool;
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private encoder: GPUCommandEncoder | undefined;
+  private pass: GPUComputePassEncoder | undefined;
+  /** Values created since the last `collect`, so a step can hand its intermediates back. */
+  private created: EagerValue[] = [];
+  /** When set, every op is appended here for backprop. */
+  tape: (TapeEntry<EagerValue> & { op: string })[] | undefined;
+  dispatches = 0;
+  private pendingErrors: Promise<string | undefined>[] = [];
+
+  constructor(readonly gpu: GpuContext) {
+    this.device = gpu.device;
+    this.pool = new BufferPool(this.device);
+  }
+
+  get allocatedBytes(): number {
+    return this.pool.allocatedBytes;
+  }
+
+  typeOf(v: EagerValue): ValueType {
+    return { shape: v.shape, dtype: v.dtype };
+  }
+
+  /** A new value whose buffer comes from the pool; the caller fills it. */
+  allocate(shape: Shape, dtype: DType): EagerValue {
+    const bytes = numel(shape) * 4;
+    const limit = this.device.limits.maxStorageBufferBindingSize;
+    if (bytes > limit) {
+      throw new Error(
+        `a ${dtype}[${shape}] tensor needs ${(bytes / 2 ** 20).toFixed(1)} MiB, more than this adapter's ` +
+          `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding; use a smaller batch or preset`,
+      );
+    }
+    const v: EagerValue = { buffer: this.pool.acquire(bytes), shape: [...shape], dtype, bytes };
+    this.created.push(v);
+    return v;
+  }
+
+  upload(data: Float32Array | Int32Array | Uint32Array, shape: Shape, dtype: DType): EagerValue {
+    const v = this.allocate(shape, dtype);
+    if (data.length !== numel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
+    this.endPass();
+    this.device.queue.writeBuffer(v.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    return v;
+  }
+
+  emit(op: string, inputs: EagerValue[], attrs: Attrs = {}, type?: ValueType): EagerValue {
+    const t = inferType(op, inputs.map((x) => this.typeOf(x)), attrs, type);
+    const out = this.allocate(t.shape, t.dtype);
+    this.run(primitiveKernel(op, attrs, inputs.map((x) => this.typeOf(x)), t), inputs, out);
+    this.tape?.push({ op, inputs, out, attrs });
+    return out;
+  }
+
+  /** Records one dispatch of `kernel` reading `inputs` and writing `out`. */
+  run(kernel: KernelSpec, inputs: EagerValue[], out: EagerValue): void {
+    if (numel(out.shape) === 0) return;
+    const encoder = (this.encoder ??= this.device.createCommandEncoder());
+    if (kernel.zeroOutput) {
+      this.endPass();
+      encoder.clearBuffer(out.buffer, 0, out.buffer.size);
+    }
+    const pipeline = this.pipeline(kernel.wgsl);
+    const entries = [...inputs, out].map((v, binding) => ({ binding, resource: { buffer: v.buffer, size: Math.max(4, v.bytes) } }));
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pass = (this.pass ??= encoder.beginComputePass());
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(...kernel.workgroups);
+    this.dispatches++;
+  }
+
+  pipeline(wgsl: string): GPUComputePipeline {
+    let p = this.pipelines.get(wgsl);
+    if (!p) {
+      // WebGPU reports a bad shader asynchronously and would otherwise run nothing, silently;
+      // the error is collected here and raised at the next read.
+      this.device.pushErrorScope('validation');
+      const module = this.device.createShaderModule({ code: wgsl });
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      this.pendingErrors.push(
+        this.device.popErrorScope().then((e) => (e ? `${e.message}\n--- kernel ---\n${wgsl}` : undefined)),
+      );
+      this.pipelines.set(wgsl, p);
+    }
+    return p;
+  }
+
+  private endPass(): void {
+    this.pass?.end();
+    this.pass = undefined;
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    this.endPass();
+    if (this.encoder) this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = undefined;
+  }
+
+  async read(v: EagerValue): Promise<Float32Array | Int32Array | Uint8Array> {
+    this.endPass();
+    const staging = this.device.createBuffer({ size: Math.max(4, v.bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(v.buffer, 0, staging, 0, Math.max(4, v.bytes));
+    this.flush();
+    await this.checkErrors();
+    await staging.mapAsync(GPUMapMode.READ);
+    const raw = staging.getMappedRange().slice(0, v.bytes);
+    staging.unmap();
+    staging.destroy();
+    if (v.dtype === 'f32') return new Float32Array(raw);
+    if (v.dtype === 'i32') return new Int32Array(raw);
+    return Uint8Array.from(new Uint32Array(raw));
+  }
+
+  /** Throws the first shader or pipeline error reported since the last check. */
+  async checkErrors(): Promise<void> {
+    const pending = this.pendingErrors;
+    this.pendingErrors = [];
+    const errors = (await Promise.all(pending)).filter((e): e is string => e !== undefined);
+    if (errors.length) throw new Error(`WebGPU rejected a generated kernel: ${errors[0]}`);
+  }
+
+  /** Returns to the pool every value created since the last call, except those in `keep`. */
+  collect(keep: Iterable<EagerValue>): void {
+    const kept = new Set(keep);
+    const survivors: EagerValue[] = [];
+    for (const v of this.created) {
+      if (kept.has(v)) survivors.push(v);
+      else this.pool.release(v.buffer);
+    }
+    this.created = survivors;
+  }
+}
