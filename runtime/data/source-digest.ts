@@ -1,0 +1,45 @@
+// What a source is, file by file, and a digest of its bytes: the half of the cache key that says
+// "same data". The digest covers the raw (possibly compressed) bytes, each file's format, and
+// for folders each file's path inside the folder, since that sets the document order.
+
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { basename, relative } from 'node:path';
+import { detectCorpusFormat, listCorpusFiles, type CorpusFormat } from './corpus.ts';
+import { defaultCorpusFiles } from './default-corpus.ts';
+
+export interface CorpusFile {
+  path: string;
+  format: CorpusFormat;
+}
+
+export interface SourceDigest {
+  /** As given: a path, or 'default'. */
+  source: string;
+  files: CorpusFile[];
+  bytes: number;
+  sha256: string;
+}
+
+export async function digestSource(source: string): Promise<SourceDigest> {
+  const isDefault = source === 'default';
+  const paths = isDefault ? await defaultCorpusFiles() : await listCorpusFiles(source);
+  const isFolder = isDefault || (await stat(source)).isDirectory();
+  const hash = createHash('sha256');
+  const files: CorpusFile[] = [];
+  let bytes = 0;
+  for (const path of paths) {
+    const format: CorpusFormat = isDefault ? 'text' : await detectCorpusFormat(path);
+    files.push({ path, format });
+    const name = isDefault ? basename(path) : isFolder ? relative(source, path).replaceAll('\\', '/') : '';
+    hash.update(`${isDefault ? 'default:' : ''}${name}\0${format}\0`);
+    // Length first, so that no two different file lists hash alike by shifting bytes between files.
+    hash.update(`${(await stat(path)).size}\0`);
+    for await (const chunk of createReadStream(path)) {
+      hash.update(chunk as Buffer);
+      bytes += (chunk as Buffer).length;
+    }
+  }
+  return { source, files, bytes, sha256: hash.digest('hex') };
+}

@@ -1,0 +1,202 @@
+// Corpus readers: each format on a small synthetic fixture, format detection and its errors,
+// and WikiText article splitting on the real WikiText-2 file where ../shared has it.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { detectCorpusFormat, isWikiTextArticleHeading, readDocuments, wikiMarkupToPlainText } from '../runtime/data/index.ts';
+
+const fixtures = resolve(import.meta.dirname, 'fixtures/data');
+const wikitext2 = resolve(import.meta.dirname, '../../shared/data/wikitext-2');
+const fixture = (name: string) => join(fixtures, name);
+
+async function documentsOf(source: string): Promise<string[]> {
+  const documents: string[] = [];
+  for await (const document of readDocuments(source)) documents.push(document);
+  return documents;
+}
+
+let scratch: string;
+beforeAll(async () => {
+  scratch = await mkdtemp(join(tmpdir(), 'chotta-data-readers-'));
+});
+afterAll(async () => {
+  await rm(scratch, { recursive: true, force: true });
+});
+
+describe('plain text', () => {
+  it('reads a folder as one document per file, sorted, nested folders in, hidden files and other extensions out', async () => {
+    const documents = await documentsOf(fixture('plain-folder'));
+    expect(documents).toEqual([
+      'The first plain document.\n\nA paragraph after a blank line stays in the same document.\n',
+      'The second plain document sits in its own file.\nIt has two lines.\n',
+      'A nested document, found by walking the folder.\n',
+    ]);
+  });
+
+  it('drops a byte order mark and keeps the text otherwise verbatim', async () => {
+    expect(await documentsOf(fixture('bom-crlf.txt'))).toEqual([
+      'A document that starts with a byte order mark.\r\nIt uses CRLF line endings.\r\n',
+    ]);
+  });
+
+  it('reads gzip-compressed text', async () => {
+    const path = join(scratch, 'compressed.txt.gz');
+    await writeFile(path, gzipSync('gzipped document ✓'));
+    expect(await documentsOf(path)).toEqual(['gzipped document ✓']);
+    const broken = join(scratch, 'broken.txt.gz');
+    await writeFile(broken, 'not gzip at all');
+    await expect(documentsOf(broken)).rejects.toThrow(/broken\.txt\.gz: incorrect header check/);
+  });
+});
+
+describe('WikiText', () => {
+  it('tells article headings from section headings', () => {
+    expect(isWikiTextArticleHeading(' = Homarus gammarus = ')).toBe(true);
+    expect(isWikiTextArticleHeading(' = M @-@ 82 ( Michigan highway ) = ')).toBe(true);
+    expect(isWikiTextArticleHeading(' = X = ')).toBe(true);
+    expect(isWikiTextArticleHeading(' = = Description = = ')).toBe(false);
+    expect(isWikiTextArticleHeading(' = = = Film roles = = = ')).toBe(false);
+    expect(isWikiTextArticleHeading(' The sum = 2 = 1 + 1 . ')).toBe(false);
+  });
+
+  it('splits a fixture into articles at level-1 headings only', async () => {
+    expect(await detectCorpusFormat(fixture('wikitext-sample.txt'))).toBe('wikitext');
+    const documents = await documentsOf(fixture('wikitext-sample.txt'));
+    expect(documents.map((d) => d.split('\n')[0])).toEqual([' = Copper kettle = ', ' = Garden snail = ', ' = Blue Line ( tram ) = ']);
+    expect(documents[0]).toContain(' = = = Early makers = = = ');
+    expect(documents[0].endsWith('shops . ')).toBe(true);
+  });
+
+  it('splits the real valid.txt into its 60 articles, losing no text', async (t) => {
+    if (!existsSync(wikitext2)) return t.skip(`skipped: ${wikitext2} not found (WikiText-2 is not shipped with the project)`);
+    const path = join(wikitext2, 'valid.txt');
+    expect(await detectCorpusFormat(path)).toBe('wikitext');
+    const documents = await documentsOf(path);
+    expect(documents).toHaveLength(60);
+    expect(documents[0].startsWith(' = Homarus gammarus = \n')).toBe(true);
+    for (const document of documents) {
+      expect(isWikiTextArticleHeading(document.split('\n')[0])).toBe(true);
+      expect(document.split('\n').slice(1).some(isWikiTextArticleHeading)).toBe(false);
+    }
+    // Only blank lines between articles are dropped.
+    const nonBlank = (text: string) => text.split('\n').filter((line) => line.trim() !== '');
+    expect(documents.flatMap(nonBlank)).toEqual(nonBlank(await readFile(path, 'utf8')));
+  });
+
+  it('splits the real test.txt into 62 articles', async (t) => {
+    if (!existsSync(wikitext2)) return t.skip(`skipped: ${wikitext2} not found (WikiText-2 is not shipped with the project)`);
+    const documents = await documentsOf(join(wikitext2, 'test.txt'));
+    expect(documents).toHaveLength(62);
+    expect(documents[0]).toMatch(/^ = Robert .* = \n/);
+  });
+});
+
+describe('MediaWiki XML dumps', () => {
+  const expected = [
+    'Copper kettles are vessels for boiling water, made of copper sheet with a tin lining. They were sold by tinsmiths.\n\n' +
+      'History\nEarly kettles came from small workshops and fairs.\nSold in markets\nSold by post – & more items\n\n' +
+      'Care\nWipe dry after use. Never boil it empty.',
+    'The garden snail (Cornu aspersum) is a land snail found across Europe. It is active at night.\n\n' +
+      'Range\nIt was carried to other continents on ships & in soil.',
+  ];
+
+  it('gives one plain-text document per article, skipping redirects, other namespaces and empty pages', async () => {
+    expect(await detectCorpusFormat(fixture('wiki-dump.xml'))).toBe('mediawiki-xml');
+    expect(await documentsOf(fixture('wiki-dump.xml'))).toEqual(expected);
+  });
+
+  it('streams the same documents out of a .xml.bz2, and out of a multi-stream one', async () => {
+    expect(await detectCorpusFormat(fixture('wiki-dump.xml.bz2'))).toBe('mediawiki-xml');
+    expect(await documentsOf(fixture('wiki-dump.xml.bz2'))).toEqual(expected);
+    // Wikipedia's "multistream" dumps are bzip2 streams end to end; cut this one inside a page.
+    const xml = await readFile(fixture('wiki-dump.xml'), 'utf8');
+    const cut = xml.indexOf('<title>Garden snail');
+    let multistream: Buffer;
+    let documentsExpected: string[];
+    try {
+      const compress = (text: string) => execFileSync('bzip2', ['-c'], { input: text });
+      multistream = Buffer.concat([compress(xml.slice(0, cut)), compress(xml.slice(cut))]);
+      documentsExpected = expected;
+    } catch {
+      console.warn('no bzip2 CLI: testing a multi-stream file made of the committed fixture twice');
+      const bz2 = await readFile(fixture('wiki-dump.xml.bz2'));
+      multistream = Buffer.concat([bz2, bz2]);
+      documentsExpected = [...expected, ...expected];
+    }
+    const path = join(scratch, 'multistream.xml.bz2');
+    await writeFile(path, multistream);
+    expect(await documentsOf(path)).toEqual(documentsExpected);
+  });
+
+  it('names the file when bzip2 data is corrupt or cut short', async () => {
+    const bz2 = await readFile(fixture('wiki-dump.xml.bz2'));
+    const corrupt = Buffer.from(bz2);
+    corrupt[200] ^= 0xff;
+    const corruptPath = join(scratch, 'corrupt.xml.bz2');
+    await writeFile(corruptPath, corrupt);
+    const truncatedPath = join(scratch, 'truncated.xml.bz2');
+    await writeFile(truncatedPath, bz2.subarray(0, 600));
+    await expect(documentsOf(corruptPath)).rejects.toThrow(/corrupt\.xml\.bz2: not valid bzip2 data/);
+    await expect(documentsOf(truncatedPath)).rejects.toThrow(/truncated\.xml\.bz2/);
+  });
+
+  it('reduces wiki markup to prose', () => {
+    const markup = [
+      "{{Infobox|a={{b|{{c}}}}}}'''Bold''' and ''italic'' [[Target page|shown label]], [[plain link]]s, [[Paris, Texas|]].",
+      '<ref>{{cite web|url=x}}</ref><ref name="n"/>[[Image:X.png|thumb|caption with [[a link]]]][[Category:Things]][[fr:Chose]]',
+      '== Heading two ==',
+      '{|\n| cell || {| nested |}\n|}',
+      '[https://example.org Label here] and [https://example.org/bare] and <span style="x">spanned</span> &nbsp;&mdash;&#8212;&#x41;.',
+      '<!-- hidden -->__NOTOC__# numbered item',
+      '{{unclosed template but [[kept text]]',
+    ].join('\n');
+    expect(wikiMarkupToPlainText(markup)).toBe(
+      [
+        'Bold and italic shown label, plain links, Paris, Texas.',
+        '',
+        'Heading two',
+        'Label here and and spanned ——A.',
+        'numbered item',
+        '{{unclosed template but kept text',
+      ].join('\n'),
+    );
+  });
+});
+
+describe('JSON Lines', () => {
+  it('reads the text field of each line, skipping blank lines and blank documents', async () => {
+    expect(await documentsOf(fixture('documents.jsonl'))).toEqual([
+      'First JSONL document.',
+      'Second one, with unicode: naïve café 😀 and a newline\nin it.',
+      'Third kept document (the blank one above is skipped).',
+    ]);
+  });
+
+  it('stops at a bad line, naming the file and the line number', async () => {
+    await expect(documentsOf(fixture('bad-line.jsonl'))).rejects.toThrow(/bad-line\.jsonl:3: not valid JSON/);
+    await expect(documentsOf(fixture('missing-text.jsonl'))).rejects.toThrow(/missing-text\.jsonl:2: expected an object with a string "text" field/);
+  });
+});
+
+describe('format detection', () => {
+  it('rejects unknown formats and missing sources with a message that says what is supported', async () => {
+    await expect(documentsOf(fixture('unknown.dat'))).rejects.toThrow(/unknown\.dat: unknown corpus format; expected plain text/);
+    await expect(documentsOf(fixture('does-not-exist.txt'))).rejects.toThrow(/corpus source not found/);
+    const notAWiki = join(scratch, 'feed.xml');
+    await writeFile(notAWiki, '<?xml version="1.0"?><rss><channel/></rss>');
+    await expect(detectCorpusFormat(notAWiki)).rejects.toThrow(/not a MediaWiki dump/);
+  });
+
+  it('recognises JSON Lines and WikiText by content when the extension says nothing', async () => {
+    const jsonl = join(scratch, 'corpus.data');
+    await writeFile(jsonl, '{"text": "hello"}\n');
+    expect(await detectCorpusFormat(jsonl)).toBe('jsonl');
+    const wikitext = join(scratch, 'wiki.valid.raw');
+    await writeFile(wikitext, ' \n = Title = \n \n Text . \n');
+    expect(await detectCorpusFormat(wikitext)).toBe('wikitext');
+  });
+});
