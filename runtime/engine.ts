@@ -1,0 +1,53 @@
+// What the trainer needs from a way of running the model on the device. Eager mode implements it
+// op by op; the compiled runner implements it with one program per step. The trainer loop is
+// written once against this interface, so both modes train with the identical recipe.
+
+import type { Batch } from './train/sampler.ts';
+
+export interface OptimizerSettings {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Clip the global gradient norm to this (GPT-3: 1.0). */
+  maxGradNorm: number;
+}
+
+export const GPT3_ADAMW: OptimizerSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1.0 };
+
+/** Host copies of everything a checkpoint holds, in parameter order. */
+export interface EngineState {
+  params: Map<string, { shape: number[]; data: Float32Array }>;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
+  /** Optimizer steps taken (AdamW's bias correction depends on it). */
+  step: number;
+}
+
+export interface StepResult {
+  /** Mean loss over the step's micro-batches, resolved once the device has finished the step. */
+  loss: Promise<number>;
+  /** Global gradient norm before clipping, resolved with the loss. */
+  gradNorm: Promise<number>;
+}
+
+export interface TrainingEngine {
+  readonly mode: 'eager' | 'compiled';
+  /** Micro-batch shape every call uses: [batchSize, seqLen]. */
+  readonly batchSize: number;
+  readonly seqLen: number;
+  /**
+   * One optimizer step: forward and backward over every micro-batch (gradients accumulated, the
+   * loss of each scaled by 1/count), global-norm clipping and AdamW with learning rate `lr`.
+   * Everything is queued on the device; the returned promises resolve later.
+   */
+  step(microBatches: Batch[], lr: number): StepResult;
+  /** Mean loss over the batches, without touching gradients or weights. */
+  evaluate(batches: Batch[]): Promise<number>;
+  /** Logits (vocab entries) at the last position of `tokens` (1 to seqLen tokens), for sampling. */
+  lastLogits(tokens: Int32Array): Promise<Float32Array>;
+  exportState(): Promise<EngineState>;
+  importState(state: EngineState): void;
+  /** Kernel dispatches recorded so far (a measure of launch overhead). */
+  readonly dispatches: number;
+}
