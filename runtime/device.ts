@@ -67,7 +67,7 @@ async function acquire(): Promise<GpuContext> {
   // code; node has none of them.
   Object.assign(globalThis, globals);
 
-  const gpu = (gpuInstance ??= create([]));
+  const gpu = (gpuInstance ??= create((process.env.CHOTTA_DAWN_FLAGS ?? '').split(' ').filter(Boolean)));
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) {
     throw new Error(

@@ -11,6 +11,7 @@ import { numel, type Attrs, type DType, type Shape } from '../compiler/ir.ts';
 import { inferType, type ValueType } from '../compiler/ops.ts';
 import type { TensorBackend } from '../compiler/tensor.ts';
 import type { GpuContext } from './device.ts';
+import type { KernelProfiler } from './profiler.ts';
 
 export interface EagerValue {
   buffer: GPUBuffer;
@@ -61,7 +62,11 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   /** When set, every op is appended here for backprop. */
   tape: (TapeEntry<EagerValue> & { op: string })[] | undefined;
   dispatches = 0;
+  /** When set, every dispatch is timed on the device (needs the timestamp-query feature). */
+  profiler: KernelProfiler | undefined;
   private pendingErrors: Promise<string | undefined>[] = [];
+  /** Reads waiting for their copy to be submitted. */
+  private afterFlush: (() => void)[] = [];
 
   constructor(readonly gpu: GpuContext) {
     this.device = gpu.device;
@@ -110,18 +115,26 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   /** Records one dispatch of `kernel` reading `inputs` and writing `out`. */
   run(kernel: KernelSpec, inputs: EagerValue[], out: EagerValue): void {
     if (numel(out.shape) === 0) return;
-    const encoder = (this.encoder ??= this.device.createCommandEncoder());
     if (kernel.zeroOutput) {
       this.endPass();
-      encoder.clearBuffer(out.buffer, 0, out.buffer.size);
+      (this.encoder ??= this.device.createCommandEncoder()).clearBuffer(out.buffer, 0, out.buffer.size);
     }
-    const pipeline = this.pipeline(kernel.wgsl);
-    const entries = [...inputs, out].map((v, binding) => ({ binding, resource: { buffer: v.buffer, size: Math.max(4, v.bytes) } }));
+    this.dispatch(kernel.wgsl, [...inputs, out].map((v) => ({ buffer: v.buffer, size: Math.max(4, v.bytes) })), kernel.workgroups, kernel.name);
+  }
+
+  /** Records one dispatch of `wgsl` with `resources` bound at 0, 1, 2, ... */
+  dispatch(wgsl: string, resources: { buffer: GPUBuffer; size?: number }[], workgroups: [number, number, number], name = 'kernel'): void {
+    const encoder = (this.encoder ??= this.device.createCommandEncoder());
+    const pipeline = this.pipeline(wgsl);
+    const entries = resources.map((resource, binding) => ({ binding, resource }));
     const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
-    const pass = (this.pass ??= encoder.beginComputePass());
+    // Profiling gives each dispatch its own pass, timed by the GPU's timestamp queries.
+    if (this.profiler) this.endPass();
+    const pass = (this.pass ??= encoder.beginComputePass(this.profiler?.timestampWrites(name)));
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
-    pass.dispatchWorkgroups(...kernel.workgroups);
+    pass.dispatchWorkgroups(...workgroups);
+    if (this.profiler) this.endPass();
     this.dispatches++;
   }
 
@@ -149,23 +162,41 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   /** Submits everything recorded so far. */
   flush(): void {
     this.endPass();
+    if (this.encoder && this.profiler) this.profiler.resolve(this.encoder);
     if (this.encoder) this.device.queue.submit([this.encoder.finish()]);
     this.encoder = undefined;
+    const waiting = this.afterFlush;
+    this.afterFlush = [];
+    for (const resume of waiting) resume();
   }
 
+  /** The value on the host now: submits everything recorded so far and waits for it. */
   async read(v: EagerValue): Promise<Float32Array | Int32Array | Uint8Array> {
-    this.endPass();
-    const staging = this.device.createBuffer({ size: Math.max(4, v.bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(v.buffer, 0, staging, 0, Math.max(4, v.bytes));
+    const pending = this.readLater(v);
     this.flush();
-    await this.checkErrors();
-    await staging.mapAsync(GPUMapMode.READ);
-    const raw = staging.getMappedRange().slice(0, v.bytes);
-    staging.unmap();
-    staging.destroy();
-    if (v.dtype === 'f32') return new Float32Array(raw);
-    if (v.dtype === 'i32') return new Int32Array(raw);
-    return Uint8Array.from(new Uint32Array(raw));
+    return pending;
+  }
+
+  /**
+   * The value on the host once the work recorded so far has been submitted (by a later flush) and
+   * has run: a copy is queued now, nothing waits, so the queue never stalls for it.
+   */
+  readLater(v: EagerValue): Promise<Float32Array | Int32Array | Uint8Array> {
+    this.endPass();
+    const size = Math.max(4, v.bytes);
+    const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(v.buffer, 0, staging, 0, size);
+    const { dtype, bytes } = v;
+    return new Promise<void>((resolve) => this.afterFlush.push(resolve)).then(async () => {
+      await this.checkErrors();
+      await staging.mapAsync(GPUMapMode.READ);
+      const raw = staging.getMappedRange().slice(0, bytes);
+      staging.unmap();
+      staging.destroy();
+      if (dtype === 'f32') return new Float32Array(raw);
+      if (dtype === 'i32') return new Int32Array(raw);
+      return Uint8Array.from(new Uint32Array(raw));
+    });
   }
 
   /** Throws the first shader or pipeline error reported since the last check. */

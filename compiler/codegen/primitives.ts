@@ -8,8 +8,13 @@ import { bindings, flatGrid, flatKernel, literal, storageType, stridesOf, type K
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
 
-/** WGSL expression of a pointwise op on already-loaded operands `a`, `b`, `c`. */
-export function pointwiseExpr(op: string, dtype: DType, attrs: Attrs): string {
+/**
+ * WGSL expression of a pointwise op on already-loaded operands `a`, `b`, `c`, either scalars or
+ * (with `vec4`) four lanes at once.
+ */
+export function pointwiseExpr(op: string, dtype: DType, attrs: Attrs, vec4 = false): string {
+  const v = (x: string, t: string) => (vec4 ? `vec4<${t}>(${x})` : x);
+  const bool = (cond: string) => `select(${v('0u', 'u32')}, ${v('1u', 'u32')}, ${cond})`;
   switch (op) {
     case 'neg': return '-a';
     case 'exp': return 'exp(a)';
@@ -22,42 +27,48 @@ export function pointwiseExpr(op: string, dtype: DType, attrs: Attrs): string {
     case 'mul': return 'a * b';
     case 'div': return 'a / b';
     case 'max': return 'max(a, b)';
-    case 'eq': return 'select(0u, 1u, a == b)';
-    case 'lt': return 'select(0u, 1u, a < b)';
-    case 'le': return 'select(0u, 1u, a <= b)';
-    case 'gt': return 'select(0u, 1u, a > b)';
-    case 'ge': return 'select(0u, 1u, a >= b)';
-    case 'where': return 'select(c, b, a != 0u)';
-    case 'const': return literal(attrs.value as number, dtype);
+    case 'eq': return bool('a == b');
+    case 'lt': return bool('a < b');
+    case 'le': return bool('a <= b');
+    case 'gt': return bool('a > b');
+    case 'ge': return bool('a >= b');
+    case 'where': return `select(c, b, a != ${v('0u', 'u32')})`;
+    case 'const': return v(literal(attrs.value as number, dtype), storageType(dtype));
     default: throw new Error(`no pointwise expression for '${op}'`);
   }
 }
 
 /** Conversion of a loaded value `a` of dtype `from` to `to`, as the reference interpreter defines it. */
-function castExpr(from: DType, to: DType): string {
+function castExpr(from: DType, to: DType, vec4: boolean): string {
+  const t = (s: string) => (vec4 ? `vec4<${s}>` : s);
   if (from === to) return 'a';
-  if (to === 'bool') return from === 'f32' ? 'select(0u, 1u, a != 0.0f)' : 'select(0u, 1u, a != 0i)';
-  if (from === 'bool') return to === 'f32' ? 'f32(a)' : 'i32(a)';
-  return to === 'f32' ? 'f32(a)' : 'i32(a)';
+  if (to === 'bool') {
+    const zero = from === 'f32' ? '0.0f' : '0i';
+    return `select(${t('u32')}(0u), ${t('u32')}(1u), a != ${t(from === 'f32' ? 'f32' : 'i32')}(${zero}))`;
+  }
+  return to === 'f32' ? `${t('f32')}(a)` : `${t('i32')}(a)`;
 }
 
 function pointwise(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): KernelSpec {
   const n = numel(out.shape);
+  // iota needs each element's own index; everything else can work on four elements per thread.
+  const vec4 = op !== 'iota' && n % 4 === 0;
+  const threads = vec4 ? n / 4 : n;
   const names = ['a', 'b', 'c'];
   // where(cond, x, y): operands load as a = cond, b = x, c = y, matching pointwiseExpr.
   const loads = ins.map((_, k) => `  let ${names[k]} = in${k}[i];`).join('\n');
   let expr: string;
-  if (op === 'cast') expr = castExpr(ins[0].dtype, out.dtype);
+  if (op === 'cast') expr = castExpr(ins[0].dtype, out.dtype, vec4);
   else if (op === 'iota') {
     const axis = attrs.axis as number;
     const inner = stridesOf(out.shape)[axis];
     expr = `i32((i / ${inner}u) % ${out.shape[axis]}u)`;
-  } else expr = pointwiseExpr(op, ins[0]?.dtype ?? out.dtype, attrs);
+  } else expr = pointwiseExpr(op, ins[0]?.dtype ?? out.dtype, attrs, vec4);
   return {
     name: `${op}_${shapeName(out.shape)}`,
-    wgsl: flatKernel(bindings(ins.map((t) => t.dtype), out.dtype), n, `${loads}\n  out[i] = ${expr};`),
+    wgsl: flatKernel(bindings(ins.map((t) => t.dtype), out.dtype, false, vec4), threads, `${loads}\n  out[i] = ${expr};`),
     inputCount: ins.length,
-    workgroups: flatGrid(n),
+    workgroups: flatGrid(threads),
   };
 }
 
@@ -134,16 +145,28 @@ function reduce(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): Ker
   };
 }
 
-/** Outputs per thread in each direction: 4×4 register blocking, no workgroup memory (DESIGN.md). */
-const BLOCK = 4;
-const MATMUL_WG = 8;
+/**
+ * How a matmul is split up: each thread owns a `rows`×`cols` block of C held in registers (cols a
+ * multiple of 4: vec4 accumulators), threads form a `wgX`×`wgY` workgroup. No workgroup memory:
+ * on the software adapter barriers cost more than they save (DESIGN.md).
+ */
+export interface MatmulConfig {
+  rows: number;
+  cols: number;
+  wgX: number;
+  wgY: number;
+}
+/** 8×8 per thread measured fastest of the blockings tried on the software adapter (3.9 vs 2.6 GFLOP/s for 4×4). */
+export const DEFAULT_MATMUL: MatmulConfig = { rows: 8, cols: 8, wgX: 8, wgY: 8 };
 
 /**
- * Batched matmul: each thread accumulates a 4×4 block of C in registers. Rows/columns past the
- * edge are clamped on load and skipped on store, so any M, N, K works.
+ * Batched matmul. A thread's rows and columns are interleaved by the workgroup size (thread x owns
+ * columns x, x+wgX, x+2·wgX, ...) so that neighbouring threads, which a CPU adapter runs as SIMD
+ * lanes, load neighbouring elements. Rows/columns past the edge are clamped on load and skipped on
+ * store, so any M, N, K works.
  */
-function matmul(attrs: Attrs, ins: ValueType[], out: ValueType): KernelSpec {
-  const [a, b] = [ins[0].shape, ins[1].shape];
+export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg: MatmulConfig = DEFAULT_MATMUL): KernelSpec {
+  const [a] = [ins[0].shape];
   const r = a.length;
   const tA = !!attrs.transA;
   const tB = !!attrs.transB;
@@ -151,37 +174,48 @@ function matmul(attrs: Attrs, ins: ValueType[], out: ValueType): KernelSpec {
   const N = out.shape[r - 1];
   const K = tA ? a[r - 2] : a[r - 1];
   const batch = numel(out.shape.slice(0, r - 2));
+  const tileM = cfg.rows * cfg.wgY;
+  const tileN = cfg.cols * cfg.wgX;
   const aIndex = (row: string) => (tA ? `aBase + k * ${M}u + ${row}` : `aBase + ${row} * ${K}u + k`);
   const bIndex = (col: string) => (tB ? `bBase + ${col} * ${K}u + k` : `bBase + k * ${N}u + ${col}`);
-  const rows = [...Array(BLOCK).keys()];
+  const rowIds = [...Array(cfg.rows).keys()];
+  const colIds = [...Array(cfg.cols).keys()];
+  const groups = [...Array(cfg.cols / 4).keys()];
+  const lines: string[] = [];
+  for (const i of rowIds) lines.push(`  let r${i} = min(row0 + ${i * cfg.wgY}u, ${M - 1}u);`);
+  for (const j of colIds) lines.push(`  let q${j} = min(col0 + ${j * cfg.wgX}u, ${N - 1}u);`);
+  for (const i of rowIds) for (const g of groups) lines.push(`  var acc${i}_${g} = vec4<f32>(0.0f);`);
+  lines.push(`  for (var k = 0u; k < ${K}u; k = k + 1u) {`);
+  for (const g of groups) lines.push(`    let b${g} = vec4<f32>(${[0, 1, 2, 3].map((c) => `in1[${bIndex(`q${g * 4 + c}`)}]`).join(', ')});`);
+  for (const i of rowIds) {
+    lines.push(`    let a${i} = in0[${aIndex(`r${i}`)}];`);
+    for (const g of groups) lines.push(`    acc${i}_${g} = acc${i}_${g} + a${i} * b${g};`);
+  }
+  lines.push('  }');
+  lines.push(`  let outBase = wid.z * ${M * N}u;`);
+  for (const i of rowIds) {
+    for (const j of colIds) {
+      const row = `row0 + ${i * cfg.wgY}u`;
+      const col = `col0 + ${j * cfg.wgX}u`;
+      lines.push(`  if (${row} < ${M}u && ${col} < ${N}u) { out[outBase + (${row}) * ${N}u + ${col}] = acc${i}_${j >> 2}[${j & 3}]; }`);
+    }
+  }
   const wgsl = `${bindings(['f32', 'f32'], 'f32')}
 
-@compute @workgroup_size(${MATMUL_WG}, ${MATMUL_WG}, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let row0 = gid.y * ${BLOCK}u;
-  let col0 = gid.x * ${BLOCK}u;
-  if (row0 >= ${M}u || col0 >= ${N}u) { return; }
-  let aBase = gid.z * ${M * K}u;
-  let bBase = gid.z * ${K * N}u;
-${rows.map((i) => `  let r${i} = min(row0 + ${i}u, ${M - 1}u);\n  let q${i} = min(col0 + ${i}u, ${N - 1}u);`).join('\n')}
-${rows.map((i) => `  var acc${i} = vec4<f32>(0.0f);`).join('\n')}
-  for (var k = 0u; k < ${K}u; k = k + 1u) {
-    let bv = vec4<f32>(${rows.map((j) => `in1[${bIndex(`q${j}`)}]`).join(', ')});
-${rows.map((i) => `    acc${i} = acc${i} + in0[${aIndex(`r${i}`)}] * bv;`).join('\n')}
-  }
-  let outBase = gid.z * ${M * N}u;
-${rows
-  .map((i) =>
-    rows.map((j) => `  if (row0 + ${i}u < ${M}u && col0 + ${j}u < ${N}u) { out[outBase + (row0 + ${i}u) * ${N}u + col0 + ${j}u] = acc${i}[${j}]; }`).join('\n'),
-  )
-  .join('\n')}
+@compute @workgroup_size(${cfg.wgX}, ${cfg.wgY}, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row0 = wid.y * ${tileM}u + lid.y;
+  let col0 = wid.x * ${tileN}u + lid.x;
+  let aBase = wid.z * ${M * K}u;
+  let bBase = wid.z * ${K * N}u;
+${lines.join('\n')}
 }
 `;
   return {
     name: `matmul_${batch > 1 ? batch + 'x' : ''}${M}x${N}x${K}${tA ? '_tA' : ''}${tB ? '_tB' : ''}`,
     wgsl,
     inputCount: 2,
-    workgroups: [Math.ceil(N / (BLOCK * MATMUL_WG)), Math.ceil(M / (BLOCK * MATMUL_WG)), batch],
+    workgroups: [Math.ceil(N / tileN), Math.ceil(M / tileM), batch],
   };
 }
 
@@ -234,7 +268,7 @@ const LAYOUT_OPS = new Set(['reshape', 'permute', 'broadcast', 'slice', 'pad']);
 export function primitiveKernel(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): KernelSpec {
   if (LAYOUT_OPS.has(op)) return layout(op, attrs, ins, out);
   if (op === 'sum' || op === 'max_reduce') return reduce(op, attrs, ins, out);
-  if (op === 'matmul') return matmul(attrs, ins, out);
+  if (op === 'matmul') return matmulKernel(attrs, ins, out);
   if (op === 'gather') return gather(ins, out);
   if (op === 'scatter_add') return scatterAdd(ins, out);
   return pointwise(op, attrs, ins, out);

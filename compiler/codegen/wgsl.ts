@@ -34,7 +34,8 @@ export function literal(v: number, d: DType): string {
   return /[.e]/.test(s) ? `${s}f` : `${s}.0f`;
 }
 
-export const WORKGROUP_SIZE = 256;
+/** 64 threads per workgroup measured faster than 256 for pointwise kernels on the software adapter. */
+export const WORKGROUP_SIZE = 64;
 const MAX_GROUPS_PER_DIM = 65535;
 
 /** Enough workgroups of WORKGROUP_SIZE threads for `n` threads, folded into 2-D past the per-dimension limit. */
@@ -44,10 +45,14 @@ export function flatGrid(n: number): [number, number, number] {
   return [x, Math.ceil(groups / x), 1];
 }
 
-/** Declarations of the bindings: inputs read-only, the output read-write. */
-export function bindings(inputs: DType[], output: DType, outputAtomic = false): string {
-  const lines = inputs.map((d, i) => `@group(0) @binding(${i}) var<storage, read> in${i}: array<${storageType(d)}>;`);
-  const outElem = outputAtomic ? 'atomic<u32>' : storageType(output);
+/**
+ * Declarations of the bindings: inputs read-only, the output read-write. With `vec4`, every array
+ * holds vec4s: pointwise kernels over sizes divisible by 4 then run a quarter of the threads.
+ */
+export function bindings(inputs: DType[], output: DType, outputAtomic = false, vec4 = false): string {
+  const elem = (d: DType) => (vec4 ? `vec4<${storageType(d)}>` : storageType(d));
+  const lines = inputs.map((d, i) => `@group(0) @binding(${i}) var<storage, read> in${i}: array<${elem(d)}>;`);
+  const outElem = outputAtomic ? 'atomic<u32>' : elem(output);
   lines.push(`@group(0) @binding(${inputs.length}) var<storage, read_write> out: array<${outElem}>;`);
   return lines.join('\n');
 }
