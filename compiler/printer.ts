@@ -22,6 +22,7 @@ export function formatNumber(v: number): string {
   if (v === Infinity) return 'inf';
   if (v === -Infinity) return '-inf';
   if (Number.isNaN(v)) return 'nan';
+  if (Object.is(v, -0)) return '-0'; // String(-0) is "0", and x + -0 differs from x + 0 at x = -0
   return String(v);
 }
 

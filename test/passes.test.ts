@@ -1,0 +1,279 @@
+// Passes: golden IR cases (test/golden/<pass>/<case>.in.ir → .out.ir), each also checked numerically
+// on the reference interpreter (translation validation); the pass manager's checks; and the
+// cleanup pipeline on the GPT joint graph, which must shrink it without changing loss or gradients.
+//
+// UPDATE_GOLDEN=1 rewrites the .out.ir files from the passes' output; a plain run only compares.
+
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { buildJointGraph } from '../compiler/autograd.ts';
+import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
+import { formatCounters, GraphRewriter, runPasses, type Pass, type PassCounters } from '../compiler/pass.ts';
+import { parseGraph } from '../compiler/parser.ts';
+import { printGraph } from '../compiler/printer.ts';
+import { traceForward } from '../compiler/trace.ts';
+import { model, type GPTConfig } from '../models/gpt.ts';
+import { ALL_PASSES, JOINT_CLEANUP, passNamed } from '../passes/index.ts';
+import { initParameters, mulberry32 } from '../runtime/init.ts';
+import { evaluate, type RefInput, type RefTensor } from '../runtime/reference.ts';
+import { randomArray, relativeError } from './support/gradcheck.ts';
+
+const GOLDEN_DIR = fileURLToPath(new URL('./golden/', import.meta.url));
+const UPDATE = process.env.UPDATE_GOLDEN === '1';
+/** Translation validation: outputs before and after a pass agree to this relative error. */
+const TOLERANCE = 1e-9;
+
+// ---------------------------------------------------------------------------------------------
+// Random inputs and output comparison
+
+/** Layout ops pass indices through unchanged, so an index's valid range is found through them. */
+const INDEX_MOVES = new Set(['reshape', 'broadcast', 'permute', 'slice']);
+
+/**
+ * The number of valid values of an i32 input: the rows of every table it indexes (through layout
+ * ops), or 8 when it indexes nothing.
+ */
+function indexRange(g: Graph, input: Node): number {
+  let range = Infinity;
+  const seen = new Set<number>();
+  const visit = (id: number) => {
+    if (seen.has(id)) return;
+    seen.add(id);
+    for (const n of g.nodes) {
+      n.inputs.forEach((x, slot) => {
+        if (x !== id) return;
+        if (n.op === 'gather' && slot === 1) range = Math.min(range, g.nodes[n.inputs[0]].shape[0]);
+        else if (n.op === 'scatter_add' && slot === 0) range = Math.min(range, n.shape[0]);
+        else if (INDEX_MOVES.has(n.op)) visit(n.id);
+      });
+    }
+  };
+  visit(input.id);
+  return Number.isFinite(range) ? range : 8;
+}
+
+/** Seeded random values for every graph input, of the input's own type. */
+function randomInputs(g: Graph, seed: number): Record<string, RefInput> {
+  const rng = mulberry32(seed);
+  const inputs: Record<string, RefInput> = {};
+  for (const n of g.nodes.filter(isGraphInput)) {
+    const size = numel(n.shape);
+    if (n.dtype === 'f32') inputs[n.name!] = Float64Array.from({ length: size }, () => rng() * 4 - 2);
+    else if (n.dtype === 'i32') {
+      const range = indexRange(g, n);
+      inputs[n.name!] = Int32Array.from({ length: size }, () => Math.floor(rng() * range));
+    } else inputs[n.name!] = Uint8Array.from({ length: size }, () => (rng() < 0.5 ? 1 : 0));
+  }
+  return inputs;
+}
+
+/** The worst relative error between two evaluations' outputs; NaN and ±inf must match exactly. */
+function worstDifference(before: RefTensor[], after: RefTensor[]): { error: number; where: string } {
+  let worst = { error: 0, where: 'nowhere' };
+  before.forEach((b, k) => {
+    const a = after[k];
+    expect(a.shape, `output ${k} shape`).toEqual(b.shape);
+    expect(a.dtype, `output ${k} dtype`).toBe(b.dtype);
+    for (let i = 0; i < b.data.length; i++) {
+      const [x, y] = [b.data[i], a.data[i]];
+      const error = x === y || (Number.isNaN(x) && Number.isNaN(y)) ? 0 : Number.isFinite(x) && Number.isFinite(y) ? relativeError(x, y) : Infinity;
+      if (error > worst.error) worst = { error, where: `output ${k}[${i}]: ${x} before, ${y} after` };
+    }
+  });
+  return worst;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden cases
+
+interface GoldenCase {
+  pass: string;
+  name: string;
+  inPath: string;
+  outPath: string;
+}
+
+function goldenCases(): GoldenCase[] {
+  return readdirSync(GOLDEN_DIR)
+    .sort()
+    .flatMap((pass) =>
+      readdirSync(path.join(GOLDEN_DIR, pass))
+        .filter((f) => f.endsWith('.in.ir'))
+        .sort()
+        .map((f) => {
+          const name = f.slice(0, -'.in.ir'.length);
+          return { pass, name, inPath: path.join(GOLDEN_DIR, pass, f), outPath: path.join(GOLDEN_DIR, pass, `${name}.out.ir`) };
+        }),
+    );
+}
+
+/** The expected file: the pass's counters as a comment line, then the graph. */
+const goldenText = (pass: Pass, counters: PassCounters, g: Graph) => `# ${formatCounters(pass.name, counters)}\n${printGraph(g)}`;
+
+function runGolden(c: GoldenCase) {
+  const pass = passNamed(c.pass);
+  const input = parseGraph(readFileSync(c.inPath, 'utf8'));
+  const { graph, counters } = runPasses(input, [pass]);
+  return { pass, input, output: graph, counters: counters[pass.name] };
+}
+
+const cases = goldenCases();
+const passesWithCases = [...new Set(cases.map((c) => c.pass))];
+
+describe('golden IR cases', () => {
+  it('every pass has at least three cases, one of which it leaves unchanged', () => {
+    expect(passesWithCases.sort(), 'one folder per pass, named as the pass').toEqual(ALL_PASSES.map((p) => p.name).sort());
+    for (const pass of passesWithCases) {
+      const mine = cases.filter((c) => c.pass === pass);
+      const outs = readdirSync(path.join(GOLDEN_DIR, pass)).filter((f) => f.endsWith('.out.ir'));
+      expect(outs.sort(), `${pass}: every .out.ir has its .in.ir`).toEqual(mine.map((c) => path.basename(c.outPath)).filter((f) => outs.includes(f)));
+      expect(mine.length, pass).toBeGreaterThanOrEqual(3);
+      const untouched = mine.filter((c) => {
+        const { input, output } = runGolden(c);
+        return printGraph(output) === printGraph(input);
+      });
+      expect(untouched.map((c) => c.name), `${pass}: cases named unchanged-* are exactly those it leaves alone`).toEqual(
+        mine.filter((c) => c.name.startsWith('unchanged-')).map((c) => c.name),
+      );
+      expect(untouched.length, pass).toBeGreaterThanOrEqual(1);
+    }
+  });
+
+  it.each(cases.map((c) => [`${c.pass}/${c.name}`, c] as const))('%s', (_, c) => {
+    const { pass, input, output, counters } = runGolden(c);
+    // Translation validation, on a few random inputs; first, so a wrong pass never writes a golden.
+    for (const seed of [1, 2, 3]) {
+      const inputs = randomInputs(input, seed);
+      const worst = worstDifference(evaluate(input, inputs), evaluate(output, inputs));
+      expect(worst.error, worst.where).toBeLessThanOrEqual(TOLERANCE);
+    }
+    const text = goldenText(pass, counters, output);
+    // The expected output is itself valid IR, and the pass is at its fixed point there.
+    const again = runPasses(parseGraph(text), [pass]);
+    expect(printGraph(again.graph), 'running the pass again changes nothing').toBe(printGraph(output));
+    if (UPDATE) writeFileSync(c.outPath, text);
+    else {
+      expect(existsSync(c.outPath), `${c.outPath} is missing: run UPDATE_GOLDEN=1 npx vitest run test/passes.test.ts and review it`).toBe(true);
+      expect(text).toBe(readFileSync(c.outPath, 'utf8'));
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The pass manager
+
+describe('pass manager', () => {
+  const small = () =>
+    parseGraph(`
+graph small(%x: f32[2]) {
+  %0: f32[2] = exp %x
+  %y: f32[2] = tanh %0
+  return %y
+}`);
+
+  it('runs passes in order and reports each one', () => {
+    const seen: string[] = [];
+    const { counters } = runPasses(small(), JOINT_CLEANUP, { onPass: (name, g, c) => seen.push(`${formatCounters(name, c)} (${g.nodes.length} nodes)`) });
+    expect(seen).toEqual(['canonicalize: nothing to do (3 nodes)', 'cse: nothing to do (3 nodes)', 'dce: nothing to do (3 nodes)']);
+    expect(counters).toEqual({ canonicalize: {}, cse: { merged: 0 }, dce: { removed: 0 } });
+  });
+
+  const broken = (name: string, mutate: (g: Graph) => Graph): Pass => ({ name, run: (g) => ({ graph: mutate(structuredClone(g)), counters: {} }) });
+
+  it.each([
+    ['a wrong type', broken('bad-type', (g) => ((g.nodes[1].shape = [3]), g)), /pass bad-type produced an invalid graph small: %1: exp: declared f32\[3\] but computes f32\[2\]/],
+    ['a forward reference', broken('bad-order', (g) => ((g.nodes[1].inputs = [2]), g)), /pass bad-order .*reads %2, which is not an earlier node/],
+    ['a missing output', broken('bad-output', (g) => ((g.outputs = [7]), g)), /pass bad-output .*output %7 does not exist/],
+    ['a lost output name', broken('lost-name', (g) => (delete g.nodes[2].name, g)), /pass lost-name changed the interface .*output 0 was %y, now %2/],
+    ['no outputs', broken('no-outputs', (g) => ({ ...g, outputs: [] })), /pass no-outputs produced an invalid graph small: it has no outputs/],
+    ['an exception', { name: 'throws', run: () => { throw new Error('boom'); } } as Pass, /pass throws failed on graph small: boom/],
+  ])('a pass that produces %s fails naming itself', (_, pass, message) => {
+    expect(() => runPasses(small(), [pass])).toThrow(message);
+  });
+
+  it('a pass may not change the signature, even by removing an unused input', () => {
+    const g = parseGraph(`
+graph sig(%x: f32[2], %unused: f32[2]) {
+  %y: f32[2] = exp %x
+  return %y
+}`);
+    const dropUnused: Pass = { name: 'drop-unused', run: (x) => ({ graph: { ...x, nodes: [x.nodes[0], { ...x.nodes[2], id: 1, inputs: [0] }], outputs: [1] }, counters: {} }) };
+    expect(() => runPasses(g, [dropUnused])).toThrow(/drop-unused changed the interface of graph sig: inputs were \(%x: f32\[2\], %unused: f32\[2\]\), now \(%x: f32\[2\]\)/);
+  });
+
+  it('the rewriter moves an output name onto its replacement, and refuses when it cannot', () => {
+    const g = small();
+    const rw = new GraphRewriter(g);
+    rw.copy(g.nodes[0]);
+    const e = rw.copy(g.nodes[1]);
+    expect(rw.replace(g.nodes[2], rw.valueOf(0))).toBe(false); // %x already has a name
+    expect(rw.replace(g.nodes[2], e)).toBe(true);
+    const out = rw.finish();
+    expect(printGraph(out)).toContain('%y: f32[2] = exp %x');
+    expect(out.outputs).toEqual([1]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The GPT joint graph
+
+function gptInputs(config: GPTConfig, params: ReturnType<typeof traceForward>['params'], seed: number): Record<string, RefInput> {
+  const rng = mulberry32(seed);
+  const tokens = () => Int32Array.from({ length: config.batchSize * config.blockSize }, () => Math.floor(rng() * config.vocabSize));
+  const inputs: Record<string, RefInput> = { idx: tokens(), targets: tokens() };
+  const initial = initParameters(params, seed);
+  // Off the special initial values (unit gains, zero biases), so that every gradient is generic.
+  params.forEach((p, k) => {
+    const x = Float64Array.from(initial.get(p.name)!);
+    const noise = randomArray(x.length, 1000 + k, 0.3);
+    inputs[p.name] = x.map((v, i) => v + noise[i]);
+  });
+  return inputs;
+}
+
+describe('cleanup of the GPT joint graph (canonicalize, cse, dce)', () => {
+  it('shrinks the tiny preset joint graph and leaves it in canonical form', () => {
+    const joint = buildJointGraph(traceForward(model, model.presets.tiny).graph);
+    const steps: string[] = [`joint ${joint.nodes.length} nodes`];
+    const { graph } = runPasses(joint, JOINT_CLEANUP, { onPass: (name, g, c) => steps.push(`${formatCounters(name, c)} → ${g.nodes.length} nodes`) });
+    console.info(`tiny preset:\n  ${steps.join('\n  ')}`);
+    expect(graph.nodes.length).toBeLessThan(joint.nodes.length * 0.9);
+
+    const nodeOf = (id: number) => graph.nodes[id];
+    for (const n of graph.nodes) {
+      if (n.op === 'div') expect(nodeOf(n.inputs[1]).op, 'no division by a constant').not.toBe('const');
+      if (n.op === 'matmul') {
+        for (const x of n.inputs) {
+          const perm = nodeOf(x).attrs.perm as number[] | undefined;
+          expect(perm && perm[perm.length - 2] > perm[perm.length - 1], 'a transpose feeding a matmul is in its flags').toBeFalsy();
+        }
+      }
+      if (n.op === 'reshape') expect(nodeOf(n.inputs[0]).op, 'no reshape chains').not.toBe('reshape');
+      if (n.op === 'permute') expect(nodeOf(n.inputs[0]).op, 'no permute chains').not.toBe('permute');
+    }
+    expect(graph.outputs.map((o) => graph.nodes[o].name)).toEqual(joint.outputs.map((o) => joint.nodes[o].name));
+    // A fixed point: the pipeline has nothing left to do on its own output.
+    const again = runPasses(graph, JOINT_CLEANUP);
+    expect(again.graph.nodes.length).toBe(graph.nodes.length);
+  });
+
+  it('gives the same loss and gradients on the reference interpreter (a 2-layer, 16-dim GPT)', () => {
+    const config: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true, batchSize: 2 };
+    const { graph: forward, params } = traceForward(model, config);
+    const joint = buildJointGraph(forward);
+    const { graph: cleaned } = runPasses(joint, JOINT_CLEANUP);
+    expect(cleaned.nodes.length).toBeLessThan(joint.nodes.length);
+    const inputs = gptInputs(config, params, 11);
+    const before = evaluate(joint, inputs);
+    const after = evaluate(cleaned, inputs);
+    expect(after.length).toBe(params.length + 1);
+    // The comparison means something only if the gradients are not all ~0.
+    const gradients = before.slice(1).flatMap((t) => Array.from(t.data));
+    expect(gradients.filter((v) => Math.abs(v) > 1e-4).length).toBeGreaterThan(gradients.length * 0.5);
+    const worst = worstDifference(before, after);
+    console.info(`2-layer GPT: ${joint.nodes.length} → ${cleaned.nodes.length} nodes; loss ${before[0].data[0]} → ${after[0].data[0]}; worst relative difference ${worst.error.toExponential(2)} (${worst.where})`);
+    expect(worst.error, worst.where).toBeLessThanOrEqual(TOLERANCE);
+  });
+});
