@@ -5,6 +5,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from './autograd.ts';
 import { choosePreset, loadModel, UsageError } from './load-model.ts';
+import { formatCounters } from './pass.ts';
+import { compileStages } from './pipeline.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
 import { formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
 import { TraceError } from './tensor.ts';
@@ -56,11 +58,16 @@ export async function main(argv: string[]): Promise<void> {
     .option('backward', { type: 'boolean', describe: 'print the joint graph: forward, then the gradient of every parameter' })
     .option('stats', { type: 'boolean', describe: 'print op counts by kind, parameter count and FLOPs per training step' })
     .option('preset', { type: 'string', describe: "model preset (e.g. gpt2, tiny); the model's default if omitted" })
+    .option('after', {
+      type: 'string',
+      describe: 'print the graph after one pass: canonicalize, cse, dce (on the forward graph, or on the joint graph with --backward)',
+    })
     .option('batch', { type: 'number', describe: "override the preset's micro-batch size" })
     .option('seq', { type: 'number', describe: 'override the sequence length (at most the context)' })
     .example('$0 models/gpt.ts --dump-ir', 'the GPT-2 forward graph, each op with its models/gpt.ts line')
     .example('$0 models/gpt.ts --preset tiny --backward', 'the joint graph of the tiny preset')
     .example('$0 models/gpt.ts --stats', 'op counts, parameters and FLOPs')
+    .example('$0 models/gpt.ts --preset tiny --backward --after cse', 'the joint graph after common-subexpression elimination')
     .epilogue('Set CHOTTA_DEBUG=1 for stack traces on errors. NO_COLOR turns colour off.')
     .strict()
     .help()
@@ -78,19 +85,41 @@ export async function main(argv: string[]): Promise<void> {
   }
   if (args.batch !== undefined && !(Number.isInteger(args.batch) && args.batch >= 1)) throw new UsageError('--batch must be a positive integer');
   const traced = traceForward(def, preset.config, { batchSize: args.batch, seqLen: args.seq });
-  const joint = args.backward || args.stats ? buildJointGraph(traced.graph) : undefined;
-
   const style = styleFor(c);
+
+  if (args.after !== undefined) {
+    const half = args.backward ? 'joint' : 'forward';
+    const stages = compileStages(traced.graph, { backward: !!args.backward });
+    const stage = stages.find((s) => s.name === `${half}:${args.after}`);
+    if (!stage) {
+      const names = [...new Set(stages.filter((s) => s.name.startsWith(half)).map((s) => s.name.slice(half.length + 1)))];
+      throw new UsageError(`no pass '${args.after}' in the ${half} pipeline; choose one of: ${names.join(', ')}`);
+    }
+    process.stdout.write(c.dim(`# ${formatCounters(args.after, stage.counters ?? {})}\n`) + printGraph(stage.graph, style));
+    return;
+  }
+
+  const joint = args.backward || args.stats ? buildJointGraph(traced.graph) : undefined;
   if (args.dumpIr || (!args.backward && !args.stats)) process.stdout.write(printGraph(traced.graph, style));
   if (args.backward && joint) process.stdout.write(printGraph(joint, style));
   if (args.stats && joint) {
     process.stdout.write(c.bold(`${def.name} · preset ${preset.name}\n`));
     process.stdout.write(printStats(c, traced.graph, joint, traced.params, preset.config as unknown as Record<string, unknown>));
+    process.stdout.write(c.bold('passes\n'));
+    for (const s of compileStages(traced.graph, { backward: true })) {
+      const counters = s.counters ? formatCounters(s.name, s.counters) : s.name;
+      process.stdout.write(`  ${counters.padEnd(78)} ${String(s.graph.nodes.length).padStart(6)} nodes\n`);
+    }
   }
 }
 
 /** Runs a CLI entry point: expected failures are one line on stderr and exit code 1. */
 export async function runCli(name: string, entry: (argv: string[]) => Promise<void>): Promise<void> {
+  // `chotta-compile ... | head` closes the pipe early: that is the reader being done, not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
   try {
     await entry(hideBin(process.argv));
   } catch (e) {

@@ -106,6 +106,18 @@ describe('chotta-compile', () => {
     expect(r.stderr).toBe(`chotta-compile: ${file}:2: TypeScript syntax that cannot be erased (an enum, namespace or constructor parameter property); model files use plain, erasable TypeScript, as Node type stripping requires\n`);
   });
 
+  it('--after PASS prints the graph after that pass, with its counters; --stats lists every stage', () => {
+    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--after', 'cse']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^# cse: \d+ merged\ngraph gpt_train\(/);
+    const bad = chottaCompile(['models/gpt.ts', '--after', 'fuse-everything']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toBe("chotta-compile: no pass 'fuse-everything' in the forward pipeline; choose one of: canonicalize, cse, dce\n");
+    const stats = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--stats']);
+    expect(stats.stdout).toMatch(/forward:canonicalize: .*matmul-absorb-transpose/);
+    expect(stats.stdout).toMatch(/joint:dce: \d+ removed/);
+  });
+
   it('--help describes the options', () => {
     const r = chottaCompile(['--help']);
     expect(r.code).toBe(0);
