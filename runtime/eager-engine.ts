@@ -77,7 +77,7 @@ export class EagerEngine implements TrainingEngine {
   }
 
   private write(v: EagerValue, data: Float32Array): void {
-    this.backend.device.queue.writeBuffer(v.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    this.backend.write(v.buffer, data);
   }
 
   private forward(batch: Batch): Tensor {
@@ -121,7 +121,7 @@ export class EagerEngine implements TrainingEngine {
 
     this.optimizerStep++;
     const u = adamwUniforms({ ...this.optimizer, lr, step: this.optimizerStep });
-    be.device.queue.writeBuffer(this.uniforms, 0, u.buffer, u.byteOffset, u.byteLength);
+    be.write(this.uniforms, u);
     this.params.forEach((p, k) => {
       const n = numel(p.spec.shape);
       const kernel = adamwKernel(n, decays(p.spec.name, p.spec.shape));

@@ -65,6 +65,8 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   /** When set, every dispatch is timed on the device (needs the timestamp-query feature). */
   profiler: KernelProfiler | undefined;
   private pendingErrors: Promise<string | undefined>[] = [];
+  /** Upload staging buffers, destroyed once the work that copies from them has run. */
+  private stagingInFlight: GPUBuffer[] = [];
   /** Reads waiting for their copy to be submitted. */
   private afterFlush: (() => void)[] = [];
 
@@ -97,11 +99,25 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   }
 
   upload(data: Float32Array | Int32Array | Uint32Array, shape: Shape, dtype: DType): EagerValue {
-    const v = this.allocate(shape, dtype);
     if (data.length !== numel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
-    this.endPass();
-    this.device.queue.writeBuffer(v.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    const v = this.allocate(shape, dtype);
+    this.write(v.buffer, data);
     return v;
+  }
+
+  /**
+   * Copies `data` into `buffer` in command order. queue.writeBuffer would run before every command
+   * still waiting in the encoder, so a pooled buffer that an earlier, unsubmitted op still reads
+   * would be overwritten under it; a staging buffer copied by the encoder keeps the order.
+   */
+  write(buffer: GPUBuffer, data: Float32Array | Int32Array | Uint32Array): void {
+    const size = Math.max(4, data.byteLength);
+    const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true });
+    new Uint8Array(staging.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    staging.unmap();
+    this.endPass();
+    (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(staging, 0, buffer, 0, size);
+    this.stagingInFlight.push(staging);
   }
 
   emit(op: string, inputs: EagerValue[], attrs: Attrs = {}, type?: ValueType): EagerValue {
@@ -165,6 +181,9 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     if (this.encoder && this.profiler) this.profiler.resolve(this.encoder);
     if (this.encoder) this.device.queue.submit([this.encoder.finish()]);
     this.encoder = undefined;
+    const staging = this.stagingInFlight;
+    this.stagingInFlight = [];
+    if (staging.length) void this.device.queue.onSubmittedWorkDone().then(() => staging.forEach((b) => b.destroy()));
     const waiting = this.afterFlush;
     this.afterFlush = [];
     for (const resume of waiting) resume();

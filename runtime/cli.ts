@@ -1,0 +1,266 @@
+// chotta: say what GPU this machine offers, prepare training data, train a GPT, sample from it.
+// Every flag maps onto a field of TrainConfig (runtime/train/trainer.ts), where the defaults live;
+// a flag left out is left out of the call, so the trainer's defaults (or, with --resume, the
+// run's own settings) apply.
+
+import yargs, { type Argv } from 'yargs';
+import { runCli, terminalChalk } from '../compiler/cli.ts';
+import { UsageError } from '../compiler/load-model.ts';
+import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
+import { requestDevice, type GpuContext } from './device.ts';
+import { formatCount } from './train/progress.ts';
+import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
+import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
+
+export { runCli };
+
+const EPILOGUE = 'Set CHOTTA_DEBUG=1 for stack traces on errors. NO_COLOR turns colour off.';
+const MODES = ['eager', 'compiled'] as const;
+type Mode = (typeof MODES)[number];
+
+export async function main(argv: string[]): Promise<void> {
+  await yargs(argv)
+    .scriptName('chotta')
+    .usage('$0 <command> [options]\n\nTrain a small GPT on WebGPU, from TypeScript.')
+    .command('info', 'describe the WebGPU adapter: vendor, features, limits', (y) => y.example('$0 info', ''), info)
+    .command('data', 'prepare a corpus into cached token files', (y) =>
+      y
+        .command('prepare', 'tokenize a corpus once; later runs reuse the cache', dataPrepareOptions, dataPrepare)
+        .demandCommand(1, 'name a data command: prepare'),
+    )
+    .command('train', 'train a model, or --resume a run', trainOptions, trainCommand)
+    .command('sample', 'generate text from a trained checkpoint', sampleOptions, sampleCommand)
+    .example('$0 info', 'is there a GPU (or a software one)?')
+    .example('$0 train --steps 100', 'train the tiny preset on the built-in corpus into runs/tiny')
+    .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', 'text from it')
+    .demandCommand(1, 'name a command: info, data prepare, train or sample')
+    .epilogue(EPILOGUE)
+    .strict()
+    .help()
+    .version(false)
+    .wrap(Math.min(110, process.stdout.columns ?? 80))
+    .fail((message, error) => {
+      // yargs spreads some messages over lines; an error is one line.
+      throw error ?? new UsageError(`${message.replace(/\s*\n\s*/g, ' ')} (see --help)`);
+    })
+    .parseAsync();
+}
+
+// --- info -------------------------------------------------------------------------------------
+
+const LIMITS_SHOWN = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'maxStorageBuffersPerShaderStage',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupsPerDimension',
+] as const;
+
+async function info(): Promise<void> {
+  const gpu = await gpuOrExplain();
+  const c = terminalChalk();
+  const { vendor, architecture, device, description } = gpu.info;
+  const bytes = (n: number) => {
+    const [unit, scale] = n >= 2 ** 30 ? ['GiB', 2 ** 30] : n >= 2 ** 20 ? ['MiB', 2 ** 20] : n >= 2 ** 10 ? ['KiB', 2 ** 10] : ['bytes', 1];
+    return `${Number((n / scale).toFixed(2))} ${unit}`;
+  };
+  const lines = [
+    `${c.bold('adapter')}   ${vendor || '?'} · ${architecture || '?'}${device ? ` · ${device}` : ''}`,
+    `${c.bold('driver')}    ${description || '?'}`,
+    `${c.bold('features')}  ${[...gpu.adapter.features].sort().join(', ') || 'none'}`,
+    c.bold('limits'),
+    ...LIMITS_SHOWN.map((name) => {
+      const value = gpu.adapter.limits[name];
+      return `  ${name.padEnd(36)} ${name.endsWith('Size') && !name.includes('WorkgroupSize') ? bytes(value) : value}`;
+    }),
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+async function gpuOrExplain(): Promise<GpuContext> {
+  try {
+    return await requestDevice();
+  } catch (error) {
+    const why = (error as Error).message.split(':')[0];
+    throw new UsageError(`${why}; on Linux without a GPU, install a software one with \`bash scripts/install-software-gpu.sh\``, { cause: error });
+  }
+}
+
+// --- data prepare -----------------------------------------------------------------------------
+
+function dataPrepareOptions(y: Argv) {
+  return y
+    .option('data', { type: 'string', default: 'default', describe: `corpus file or folder (.txt, .jsonl, MediaWiki .xml, maybe .bz2/.gz), or 'default': ${DEFAULT_CORPUS_DESCRIPTION}` })
+    .option('eval-data', { type: 'string', describe: 'validate on this corpus instead of a held-out tenth of --data' })
+    .option('tokenizer', { type: 'string', default: 'bpe:4096', describe: "gpt2 (GPT-2's 50257 tokens) or bpe:N (a byte-level BPE of N tokens trained on the corpus)" })
+    .option('cache-dir', { type: 'string', default: DEFAULT_TRAIN_CONFIG.cacheDir, describe: 'where prepared data is cached' })
+    .example('$0 data prepare', 'the built-in corpus with a 4096-token BPE (what the tiny preset trains on)')
+    .example('$0 data prepare --data wiki.xml.bz2 --tokenizer gpt2', 'a Wikipedia dump, GPT-2 tokens')
+    .epilogue(EPILOGUE);
+}
+
+async function dataPrepare(args: { data: string; evalData?: string; tokenizer: string; cacheDir: string }): Promise<void> {
+  const tokenizer = parseTokenizerSpec(args.tokenizer);
+  let prepared;
+  try {
+    prepared = await prepareData({
+      source: args.data,
+      evalSource: args.evalData,
+      tokenizer,
+      cacheDir: args.cacheDir,
+      onProgress: (message) => process.stderr.write(`${message}\n`),
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message, { cause: error });
+  }
+  const { meta } = prepared;
+  const count = (n: number) => n.toLocaleString('en-US');
+  const plural = (n: number, noun: string) => `${count(n)} ${noun}${n === 1 ? '' : 's'}`;
+  const c = terminalChalk();
+  process.stdout.write(
+    [
+      `${c.bold(prepared.cached ? 'cached' : 'prepared')}  ${prepared.dir}${prepared.cached ? ' (already prepared: nothing recomputed)' : ''}`,
+      `  source     ${meta.source.source} (${plural(meta.source.files, 'file')}, ${formatCount(meta.source.bytes)}B)`,
+      `  tokenizer  ${meta.tokenizerName}, ${count(meta.vocabSize)} tokens`,
+      `  train      ${count(meta.train.tokens)} tokens in ${plural(meta.train.documents, 'document')}`,
+      `  val        ${count(meta.val.tokens)} tokens in ${plural(meta.val.documents, 'document')} (${meta.split.method})`,
+    ].join('\n') + '\n',
+  );
+}
+
+// --- train ------------------------------------------------------------------------------------
+
+/** Flags that set a preset's settings, and the key each one sets. */
+const MODEL_FLAGS = {
+  'n-layer': 'nLayer',
+  'n-head': 'nHead',
+  'n-embd': 'nEmbd',
+  'block-size': 'blockSize',
+  'batch-size': 'batchSize',
+  'vocab-size': 'vocabSize',
+} as const;
+
+function trainOptions(y: Argv) {
+  const d = DEFAULT_TRAIN_CONFIG;
+  return y
+    .option('mode', { choices: MODES, describe: 'eager: one kernel per op (default, for now); compiled: the fused program' })
+    .option('resume', { type: 'boolean', describe: "continue the run in --out from its checkpoint, with the run's settings" })
+    .option('out', { type: 'string', describe: 'the run folder (checkpoint, loss.csv, loss.svg) [default: runs/<preset>]' })
+    .option('model', { type: 'string', describe: `model file [default: ${d.modelFile}]` })
+    .option('preset', { type: 'string', describe: `model preset: tiny or gpt2 [default: ${d.preset}]` })
+    .option('data', { type: 'string', describe: `corpus file or folder, or 'default' (the built-in corpus) [default: ${d.data}]` })
+    .option('eval-data', { type: 'string', describe: 'validate on this corpus instead of a held-out tenth of --data' })
+    .option('tokenizer', { type: 'string', describe: "gpt2, bpe:N, or auto: gpt2 for GPT-2's vocabulary, else a BPE of the model's vocabulary size [default: auto]" })
+    .option('cache-dir', { type: 'string', describe: `where prepared data is cached [default: ${d.cacheDir}]` })
+    .option('steps', { type: 'number', describe: `optimizer steps [default: ${d.steps}]` })
+    .option('max-lr', { type: 'number', describe: `peak learning rate [default: ${d.maxLr}]` })
+    .option('min-lr-ratio', { type: 'number', describe: `the cosine's floor as a fraction of --max-lr [default: ${d.minLrRatio}]` })
+    .option('warmup-steps', { type: 'number', describe: 'linear warmup [default: 10% of --steps]' })
+    .option('start-micro-batches', { type: 'number', describe: `micro-batches per step at step 0 [default: ${d.startMicroBatches}]` })
+    .option('full-micro-batches', { type: 'number', describe: `micro-batches per step after the ramp [default: ${d.fullMicroBatches}]` })
+    .option('ramp-steps', { type: 'number', describe: 'steps to ramp the batch over [default: 20% of --steps]' })
+    .option('eval-interval', { type: 'number', describe: `validation loss every N steps [default: ${d.evalInterval}]` })
+    .option('eval-batches', { type: 'number', describe: `micro-batches per validation, 0 for none [default: ${d.evalBatches}]` })
+    .option('checkpoint-interval', { type: 'number', describe: `save every N steps (and at the end, and on Ctrl-C) [default: ${d.checkpointInterval}]` })
+    .option('seed', { type: 'number', describe: `initial weights and data order [default: ${d.seed}]` })
+    .option('n-layer', { type: 'number', describe: "override the preset's layers" })
+    .option('n-head', { type: 'number', describe: "override the preset's attention heads" })
+    .option('n-embd', { type: 'number', describe: "override the preset's width" })
+    .option('block-size', { type: 'number', describe: "override the preset's context length" })
+    .option('batch-size', { type: 'number', describe: "override the preset's micro-batch (sequences)" })
+    .option('vocab-size', { type: 'number', describe: "override the preset's vocabulary (at least the tokenizer's)" })
+    .example('$0 train', 'the tiny preset, 200 steps on the built-in corpus, into runs/tiny')
+    .example('$0 train --steps 1000 --data wiki.xml.bz2 --out runs/wiki', 'longer, on a Wikipedia dump')
+    .example('$0 train --resume --out runs/wiki', 'continue it after Ctrl-C or a crash')
+    .example('$0 train --n-layer 2 --n-embd 64 --steps 50', 'a smaller model, quickly')
+    .epilogue(`Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.\n${EPILOGUE}`);
+}
+
+type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean };
+
+async function trainCommand(args: TrainArgs): Promise<void> {
+  const createEngine = engineFactoryFor(args.mode ?? 'eager');
+  const given: Partial<TrainConfig> = {
+    outDir: args.out as string | undefined,
+    modelFile: args.model as string | undefined,
+    preset: args.preset as string | undefined,
+    data: args.data as string | undefined,
+    evalData: args.evalData as string | undefined,
+    tokenizer: args.tokenizer as string | undefined,
+    cacheDir: args.cacheDir as string | undefined,
+    steps: args.steps as number | undefined,
+    maxLr: args.maxLr as number | undefined,
+    minLrRatio: args.minLrRatio as number | undefined,
+    warmupSteps: args.warmupSteps as number | undefined,
+    startMicroBatches: args.startMicroBatches as number | undefined,
+    fullMicroBatches: args.fullMicroBatches as number | undefined,
+    rampSteps: args.rampSteps as number | undefined,
+    evalInterval: args.evalInterval as number | undefined,
+    evalBatches: args.evalBatches as number | undefined,
+    checkpointInterval: args.checkpointInterval as number | undefined,
+    seed: args.seed as number | undefined,
+  };
+  const overrides = Object.entries(MODEL_FLAGS).filter(([option]) => args[option] !== undefined);
+  if (overrides.length > 0) given.modelOverrides = Object.fromEntries(overrides.map(([option, key]) => [key, args[option] as number]));
+
+  const result = await train({ ...given, resume: args.resume }, createEngine);
+  if (!result.finished) {
+    process.stderr.write(`resume with: chotta train --resume --out ${result.outDir}\n`);
+    process.exitCode = 130;
+  } else {
+    process.stdout.write(`sample with: chotta sample --ckpt ${result.outDir} --prompt "..."\n`);
+  }
+}
+
+// --- sample -----------------------------------------------------------------------------------
+
+function sampleOptions(y: Argv) {
+  return y
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (e.g. runs/tiny) or its checkpoint folder' })
+    .option('prompt', { type: 'string', default: SAMPLE_DEFAULTS.prompt, describe: 'text to continue; empty starts a fresh document' })
+    .option('tokens', { type: 'number', default: SAMPLE_DEFAULTS.tokens, describe: 'tokens to generate' })
+    .option('temperature', { type: 'number', default: SAMPLE_DEFAULTS.temperature, describe: '<1 more likely text, >1 more varied, 0 always the likeliest token' })
+    .option('top-k', { type: 'number', default: SAMPLE_DEFAULTS.topK, describe: 'draw among the k likeliest tokens only; 0 for all' })
+    .option('seed', { type: 'number', default: SAMPLE_DEFAULTS.seed, describe: 'the same seed gives the same text' })
+    .option('mode', { choices: MODES, describe: 'eager (default, for now) or compiled' })
+    .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', '200 tokens after the prompt')
+    .example('$0 sample --ckpt runs/tiny --temperature 0 --tokens 50', 'greedy: the likeliest continuation')
+    .epilogue(EPILOGUE);
+}
+
+async function sampleCommand(args: {
+  ckpt: string;
+  prompt: string;
+  tokens: number;
+  temperature: number;
+  topK: number;
+  seed: number;
+  mode?: Mode;
+}): Promise<void> {
+  const createEngine = engineFactoryFor(args.mode ?? 'eager');
+  await sample(
+    { ckpt: args.ckpt, prompt: args.prompt, tokens: args.tokens, temperature: args.temperature, topK: args.topK === 0 ? null : args.topK, seed: args.seed },
+    createEngine,
+  );
+}
+
+// --- engines ----------------------------------------------------------------------------------
+
+/**
+ * The seam between the CLI and the ways of running a model. Each engine module is imported only
+ * when a command needs it, so `info` and `data` never load kernels.
+ */
+function engineFactoryFor(mode: Mode): EngineFactory {
+  switch (mode) {
+    case 'eager':
+      return async (ctx) => {
+        const { createEagerEngine } = await import('./eager-engine.ts');
+        return createEagerEngine(ctx);
+      };
+    case 'compiled':
+      // When the compiled runner lands: import it here, as the eager engine is above.
+      throw new UsageError('--mode compiled is not available yet (the compiled runner has not landed); use --mode eager');
+  }
+}

@@ -1,0 +1,415 @@
+// The training loop (runtime/train/trainer.ts) and sampling (sample.ts), run on a real engine that
+// needs no GPU: a toy GPT evaluated by the float64 reference interpreter, with gradients from the
+// joint graph and the host AdamW. Real arithmetic, so "resume continues exactly" means identical
+// weights, moments and losses, not identical calls to a mock.
+
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildJointGraph } from '../compiler/autograd.ts';
+import { GraphBuilder, type Graph } from '../compiler/ir.ts';
+import { ParamScope, Tensor, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
+import { GraphOpBuilder } from '../compiler/ops.ts';
+import { traceForward } from '../compiler/trace.ts';
+import { model, type GPTConfig } from '../models/gpt.ts';
+import { loadPreparedData, prepareData } from '../runtime/data/index.ts';
+import type { GpuContext } from '../runtime/device.ts';
+import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../runtime/engine.ts';
+import { createEagerEngine } from '../runtime/eager-engine.ts';
+import { initParameters, mulberry32 } from '../runtime/init.ts';
+import { evaluate } from '../runtime/reference.ts';
+import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
+import { loadCheckpoint, type LoadedCheckpoint } from '../runtime/train/checkpoint.ts';
+import { engineStateOf, train, type EngineFactory, type TrainOptions, type TrainResult } from '../runtime/train/trainer.ts';
+import { sample, sampleToken } from '../runtime/train/sample.ts';
+import { fillBatch, windowCount, type Batch } from '../runtime/train/sampler.ts';
+import { learningRate } from '../runtime/train/schedule.ts';
+import { gpuOrSkip } from './support/gpu.ts';
+
+const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 512, bias: true, batchSize: 2 };
+const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, defaultPreset: 'toy' };
+/** The reference engine runs on the CPU and never touches a device. */
+const NO_GPU = {} as GpuContext;
+
+/** A resolved promise that notes when someone awaits it, so the tests can see when losses are read. */
+function observed<T>(value: T, onRead: () => void): Promise<T> {
+  const settled = Promise.resolve(value);
+  return {
+    then: (onValue, onError) => {
+      onRead();
+      return settled.then(onValue, onError);
+    },
+    catch: (onError) => settled.catch(onError),
+    finally: (onFinally) => settled.finally(onFinally),
+    [Symbol.toStringTag]: 'Promise',
+  } as Promise<T>;
+}
+
+interface EngineLog {
+  /** 'step k' when step k is queued, 'read k' when its loss is awaited, 'evaluate' per evaluation. */
+  events: string[];
+  lrs: number[];
+  microBatchCounts: number[];
+  /** Every training input row the engine was given, in order. */
+  rows: string[];
+}
+
+class ReferenceEngine implements TrainingEngine {
+  readonly mode = 'eager' as const;
+  readonly batchSize: number;
+  readonly seqLen: number;
+  readonly dispatches = 0;
+  private readonly specs: ParamSpec[];
+  private readonly forward: Graph;
+  private readonly joint: Graph;
+  private readonly logitsGraphs = new Map<number, Graph>();
+  private params = new Map<string, Float32Array>();
+  private m = new Map<string, Float32Array>();
+  private v = new Map<string, Float32Array>();
+  private optimizerSteps = 0;
+  private queued = 0;
+
+  constructor(
+    private readonly def: ModelDefinition,
+    private readonly config: ModelShape,
+    seed: number,
+    private readonly log: EngineLog,
+    private readonly beforeStep?: (index: number) => void,
+  ) {
+    const traced = traceForward(def, config);
+    this.specs = traced.params;
+    this.forward = traced.graph;
+    this.joint = buildJointGraph(traced.graph);
+    this.batchSize = config.batchSize;
+    this.seqLen = config.blockSize;
+    this.params = initParameters(this.specs, seed);
+    for (const [name, data] of this.params) {
+      this.m.set(name, new Float32Array(data.length));
+      this.v.set(name, new Float32Array(data.length));
+    }
+  }
+
+  step(microBatches: Batch[], lr: number): StepResult {
+    const index = this.queued++;
+    this.beforeStep?.(index);
+    this.log.events.push(`step ${index}`);
+    this.log.lrs.push(lr);
+    this.log.microBatchCounts.push(microBatches.length);
+    const grads = this.specs.map((p) => new Float64Array(this.params.get(p.name)!.length));
+    let loss = 0;
+    for (const batch of microBatches) {
+      for (let r = 0; r < this.batchSize; r++) this.log.rows.push(batch.idx.slice(r * this.seqLen, (r + 1) * this.seqLen).join(','));
+      const [batchLoss, ...batchGrads] = evaluate(this.joint, { idx: batch.idx, targets: batch.targets, ...Object.fromEntries(this.params) });
+      loss += batchLoss.data[0] / microBatches.length;
+      batchGrads.forEach((g, i) => {
+        for (let j = 0; j < g.data.length; j++) grads[i][j] += g.data[j] / microBatches.length;
+      });
+    }
+    const grads32 = grads.map((g) => Float32Array.from(g));
+    const norm = globalNorm(grads32);
+    const gradScale = clipFactor(norm, GPT3_ADAMW.maxGradNorm);
+    this.optimizerSteps++;
+    this.specs.forEach((p, i) => {
+      adamwUpdate(this.params.get(p.name)!, grads32[i], this.m.get(p.name)!, this.v.get(p.name)!, {
+        lr,
+        step: this.optimizerSteps,
+        gradScale,
+        beta1: GPT3_ADAMW.beta1,
+        beta2: GPT3_ADAMW.beta2,
+        eps: GPT3_ADAMW.eps,
+        weightDecay: decays(p.name, p.shape) ? GPT3_ADAMW.weightDecay : 0,
+      });
+    });
+    return { loss: observed(loss, () => this.log.events.push(`read ${index}`)), gradNorm: Promise.resolve(norm) };
+  }
+
+  async evaluate(batches: Batch[]): Promise<number> {
+    this.log.events.push('evaluate');
+    let sum = 0;
+    for (const batch of batches) sum += evaluate(this.forward, { idx: batch.idx, targets: batch.targets, ...Object.fromEntries(this.params) })[0].data[0];
+    return sum / batches.length;
+  }
+
+  async lastLogits(tokens: Int32Array): Promise<Float32Array> {
+    const graph = this.logitsGraphs.get(tokens.length) ?? traceLogits(this.def, this.config, tokens.length);
+    this.logitsGraphs.set(tokens.length, graph);
+    const [logits] = evaluate(graph, { idx: tokens, ...Object.fromEntries(this.params) });
+    const vocab = this.config.vocabSize;
+    return Float32Array.from(logits.data.subarray(logits.data.length - vocab));
+  }
+
+  async exportState(): Promise<EngineState> {
+    const copy = (map: Map<string, Float32Array>) => new Map([...map].map(([name, data]) => [name, Float32Array.from(data)]));
+    const shapes = new Map(this.specs.map((p) => [p.name, [...p.shape]]));
+    return {
+      params: new Map([...this.params].map(([name, data]) => [name, { shape: shapes.get(name)!, data: Float32Array.from(data) }])),
+      m: copy(this.m),
+      v: copy(this.v),
+      step: this.optimizerSteps,
+    };
+  }
+
+  importState(state: EngineState): void {
+    for (const p of this.specs) {
+      const saved = state.params.get(p.name);
+      if (!saved || saved.shape.join() !== p.shape.join()) throw new Error(`importState: ${p.name} missing or of another shape`);
+      this.params.set(p.name, Float32Array.from(saved.data));
+      this.m.set(p.name, Float32Array.from(state.m.get(p.name)!));
+      this.v.set(p.name, Float32Array.from(state.v.get(p.name)!));
+    }
+    this.optimizerSteps = state.step;
+  }
+}
+
+/** The forward pass returning logits for one sequence of `length` tokens (traceForward returns the loss). */
+function traceLogits(def: ModelDefinition, config: ModelShape, length: number): Graph {
+  const graph = new GraphBuilder('logits');
+  const builder = new GraphOpBuilder(graph);
+  const idx = new Tensor(builder, builder.input('idx', [1, length], 'i32', false));
+  const scope = new ParamScope((spec) => new Tensor(builder, builder.input(spec.name, [...spec.shape], 'f32', true)));
+  const { logits } = def.create(scope, config).forward(idx);
+  return graph.build([logits.value as number]);
+}
+
+function referenceEngines(hooks: { failAtStep?: number; onStep?: (index: number) => void } = {}) {
+  const log: EngineLog = { events: [], lrs: [], microBatchCounts: [], rows: [] };
+  const factory: EngineFactory = async ({ def, config, seed }) =>
+    new ReferenceEngine(def, config, seed, log, (index) => {
+      if (index === hooks.failAtStep) throw new Error(`simulated crash at step ${index}`);
+      hooks.onStep?.(index);
+    });
+  return { log, factory };
+}
+
+const WORDS = 'river stone lamp orchard violet engine harbor quiet copper window meadow signal ember lantern atlas'.split(' ');
+
+let scratch: string;
+let corpusPath: string;
+const output = { text: '', write(text: string) { this.text += text; } };
+
+function options(outDir: string, extra: Partial<TrainOptions> = {}): TrainOptions {
+  return {
+    def: toyModel,
+    preset: 'toy',
+    data: corpusPath,
+    tokenizer: 'bpe:300',
+    cacheDir: join(scratch, 'cache'),
+    steps: 6,
+    maxLr: 1e-2,
+    warmupSteps: 2,
+    startMicroBatches: 1,
+    fullMicroBatches: 2,
+    rampSteps: 3,
+    evalInterval: 2,
+    evalBatches: 2,
+    checkpointInterval: 100,
+    seed: 7,
+    outDir: join(scratch, outDir),
+    requestGpu: async () => NO_GPU,
+    handleSignals: false,
+    progress: output,
+    summary: output,
+    ...extra,
+  };
+}
+
+/** Rows without their timings, which differ from run to run. */
+const withoutTimings = (result: TrainResult | LoadedCheckpoint) =>
+  ('lossHistory' in result ? result.lossHistory : result.state.lossHistory).map(({ tokensPerSecond: _, ...row }) => row);
+
+function expectSameWeights(a: LoadedCheckpoint, b: LoadedCheckpoint): void {
+  expect([...b.parameters.keys()]).toEqual([...a.parameters.keys()]);
+  for (const [name, tensor] of a.parameters) {
+    expect(Buffer.from(b.parameters.get(name)!.data.buffer).equals(Buffer.from(tensor.data.buffer)), name).toBe(true);
+    expect(Buffer.from(b.moments.m.get(name)!.data.buffer).equals(Buffer.from(a.moments.m.get(name)!.data.buffer)), `m.${name}`).toBe(true);
+    expect(Buffer.from(b.moments.v.get(name)!.data.buffer).equals(Buffer.from(a.moments.v.get(name)!.data.buffer)), `v.${name}`).toBe(true);
+  }
+}
+
+let straight: { result: TrainResult; log: EngineLog; checkpoint: LoadedCheckpoint };
+
+beforeAll(async () => {
+  scratch = await mkdtemp(join(tmpdir(), 'chotta-train-loop-'));
+  const random = mulberry32(3);
+  const word = () => WORDS[Math.floor(random() * WORDS.length)];
+  const documents = Array.from({ length: 40 }, (_, i) => `Document ${i}: the ${word()} and the ${word()} met a ${word()}. ${word()} ${word()}.`);
+  corpusPath = join(scratch, 'corpus.jsonl');
+  await writeFile(corpusPath, documents.map((text) => JSON.stringify({ text })).join('\n') + '\n');
+
+  const { log, factory } = referenceEngines();
+  const result = await train(options('straight'), factory);
+  straight = { result, log, checkpoint: await loadCheckpoint(join(scratch, 'straight', 'checkpoint')) };
+});
+afterAll(async () => {
+  await rm(scratch, { recursive: true, force: true });
+});
+
+describe('train', () => {
+  it('follows both schedules, evaluates every evalInterval steps and after the last, and learns', () => {
+    const { result, log } = straight;
+    expect(result.finished).toBe(true);
+    expect(result.step).toBe(6);
+    expect(log.lrs).toEqual([0, 1, 2, 3, 4, 5].map((s) => learningRate(s, { maxLr: 1e-2, warmupSteps: 2, maxSteps: 6, minLrRatio: 0.1 })));
+    expect(log.microBatchCounts).toEqual([1, 1, 1, 2, 2, 2]);
+    // Rows 0..5 carry train losses; validation before steps 0, 2, 4 and after the last (row 6).
+    expect(result.lossHistory.map((r) => r.step)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    expect(result.lossHistory.filter((r) => r.valLoss !== undefined).map((r) => r.step)).toEqual([0, 2, 4, 6]);
+    expect(log.events.filter((e) => e === 'evaluate')).toHaveLength(4);
+    expect(result.lossHistory[6].trainLoss).toBeUndefined();
+    // A fresh model predicts about uniformly over the 300 ids; a few steps at 1e-2 do better.
+    expect(result.lossHistory[0].valLoss!).toBeCloseTo(Math.log(300), 0);
+    expect(result.valLoss!).toBeLessThan(result.lossHistory[0].valLoss! - 0.1);
+    // Tokens per second exist from the second step on (the first includes compilation).
+    expect(result.lossHistory[0].tokensPerSecond).toBeUndefined();
+    expect(result.tokensPerSecond).toBeGreaterThan(0);
+    expect(output.text).toMatch(/trained 6 steps/);
+  });
+
+  it("reads each step's loss only after queueing the next step", () => {
+    const { events } = straight.log;
+    for (let k = 0; k < 5; k++) {
+      expect(events.indexOf(`step ${k + 1}`), `step ${k + 1} is queued before step ${k}'s loss is read`).toBeLessThan(events.indexOf(`read ${k}`));
+    }
+    // Evaluation of the weights a step starts from is queued before that step.
+    expect(events.slice(0, 2)).toEqual(['evaluate', 'step 0']);
+  });
+
+  it('saves a checkpoint that holds the weights, the moments, the sampler, the config, the data and the tokenizer', async () => {
+    const { checkpoint, result } = straight;
+    const { state } = checkpoint;
+    expect(state.step).toBe(6);
+    expect(state.tokensSeen).toBe((1 + 1 + 1 + 2 + 2 + 2) * TOY.batchSize * TOY.blockSize);
+    expect(state.sampler.cursor).toBe(9 * TOY.batchSize);
+    expect(withoutTimings(checkpoint)).toEqual(withoutTimings(result));
+    // The tokenizer has 300 ids, fewer than the preset's 512: the model's vocabulary shrinks to it.
+    expect(state.config.modelConfig).toEqual({ ...TOY, vocabSize: 300 });
+    expect(checkpoint.parameters.get('wte.weight')!.shape).toEqual([300, 16]);
+    expect(state.config).toMatchObject({ steps: 6, maxLr: 1e-2, warmupSteps: 2, rampSteps: 3, tokenizer: 'bpe:300', seed: 7 });
+    const prepared = await prepareData({ source: corpusPath, tokenizer: { bpe: 300 }, cacheDir: join(scratch, 'cache') });
+    expect(state.data).toMatchObject({ hash: prepared.meta.hash, source: corpusPath, trainTokens: prepared.meta.train.tokens });
+    const data = await loadPreparedData(prepared.dir);
+    expect(state.extra?.tokenizer).toEqual(data.tokenizer.toJSON());
+    expect(state.extra?.engineMode).toBe('eager');
+  });
+
+  it('writes the loss curve as CSV and SVG', async () => {
+    const csv = (await readFile(join(scratch, 'straight', 'loss.csv'), 'utf8')).trim().split('\n');
+    expect(csv[0]).toBe('step,train_loss,val_loss,lr,tokens_per_second');
+    expect(csv).toHaveLength(8);
+    expect(csv[7]).toMatch(/^6,,\d/);
+    expect(await readFile(join(scratch, 'straight', 'loss.svg'), 'utf8')).toMatch(/^<svg[^>]*>[\s\S]*<polyline[\s\S]*<\/svg>\n$/);
+  });
+
+  it('stopped after 3 steps and resumed, ends with the identical weights, moments and losses', async () => {
+    const stop = new AbortController();
+    const first = referenceEngines({ onStep: (index) => index === 2 && stop.abort('test stop') });
+    const stopped = await train(options('stopped', { signal: stop.signal }), first.factory);
+    expect(stopped).toMatchObject({ finished: false, step: 3, stoppedBy: 'test stop' });
+    expect((await loadCheckpoint(join(scratch, 'stopped', 'checkpoint'))).state.step).toBe(3);
+
+    const second = referenceEngines();
+    const resumed = await train({ ...options('stopped'), resume: true }, second.factory);
+    expect(resumed).toMatchObject({ finished: true, step: 6 });
+    expect([...first.log.lrs, ...second.log.lrs]).toEqual(straight.log.lrs);
+    expect([...first.log.rows, ...second.log.rows]).toEqual(straight.log.rows);
+    expect(withoutTimings(resumed)).toEqual(withoutTimings(straight.result));
+    const checkpoint = await loadCheckpoint(join(scratch, 'stopped', 'checkpoint'));
+    expectSameWeights(straight.checkpoint, checkpoint);
+    expect(checkpoint.state.sampler).toEqual(straight.checkpoint.state.sampler);
+    expect(checkpoint.state.tokensSeen).toBe(straight.checkpoint.state.tokensSeen);
+  });
+
+  it('after a crash, resumes from the last checkpoint and ends as the uninterrupted run', async () => {
+    const crashing = referenceEngines({ failAtStep: 4 });
+    await expect(train(options('crashed', { checkpointInterval: 3 }), crashing.factory)).rejects.toThrow(/simulated crash at step 4/);
+    expect((await loadCheckpoint(join(scratch, 'crashed', 'checkpoint'))).state.step).toBe(3);
+
+    const resumed = await train({ ...options('crashed', { checkpointInterval: 3 }), resume: true }, referenceEngines().factory);
+    expect(withoutTimings(resumed)).toEqual(withoutTimings(straight.result));
+    expectSameWeights(straight.checkpoint, await loadCheckpoint(join(scratch, 'crashed', 'checkpoint')));
+  });
+
+  it('takes every training window once per epoch', async () => {
+    const prepared = await prepareData({ source: corpusPath, tokenizer: { bpe: 300 }, cacheDir: join(scratch, 'cache') });
+    const data = await loadPreparedData(prepared.dir);
+    const windows = windowCount(data.train.length, TOY.blockSize);
+    const all = fillBatch(data.train, Array.from({ length: windows }, (_, i) => i), TOY.blockSize);
+    const expected = Array.from({ length: windows }, (_, i) => all.idx.slice(i * TOY.blockSize, (i + 1) * TOY.blockSize).join(','));
+    const perStep = 2 * TOY.batchSize;
+    const { log, factory } = referenceEngines();
+    await train(
+      options('epoch', { steps: Math.ceil(windows / perStep) + 1, startMicroBatches: 2, rampSteps: 0, evalBatches: 0, warmupSteps: 0 }),
+      factory,
+    );
+    expect(log.rows.slice(0, windows).sort()).toEqual([...expected].sort());
+    // The second epoch starts over in another order.
+    expect(log.rows.slice(windows, windows + 4)).not.toEqual(log.rows.slice(0, 4));
+  });
+
+  it('refuses to overwrite a run, to resume with other settings, and a tokenizer larger than the model', async () => {
+    const { factory } = referenceEngines();
+    await expect(train(options('straight'), factory)).rejects.toThrow(/already holds a run's checkpoint; continue it with --resume/);
+    await expect(train({ ...options('straight', { maxLr: 3e-3 }), resume: true }, factory)).rejects.toThrow(
+      /these differ: --max-lr 0\.003 \(the run has 0\.01\)/,
+    );
+    await expect(train(options('small-vocab', { modelOverrides: { vocabSize: 280 } }), factory)).rejects.toThrow(
+      /the tokenizer has 300 ids but the model's vocabulary has 280 rows; use --tokenizer bpe:280/,
+    );
+    await expect(train(options('bad', { steps: 0 }), factory)).rejects.toThrow(/--steps must be an integer of at least 1; got 0/);
+  });
+});
+
+describe('train with the eager engine', () => {
+  it('gives the reference engine\'s losses, through the micro-batch ramp', async (t) => {
+    const gpu = await gpuOrSkip(t);
+    // Four steps: one micro-batch, then two from step 3 on. Validation before the first and after the last.
+    const short = { steps: 4, rampSteps: 3, evalInterval: 4, evalBatches: 1 };
+    const reference = (await train(options('eager-reference', short), referenceEngines().factory)).lossHistory;
+    const eager = await train(options('eager', { ...short, requestGpu: async () => gpu }), (ctx) => createEagerEngine(ctx));
+    expect(eager.lossHistory.map((row) => [row.step, row.trainLoss !== undefined, row.valLoss !== undefined])).toEqual(
+      reference.map((row) => [row.step, row.trainLoss !== undefined, row.valLoss !== undefined]),
+    );
+    eager.lossHistory.forEach((row, i) => {
+      // float32 on the device against float64 on the host, a few updates at lr 1e-2.
+      if (row.trainLoss !== undefined) expect(row.trainLoss, `train loss of step ${row.step}`).toBeCloseTo(reference[i].trainLoss!, 3);
+      if (row.valLoss !== undefined) expect(row.valLoss, `val loss before step ${row.step}`).toBeCloseTo(reference[i].valLoss!, 3);
+    });
+  });
+});
+
+describe('sample', () => {
+  it('streams the prompt and its continuation; greedy picks the likeliest token, a seed repeats a draw', async () => {
+    const ckpt = join(scratch, 'straight');
+    const run = (extra: { temperature?: number; topK?: number | null; seed?: number }) => {
+      const out = { text: '', write(text: string) { this.text += text; } };
+      return sample({ ckpt, prompt: 'the river', tokens: 6, def: toyModel, requestGpu: async () => NO_GPU, out, ...extra }, referenceEngines().factory).then(
+        (result) => ({ ...result, printed: out.text }),
+      );
+    };
+    const greedy = await run({ temperature: 0 });
+    expect(greedy.generated).toHaveLength(6);
+    expect(greedy.printed).toBe(`${greedy.text}\n`);
+    expect(greedy.text.startsWith('the river')).toBe(true);
+
+    // The first greedy token is the argmax of the logits after end-of-text and the prompt.
+    const data = await loadPreparedData((await prepareData({ source: corpusPath, tokenizer: { bpe: 300 }, cacheDir: join(scratch, 'cache') })).dir);
+    const engine = new ReferenceEngine(toyModel, { ...TOY, vocabSize: 300, batchSize: 1 }, 0, { events: [], lrs: [], microBatchCounts: [], rows: [] });
+    engine.importState(engineStateOf(straight.checkpoint));
+    const logits = await engine.lastLogits(Int32Array.from([data.tokenizer.eotId, ...data.tokenizer.encode('the river')]));
+    expect(greedy.generated[0]).toBe(logits.indexOf(Math.max(...logits)));
+    expect((await run({ topK: 1, seed: 5 })).generated).toEqual(greedy.generated);
+
+    const drawn = await run({ temperature: 1, topK: null, seed: 11 });
+    expect((await run({ temperature: 1, topK: null, seed: 11 })).generated).toEqual(drawn.generated);
+  });
+
+  it('sampleToken: temperature 0 is greedy, top-k never leaves the k likeliest', () => {
+    const logits = Float32Array.from([0.1, 2.5, -1, 2.4, 0.3]);
+    const random = mulberry32(1);
+    expect(sampleToken(logits, 0, null, random)).toBe(1);
+    const seen = new Set(Array.from({ length: 200 }, () => sampleToken(logits, 5, 2, random)));
+    expect([...seen].sort()).toEqual([1, 3]);
+    expect(new Set(Array.from({ length: 400 }, () => sampleToken(logits, 5, null, random))).size).toBe(5);
+  });
+});
