@@ -2,20 +2,9 @@
 // for reasons that have nothing to do with the compiler.
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { describe, expect, it, type TestContext } from 'vitest';
-import { requestDevice, type GpuContext } from '../runtime/device.ts';
-
-// No adapter is a skip on a developer's machine but a failure in CI, where one must exist
-// (.ci/run installs a software one); otherwise a broken driver setup would pass CI silently.
-async function gpuOrSkip(t: TestContext): Promise<GpuContext> {
-  try {
-    return await requestDevice();
-  } catch (err) {
-    const why = err instanceof Error ? err.message : String(err);
-    if (process.env.CI) throw new Error(`CI is set, so a WebGPU adapter is required. ${why}`);
-    return t.skip(`skipped, no WebGPU adapter: ${why}`);
-  }
-}
+import { describe, expect, it } from 'vitest';
+import { requestDevice } from '../runtime/device.ts';
+import { gpuOrSkip } from './support/gpu.ts';
 
 // A full GC on demand (no --expose-gc needed), to catch Dawn objects collected while still in use.
 function collectGarbage(): void {
