@@ -80,7 +80,7 @@ export async function main(argv: string[]): Promise<void> {
   const c = terminalChalk();
   const def = await loadModel(args.model as string);
   const preset = choosePreset(def, args.preset);
-  if (args.seq !== undefined && !(args.seq >= 1 && args.seq <= preset.config.blockSize)) {
+  if (args.seq !== undefined && !(Number.isInteger(args.seq) && args.seq >= 1 && args.seq <= preset.config.blockSize)) {
     throw new UsageError(`--seq must be between 1 and the context length ${preset.config.blockSize}`);
   }
   if (args.batch !== undefined && !(Number.isInteger(args.batch) && args.batch >= 1)) throw new UsageError('--batch must be a positive integer');

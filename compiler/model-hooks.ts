@@ -42,7 +42,8 @@ function conditions(n: AstNode): AstNode[] {
     case 'ForStatement':
       return n.test ? [n.test as AstNode] : [];
     case 'LogicalExpression':
-      return [n.left as AstNode];
+      // `a ?? b` asks whether `a` is null or undefined, not whether it is true.
+      return n.operator === '??' ? [] : [n.left as AstNode];
     case 'UnaryExpression':
       return n.operator === '!' ? [n.argument as AstNode] : [];
     default:

@@ -83,8 +83,8 @@ async function gpuOrExplain(): Promise<GpuContext> {
   try {
     return await requestDevice();
   } catch (error) {
-    const why = (error as Error).message.split(':')[0];
-    throw new UsageError(`${why}; on Linux without a GPU, install a software one with \`bash scripts/install-software-gpu.sh\``, { cause: error });
+    // requestDevice's own message already says how to install a software driver when no adapter exists.
+    throw new UsageError((error as Error).message, { cause: error });
   }
 }
 
@@ -171,7 +171,7 @@ function trainOptions(y: Argv) {
     .option('block-size', { type: 'number', describe: "override the preset's context length" })
     .option('batch-size', { type: 'number', describe: "override the preset's micro-batch (sequences)" })
     .option('vocab-size', { type: 'number', describe: "override the preset's vocabulary (at least the tokenizer's)" })
-    .example('$0 train', 'the tiny preset, 200 steps on the built-in corpus, into runs/tiny')
+    .example('$0 train', 'the tiny preset, 40 steps on the built-in corpus, into runs/tiny')
     .example('$0 train --steps 1000 --data wiki.xml.bz2 --out runs/wiki', 'longer, on a Wikipedia dump')
     .example('$0 train --resume --out runs/wiki', 'continue it after Ctrl-C or a crash')
     .example('$0 train --n-layer 2 --n-embd 64 --steps 50', 'a smaller model, quickly')

@@ -8,6 +8,7 @@ import { numel } from '../compiler/ir.ts';
 import { ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
 import { Ops } from '../compiler/ops.ts';
 import { Tensor } from '../compiler/tensor.ts';
+import { UsageError } from '../compiler/load-model.ts';
 import type { GpuContext } from './device.ts';
 import { EagerBackend, type EagerValue } from './eager.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
@@ -112,7 +113,7 @@ export class EagerEngine implements TrainingEngine {
     // torch's min(1, maxNorm / (norm + 1e-6)).
     let sumSq: EagerValue | undefined;
     for (const g of grads) {
-      const s = o.sum(o.reshape(o.mul(g, g), [numel(g.shape)]), 0);
+      const s = sumAll(o, o.mul(g, g));
       sumSq = sumSq ? o.add(sumSq, s) : s;
     }
     const norm = o.sqrt(sumSq!);
@@ -134,11 +135,17 @@ export class EagerEngine implements TrainingEngine {
     const normRead = be.readLater(norm);
     be.flush();
     be.collect(this.persistent());
-    return { loss: lossRead.then((d) => d[0]), gradNorm: normRead.then((d) => d[0]) };
+    const gradNorm = normRead.then((d) => d[0]);
+    gradNorm.catch(() => {}); // a failed step rejects the loss too; callers need not watch both
+    return { loss: lossRead.then((d) => d[0]), gradNorm };
   }
 
   async evaluate(batches: Batch[]): Promise<number> {
-    const reads = batches.map((b) => this.backend.readLater(this.forward(b).value as EagerValue));
+    const reads = batches.map((b) => {
+      const read = this.backend.readLater(this.forward(b).value as EagerValue);
+      this.backend.collect(this.persistent()); // the copy is queued, so each batch's activations can go
+      return read;
+    });
     this.backend.flush();
     const losses = await Promise.all(reads);
     this.backend.collect(this.persistent());
@@ -147,7 +154,12 @@ export class EagerEngine implements TrainingEngine {
 
   async lastLogits(tokens: Int32Array): Promise<Float32Array> {
     const t = tokens.length;
-    const idx = new Tensor(this.backend, this.backend.upload(tokens, [1, t], 'i32'));
+    if (t < 1 || t > this.seqLen) throw new Error(`lastLogits needs 1 to ${this.seqLen} tokens, got ${t}`);
+    // Always a full window, padded on the right: attention is causal, so the padding cannot change
+    // position t-1, and one set of kernels serves every prompt length.
+    const window = new Int32Array(this.seqLen);
+    window.set(tokens);
+    const idx = new Tensor(this.backend, this.backend.upload(window, [1, this.seqLen], 'i32'));
     const { logits } = this.model.forward(idx);
     const last = logits.slice(1, t - 1, t).reshape(-1);
     const data = (await this.backend.read(last.value as EagerValue)) as Float32Array;
@@ -171,9 +183,9 @@ export class EagerEngine implements TrainingEngine {
   importState(state: EngineState): void {
     for (const p of this.params) {
       const saved = state.params.get(p.spec.name);
-      if (!saved) throw new Error(`checkpoint has no parameter ${p.spec.name}`);
-      if (saved.data.length !== numel(p.spec.shape)) {
-        throw new Error(`checkpoint parameter ${p.spec.name} has shape [${saved.shape}], the model expects [${p.spec.shape}]`);
+      if (!saved) throw new UsageError(`checkpoint has no parameter ${p.spec.name}: it was saved from a different model`);
+      if (saved.shape.length !== p.spec.shape.length || saved.shape.some((d, i) => d !== p.spec.shape[i])) {
+        throw new UsageError(`checkpoint parameter ${p.spec.name} has shape [${saved.shape}], the model expects [${p.spec.shape}]`);
       }
       this.write(p.value, saved.data);
       this.write(p.m, state.m.get(p.spec.name) ?? new Float32Array(saved.data.length));
@@ -181,4 +193,18 @@ export class EagerEngine implements TrainingEngine {
     }
     this.optimizerStep = state.step;
   }
+}
+
+/**
+ * Σ x over every element, in two stages: one thread summing millions of f32 values in a row (GPT-2's
+ * token embedding has 38.6M) would lose the small late terms and take long; rows of 1024 first.
+ */
+function sumAll(o: Ops<EagerValue>, x: EagerValue): EagerValue {
+  const n = numel(x.shape);
+  const flat = o.reshape(x, [n]);
+  const row = 1024;
+  if (n <= row) return o.sum(flat, 0);
+  const padded = n % row === 0 ? flat : o.pad(flat, 0, 0, row - (n % row));
+  const partial = o.sum(o.reshape(padded, [Math.ceil(n / row), row]), 1);
+  return o.sum(o.reshape(partial, [Math.ceil(n / row)]), 0);
 }

@@ -10,6 +10,7 @@ import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
 import { numel, type Attrs, type DType, type Shape } from '../compiler/ir.ts';
 import { inferType, type ValueType } from '../compiler/ops.ts';
 import type { TensorBackend } from '../compiler/tensor.ts';
+import { UsageError } from '../compiler/load-model.ts';
 import type { GpuContext } from './device.ts';
 import type { KernelProfiler } from './profiler.ts';
 
@@ -73,6 +74,11 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   constructor(readonly gpu: GpuContext) {
     this.device = gpu.device;
     this.pool = new BufferPool(this.device);
+    // Errors outside a pipeline's creation (binding, dispatch limits, out of memory, submit) make
+    // a command buffer run nothing; recorded here, they fail the next read instead of reading zeros.
+    this.device.addEventListener('uncapturederror', (e) => {
+      this.pendingErrors.push(Promise.resolve((e as GPUUncapturedErrorEvent).error.message));
+    });
   }
 
   get allocatedBytes(): number {
@@ -88,7 +94,7 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     const bytes = numel(shape) * 4;
     const limit = this.device.limits.maxStorageBufferBindingSize;
     if (bytes > limit) {
-      throw new Error(
+      throw new UsageError(
         `a ${dtype}[${shape}] tensor needs ${(bytes / 2 ** 20).toFixed(1)} MiB, more than this adapter's ` +
           `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding; use a smaller batch or preset`,
       );
@@ -207,11 +213,15 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(v.buffer, 0, staging, 0, size);
     const { dtype, bytes } = v;
     return new Promise<void>((resolve) => this.afterFlush.push(resolve)).then(async () => {
-      await this.checkErrors();
-      await staging.mapAsync(GPUMapMode.READ);
-      const raw = staging.getMappedRange().slice(0, bytes);
-      staging.unmap();
-      staging.destroy();
+      let raw: ArrayBuffer;
+      try {
+        await this.checkErrors();
+        await staging.mapAsync(GPUMapMode.READ);
+        raw = staging.getMappedRange().slice(0, bytes);
+        staging.unmap();
+      } finally {
+        staging.destroy();
+      }
       if (dtype === 'f32') return new Float32Array(raw);
       if (dtype === 'i32') return new Int32Array(raw);
       return Uint8Array.from(new Uint32Array(raw));

@@ -95,6 +95,24 @@ describe('eager mode', () => {
     }
   });
 
+  it('the gradient norm computed on the device equals the reference; the pool stops growing after a step', async (t) => {
+    const gpu = await gpuOrSkip(t);
+    const engine = await createEagerEngine({ def: model, config: small, seed: 11, gpu });
+    const { graph, params } = traceForward(model, small);
+    const initial = await engine.exportState();
+    const n = small.batchSize * small.blockSize;
+    const batch = { idx: tokens(n, small.vocabSize, 21), targets: tokens(n, small.vocabSize, 22) };
+    const inputs: Record<string, RefInput> = { idx: batch.idx, targets: batch.targets };
+    for (const p of params) inputs[p.name] = Float64Array.from(initial.params.get(p.name)!.data);
+    const grads = evaluate(buildJointGraph(graph), inputs).slice(1);
+    const norm = Math.sqrt(grads.reduce((s, g) => s + Array.from(g.data).reduce((a, x) => a + x * x, 0), 0));
+    const first = engine.step([batch], 1e-3);
+    expect(Math.abs((await first.gradNorm) - norm) / norm).toBeLessThan(1e-4);
+    const pooled = engine.backend.allocatedBytes;
+    for (let s = 0; s < 3; s++) await engine.step([batch], 1e-3).loss;
+    expect(engine.backend.allocatedBytes).toBe(pooled);
+  });
+
   it('training steps on a fixed batch lower the loss; state exports and imports exactly', async (t) => {
     const gpu = await gpuOrSkip(t);
     const engine = await createEagerEngine({ def: model, config: small, seed: 3, gpu });

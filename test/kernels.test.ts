@@ -13,6 +13,8 @@ type In = { shape: Shape; dtype?: DType; positive?: boolean; ints?: number };
 type Case = { op: string; ins: In[]; attrs?: Attrs; out?: { shape: Shape; dtype: DType } };
 
 const odd = [7, 13, 5];
+/** 420 elements: a multiple of 4, so pointwise kernels take their vec4 path. */
+const even = [7, 12, 5];
 const f = (shape: Shape, extra: Partial<In> = {}): In => ({ shape, ...extra });
 
 const CASES: Case[] = [
@@ -48,6 +50,18 @@ const CASES: Case[] = [
   ),
   { op: 'matmul', ins: [f([67, 129]), f([129, 33])] },
   { op: 'gather', ins: [f([11, 5]), f([7, 3], { dtype: 'i32', ints: 11 })] },
+  { op: 'gather', ins: [f([11, 3, 4]), f([7, 3], { dtype: 'i32', ints: 11 })] },
+  ...['neg', 'exp', 'tanh'].map((op) => ({ op, ins: [f(even)] })),
+  ...['add', 'sub', 'mul', 'max', 'eq', 'ge'].map((op) => ({ op, ins: [f(even), f(even)] })),
+  { op: 'rsqrt', ins: [f(even, { positive: true })] },
+  { op: 'div', ins: [f(even), f(even, { positive: true })] },
+  { op: 'where', ins: [f(even, { dtype: 'bool' }), f(even), f(even)] },
+  { op: 'cast', ins: [f(even, { dtype: 'bool' })], out: { shape: even, dtype: 'f32' } },
+  { op: 'cast', ins: [f(even)], out: { shape: even, dtype: 'bool' } },
+  { op: 'const', ins: [], attrs: { value: 0.1 }, out: { shape: even, dtype: 'f32' } },
+  { op: 'max_reduce', ins: [f(odd)], attrs: { axis: 0 } },
+  { op: 'max_reduce', ins: [f(odd)], attrs: { axis: 2 } },
+  { op: 'max_reduce', ins: [f([6, 9], { dtype: 'i32', ints: 1000 })], attrs: { axis: 1 } },
   { op: 'scatter_add', ins: [f([7, 3], { dtype: 'i32', ints: 4 }), f([7, 3, 5])], out: { shape: [4, 5], dtype: 'f32' } },
 ];
 

@@ -1,6 +1,7 @@
 // One WGSL kernel per primitive op, generated from the op's description: one emitter per kind
 // (pointwise, layout, reduction, matmul, gather/scatter) rather than one hand-written shader per op.
-// Eager mode runs these one dispatch per op; the compiler's fused kernels reuse the same pieces.
+// Eager mode runs these one dispatch per op; the compiled runner's fused kernels are to be built
+// from the same pieces (pointwiseExpr, the matmul blocking).
 
 import { numel, type Attrs, type DType } from '../ir.ts';
 import type { ValueType } from '../ops.ts';

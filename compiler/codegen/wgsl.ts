@@ -27,10 +27,15 @@ export const bytesPerElement = (_: DType): number => 4;
  */
 export function literal(v: number, d: DType): string {
   if (d === 'bool') return v ? '1u' : '0u';
-  if (d === 'i32') return `${Math.trunc(v)}i`;
+  if (d === 'i32') {
+    // Infinities (a max-reduction's start) clamp to the i32 range; WGSL cannot spell -2147483648i.
+    const i = Math.max(-2147483648, Math.min(2147483647, Number.isFinite(v) ? Math.trunc(v) : v > 0 ? Infinity : -Infinity));
+    return i === -2147483648 ? '(-2147483647i - 1i)' : `${i}i`;
+  }
   if (Number.isNaN(v)) throw new Error('NaN constants cannot be spelled in WGSL');
-  if (!Number.isFinite(v)) return v > 0 ? 'bitcast<f32>(0x7f7fffffu)' : 'bitcast<f32>(0xff7fffffu)';
-  const s = Math.fround(v).toPrecision(9);
+  const f = Math.fround(v);
+  if (!Number.isFinite(f)) return f > 0 ? 'bitcast<f32>(0x7f7fffffu)' : 'bitcast<f32>(0xff7fffffu)';
+  const s = f.toPrecision(9);
   return /[.e]/.test(s) ? `${s}f` : `${s}.0f`;
 }
 

@@ -1,6 +1,7 @@
 // A checkpoint is a directory holding everything a run needs to continue exactly where it stopped:
 //
-//   model.safetensors      the weights, F32, GPT-2 names ([out, in] like torch.nn.Linear); the
+//   model.safetensors      the weights, F32, GPT-2 names in nanoGPT's layout ([out, in] like
+//                          torch.nn.Linear, not Hugging Face's transposed Conv1D); the
 //                          run's config in "__metadata__" as strings, so the file stands alone
 //   optimizer.safetensors  AdamW's moments as m.<param> and v.<param>
 //   state.json             step, tokens seen, sampler and RNG state, config, data, loss history

@@ -26,11 +26,10 @@ import { accumulationSteps, learningRate } from './schedule.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration. Defaults are for the `tiny` preset on a CPU software GPU (lavapipe), where the
-// eager engine trains it at a few hundred tokens per second (130–210 on a busy 2-core machine):
-// 200 steps of at most 2 micro-batches of 8×128 tokens (~390k tokens) take tens of minutes eager
-// and should take minutes compiled, and move the loss well below ln(4096) ≈ 8.3. A batch of 2048
-// tokens is small, but so is the model: nanoGPT's CPU recipe trains a model of this size with
-// 768-token batches at the same 1e-3.
+// eager engine trains it at roughly a hundred tokens per second on 2 cores: 40 steps of at most 2
+// micro-batches of 8×128 tokens (~74k tokens) fit in about ten minutes and move the loss from
+// ln(4096) ≈ 8.3 clearly down; longer runs pass --steps. A batch of 2048 tokens is small, but so is
+// the model: nanoGPT's CPU recipe trains a model of this size with 768-token batches at 1e-3.
 
 export interface TrainConfig {
   /** A model module, as chotta-compile takes it; looked up from the working directory, then from ChottaGPT's own folder. */
