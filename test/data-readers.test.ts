@@ -55,7 +55,7 @@ describe('plain text', () => {
 
 describe('WikiText', () => {
   it('tells article headings from section headings', () => {
-    expect(isWikiTextArticleHeading(' = Homarus gammarus = ')).toBe(true);
+    expect(isWikiTextArticleHeading(' = Some Article = ')).toBe(true);
     expect(isWikiTextArticleHeading(' = M @-@ 82 ( Michigan highway ) = ')).toBe(true);
     expect(isWikiTextArticleHeading(' = X = ')).toBe(true);
     expect(isWikiTextArticleHeading(' = = Description = = ')).toBe(false);
@@ -77,7 +77,7 @@ describe('WikiText', () => {
     expect(await detectCorpusFormat(path)).toBe('wikitext');
     const documents = await documentsOf(path);
     expect(documents).toHaveLength(60);
-    expect(documents[0].startsWith(' = Homarus gammarus = \n')).toBe(true);
+    expect(documents[0]).toMatch(/^ = [^=\n]+ = \n/); // an article heading starts the first document
     for (const document of documents) {
       expect(isWikiTextArticleHeading(document.split('\n')[0])).toBe(true);
       expect(document.split('\n').slice(1).some(isWikiTextArticleHeading)).toBe(false);

@@ -4,7 +4,7 @@
 
 import { readLines } from './input-files.ts';
 
-/** ` = Homarus gammarus = ` but not ` = = Description = = `: the title neither starts nor ends with `=`. */
+/** ` = Some Article = ` but not ` = = Description = = `: the title neither starts nor ends with `=`. */
 const ARTICLE_HEADING = /^ = [^=](?:.*[^=])? = $/;
 
 export function isWikiTextArticleHeading(line: string): boolean {
