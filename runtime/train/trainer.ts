@@ -178,7 +178,7 @@ export async function train(options: TrainOptions, createEngine: EngineFactory):
     }),
     'data',
   );
-  const data = await loadPreparedData(prepared.dir);
+  const data = await asUsageError(loadPreparedData(prepared.dir), `the prepared data in ${prepared.dir} (delete it to prepare again)`);
   if (saved) checkSameData(saved, prepared, data);
   const modelConfig = modelConfigFor(preset, config.modelOverrides, data.tokenizer.vocabSize, log);
   if (saved && JSON.stringify(modelConfig) !== JSON.stringify(saved.state.config.modelConfig)) {
@@ -201,7 +201,9 @@ export async function train(options: TrainOptions, createEngine: EngineFactory):
   const lrAt = (step: number) => learningRate(step, { maxLr: config.maxLr, warmupSteps: config.warmupSteps, maxSteps: config.steps, minLrRatio: config.minLrRatio });
   const microBatchesAt = (step: number) =>
     accumulationSteps(step, { startMicroBatches: config.startMicroBatches, fullMicroBatches: config.fullMicroBatches, rampSteps: config.rampSteps });
-  const sampler = saved ? EpochSampler.fromState(saved.state.sampler, trainWindows) : new EpochSampler(trainWindows, config.seed);
+  const sampler = saved
+    ? await asUsageError(Promise.resolve().then(() => EpochSampler.fromState(saved.state.sampler, trainWindows)), `cannot resume from ${outDir}`)
+    : new EpochSampler(trainWindows, config.seed);
   const history: LossRow[] = saved ? [...saved.state.lossHistory] : [];
   const startStep = saved?.state.step ?? 0;
   let tokensSeen = saved?.state.tokensSeen ?? 0;
