@@ -26,8 +26,9 @@ function styleFor(c: ChalkInstance): PrintStyle {
 export function printStats(c: ChalkInstance, forward: Graph, joint: Graph, params: ReturnType<typeof traceForward>['params'], config: Record<string, unknown>): string {
   const out: string[] = [];
   const nParams = parameterCount(params);
-  const tokens = (forward.nodes.find((n) => n.name === 'idx')?.shape ?? [1, 1]).reduce((a, b) => a * b, 1);
-  const seqLen = forward.nodes.find((n) => n.name === 'idx')?.shape[1] ?? 1;
+  const idxShape = forward.nodes.find((n) => n.name === 'idx')?.shape ?? [1, 1];
+  const tokens = idxShape.reduce((a, b) => a * b, 1);
+  const seqLen = idxShape[1];
   out.push(c.bold('parameters'), `  ${nParams.toLocaleString('en-US')} (${formatCount(nParams)})`);
   const section = (title: string, g: Graph) => {
     const counts = opCounts(g);

@@ -17,10 +17,14 @@ export interface TensorBackend<V> extends OpBuilder<V> {
   read?(v: V): Promise<Float32Array | Int32Array | Uint8Array>;
 }
 
+/** A TraceError that starts with the model line that called the Tensor API. */
+function traceError(message: string): TraceError {
+  return new TraceError(`${callerLocation() ?? 'model code'}: ${message}`);
+}
+
 export function hostReadError(what: string): TraceError {
-  const loc = callerLocation() ?? 'model code';
-  return new TraceError(
-    `${loc}: ${what} of a traced tensor. While tracing, tensors are symbolic: their values do not exist ` +
+  return traceError(
+    `${what} of a traced tensor. While tracing, tensors are symbolic: their values do not exist ` +
       `until the compiled program runs. Use tensor ops instead (where, max, sum), or run in eager mode.`,
   );
 }
@@ -56,7 +60,7 @@ export class Tensor {
 
   private axis(a: number): number {
     const r = this.rank;
-    if (a < -r || a >= r) throw new TraceError(`${callerLocation() ?? 'model code'}: axis ${a} out of range for shape [${this.shape}]`);
+    if (a < -r || a >= r) throw traceError(`axis ${a} out of range for shape [${this.shape}]`);
     return a < 0 ? a + r : a;
   }
 
@@ -68,7 +72,7 @@ export class Tensor {
       const x = a[a.length - r + i] ?? 1;
       const y = b[b.length - r + i] ?? 1;
       if (x !== y && x !== 1 && y !== 1) {
-        throw new TraceError(`${callerLocation() ?? 'model code'}: shapes [${a}] and [${b}] do not broadcast`);
+        throw traceError(`shapes [${a}] and [${b}] do not broadcast`);
       }
       out.push(x === 1 ? y : x);
     }
@@ -111,7 +115,7 @@ export class Tensor {
   rsqrt = () => this.wrap(this.ops.rsqrt(this.value));
   /** Small positive integer powers, as repeated multiplication (x**3 in GELU). */
   pow(n: number): Tensor {
-    if (!Number.isInteger(n) || n < 1) throw new TraceError(`${callerLocation() ?? 'model code'}: pow supports positive integer exponents, got ${n}`);
+    if (!Number.isInteger(n) || n < 1) throw traceError(`pow supports positive integer exponents, got ${n}`);
     let y: Tensor = this;
     for (let i = 1; i < n; i++) y = y.mul(this);
     return y;
@@ -140,7 +144,7 @@ export class Tensor {
     const known = shape.filter((d) => d !== -1).reduce((a, b) => a * b, 1);
     const resolved = shape.map((d) => (d === -1 ? this.size / known : d));
     if (resolved.reduce((a, b) => a * b, 1) !== this.size || !resolved.every(Number.isInteger)) {
-      throw new TraceError(`${callerLocation() ?? 'model code'}: cannot reshape [${this.shape}] to [${shape}]`);
+      throw traceError(`cannot reshape [${this.shape}] to [${shape}]`);
     }
     return this.wrap(this.ops.reshape(this.value, resolved));
   }
@@ -191,7 +195,7 @@ export class Tensor {
     return this.backend.read(this.value);
   }
   async item(): Promise<number> {
-    if (this.size !== 1) throw new TraceError(`${callerLocation() ?? 'model code'}: item() needs a single element, shape is [${this.shape}]`);
+    if (this.size !== 1) throw traceError(`item() needs a single element, shape is [${this.shape}]`);
     return (await this.data())[0];
   }
 
@@ -204,7 +208,7 @@ export class Tensor {
 /** cond ? a : b, elementwise, with broadcasting; numbers become constants. */
 export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
   const like = typeof a === 'number' ? (typeof b === 'number' ? undefined : b) : a;
-  if (!like) throw new TraceError(`${callerLocation() ?? 'model code'}: where() needs at least one tensor branch`);
+  if (!like) throw traceError(`where() needs at least one tensor branch`);
   let shape = Tensor.broadcastShapes(cond.shape, like.shape);
   const other = like === a ? b : a;
   if (typeof other !== 'number') shape = Tensor.broadcastShapes(shape, other.shape);

@@ -43,11 +43,17 @@ function dropTagsWithContent(text: string): string {
     .replace(new RegExp(`<(${names})\\b[^<>]*>[\\s\\S]*?</\\1\\s*>`, 'gi'), '');
 }
 
-/**
- * Removes every `open … close` span, nested ones included (`{{a|{{b}}}}`). An opener that is never
- * closed is left as text rather than swallowing the rest of the article.
- */
+/** Removes every `open … close` span, nested ones included (`{{a|{{b}}}}`). */
 function dropBalanced(text: string, open: string, close: string): string {
+  return mapBalanced(text, open, close, () => '');
+}
+
+/**
+ * Replaces every outermost `open … close` span (nested ones inside it included) by `replace` of
+ * the text between the markers. An opener that is never closed is left as text rather than
+ * swallowing the rest of the article.
+ */
+function mapBalanced(text: string, open: string, close: string, replace: (inside: string) => string): string {
   const token = new RegExp(`${escapeRegExp(open)}|${escapeRegExp(close)}`, 'g');
   let out = '';
   let depth = 0;
@@ -62,11 +68,14 @@ function dropBalanced(text: string, open: string, close: string): string {
       depth++;
     } else if (depth > 0) {
       depth--;
-      if (depth === 0) copyFrom = m.index + close.length;
+      if (depth === 0) {
+        out += replace(text.slice(outerStart + open.length, m.index));
+        copyFrom = m.index + close.length;
+      }
     }
   }
   if (depth === 0) return out + text.slice(copyFrom);
-  return out + open + dropBalanced(text.slice(outerStart + open.length), open, close);
+  return out + open + mapBalanced(text.slice(outerStart + open.length), open, close, replace);
 }
 
 /** `{| … |}` tables, nested ones included; the markers open and close at the start of a line. */
@@ -88,28 +97,7 @@ function dropTables(text: string): string {
  * `[[Category:…]]` → nothing. Links nest only inside file captions, so the outermost span decides.
  */
 function replaceInternalLinks(text: string): string {
-  const token = /\[\[|\]\]/g;
-  let out = '';
-  let depth = 0;
-  let outerStart = 0;
-  let copyFrom = 0;
-  for (let m = token.exec(text); m; m = token.exec(text)) {
-    if (m[0] === '[[') {
-      if (depth === 0) {
-        out += text.slice(copyFrom, m.index);
-        outerStart = m.index;
-      }
-      depth++;
-    } else if (depth > 0) {
-      depth--;
-      if (depth === 0) {
-        out += textOfInternalLink(text.slice(outerStart + 2, m.index));
-        copyFrom = m.index + 2;
-      }
-    }
-  }
-  if (depth === 0) return out + text.slice(copyFrom);
-  return out + '[[' + replaceInternalLinks(text.slice(outerStart + 2));
+  return mapBalanced(text, '[[', ']]', textOfInternalLink);
 }
 
 function textOfInternalLink(inside: string): string {
