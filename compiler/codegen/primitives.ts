@@ -161,12 +161,34 @@ export interface MatmulConfig {
 export const DEFAULT_MATMUL: MatmulConfig = { rows: 8, cols: 8, wgX: 8, wgY: 8 };
 
 /**
+ * Where a matmul's operands come from and where its result goes. Eager mode reads and writes plain
+ * buffers; the compiled runner's fused kernels read operands through index functions (a reshape or
+ * a layout view costs nothing extra) and apply a pointwise epilogue before the store.
+ */
+export interface MatmulIO {
+  /** Module-scope declarations: bindings and helper functions. */
+  decls: string;
+  /** WGSL expression of A's (B's) element at flat index `index` of the operand as stored. */
+  loadA(index: string): string;
+  loadB(index: string): string;
+  /** WGSL statement storing `value` at flat index `index` of the [batch, M, N] result. */
+  store(index: string, value: string): string;
+}
+
+const plainMatmulIO: MatmulIO = {
+  decls: bindings(['f32', 'f32'], 'f32'),
+  loadA: (i) => `in0[${i}]`,
+  loadB: (i) => `in1[${i}]`,
+  store: (i, v) => `out[${i}] = ${v};`,
+};
+
+/**
  * Batched matmul. A thread's rows and columns are interleaved by the workgroup size (thread x owns
  * columns x, x+wgX, x+2·wgX, ...) so that neighbouring threads, which a CPU adapter runs as SIMD
  * lanes, load neighbouring elements. Rows/columns past the edge are clamped on load and skipped on
  * store, so any M, N, K works.
  */
-export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg: MatmulConfig = DEFAULT_MATMUL): KernelSpec {
+export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg: MatmulConfig = DEFAULT_MATMUL, io: MatmulIO = plainMatmulIO): KernelSpec {
   const [a] = [ins[0].shape];
   const r = a.length;
   const tA = !!attrs.transA;
@@ -187,9 +209,9 @@ export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg
   for (const j of colIds) lines.push(`  let q${j} = min(col0 + ${j * cfg.wgX}u, ${N - 1}u);`);
   for (const i of rowIds) for (const g of groups) lines.push(`  var acc${i}_${g} = vec4<f32>(0.0f);`);
   lines.push(`  for (var k = 0u; k < ${K}u; k = k + 1u) {`);
-  for (const g of groups) lines.push(`    let b${g} = vec4<f32>(${[0, 1, 2, 3].map((c) => `in1[${bIndex(`q${g * 4 + c}`)}]`).join(', ')});`);
+  for (const g of groups) lines.push(`    let b${g} = vec4<f32>(${[0, 1, 2, 3].map((c) => io.loadB(bIndex(`q${g * 4 + c}`))).join(', ')});`);
   for (const i of rowIds) {
-    lines.push(`    let a${i} = in0[${aIndex(`r${i}`)}];`);
+    lines.push(`    let a${i} = ${io.loadA(aIndex(`r${i}`))};`);
     for (const g of groups) lines.push(`    acc${i}_${g} = acc${i}_${g} + a${i} * b${g};`);
   }
   lines.push('  }');
@@ -198,10 +220,10 @@ export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg
     for (const j of colIds) {
       const row = `row0 + ${i * cfg.wgY}u`;
       const col = `col0 + ${j * cfg.wgX}u`;
-      lines.push(`  if (${row} < ${M}u && ${col} < ${N}u) { out[outBase + (${row}) * ${N}u + ${col}] = acc${i}_${j >> 2}[${j & 3}]; }`);
+      lines.push(`  if (${row} < ${M}u && ${col} < ${N}u) { ${io.store(`outBase + (${row}) * ${N}u + ${col}`, `acc${i}_${j >> 2}[${j & 3}]`)} }`);
     }
   }
-  const wgsl = `${bindings(['f32', 'f32'], 'f32')}
+  const wgsl = `${io.decls}
 
 @compute @workgroup_size(${cfg.wgX}, ${cfg.wgY}, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
