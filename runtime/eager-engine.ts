@@ -8,6 +8,7 @@ import { numel } from '../compiler/ir.ts';
 import { ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
 import { Ops } from '../compiler/ops.ts';
 import { Tensor } from '../compiler/tensor.ts';
+import { sumAll } from '../compiler/train-step.ts';
 import { UsageError } from '../compiler/load-model.ts';
 import type { GpuContext } from './device.ts';
 import { EagerBackend, type EagerValue } from './eager.ts';
@@ -193,18 +194,4 @@ export class EagerEngine implements TrainingEngine {
     }
     this.optimizerStep = state.step;
   }
-}
-
-/**
- * Σ x over every element, in two stages: one thread summing millions of f32 values in a row (GPT-2's
- * token embedding has 38.6M) would lose the small late terms and take long; rows of 1024 first.
- */
-function sumAll(o: Ops<EagerValue>, x: EagerValue): EagerValue {
-  const n = numel(x.shape);
-  const flat = o.reshape(x, [n]);
-  const row = 1024;
-  if (n <= row) return o.sum(flat, 0);
-  const padded = n % row === 0 ? flat : o.pad(flat, 0, 0, row - (n % row));
-  const partial = o.sum(o.reshape(padded, [Math.ceil(n / row), row]), 1);
-  return o.sum(o.reshape(partial, [Math.ceil(n / row)]), 0);
 }

@@ -1,0 +1,159 @@
+// The training step as graphs, so that all of it (not only forward and backward) is compiled:
+//
+//   gradient  forward + backward of one micro-batch, added into gradient accumulators (the batch-size
+//             ramp runs it once per micro-batch, each scaled by 1/count) and a loss accumulator;
+//   update    global gradient norm, clip factor and AdamW for every parameter.
+//
+// State that a step changes (weights, moments, accumulators) is a graph input X and an output
+// named `next.X`: the runner gives both the same buffer, so the update happens in place. The
+// learning rate, the step number and the micro-batch scale are inputs too, so one compiled
+// program serves every step.
+
+import { GraphBuilder, isGraphInput, numel, type Graph } from './ir.ts';
+import { GraphOpBuilder, Ops } from './ops.ts';
+
+export interface AdamWSettings {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm: number;
+}
+
+/** The output that updates graph input `input` in place. */
+export const nextStateName = (input: string): string => `next.${input}`;
+/** The graph input an output updates in place, if it is such an output. */
+export const stateInputOf = (output: string | undefined): string | undefined => (output?.startsWith('next.') ? output.slice(5) : undefined);
+
+export const gradSumName = (param: string): string => `grad_sum.${param}`;
+export const momentNames = (param: string): { m: string; v: string } => ({ m: `adam_m.${param}`, v: `adam_v.${param}` });
+
+/** A copy of `g`'s nodes in a builder, to extend with new inputs and outputs. */
+function extend(g: Graph, name: string): { gb: GraphBuilder; o: Ops<number>; b: GraphOpBuilder } {
+  const gb = new GraphBuilder(name);
+  for (const n of g.nodes) gb.add({ ...n, inputs: [...n.inputs], shape: [...n.shape], attrs: { ...n.attrs } });
+  const b = new GraphOpBuilder(gb);
+  return { gb, o: new Ops(b), b };
+}
+
+/**
+ * From the joint graph (outputs `loss`, `grad.<param>`): the gradient program of one micro-batch.
+ * Inputs added: `loss_sum`, `scale` (1/micro-batches) and `grad_sum.<param>`; outputs:
+ * `next.loss_sum` = loss_sum + scale·loss and `next.grad_sum.<param>` = grad_sum + scale·grad.
+ */
+export function buildGradientGraph(joint: Graph): Graph {
+  const { gb, o, b } = extend(joint, joint.name.replace(/_train$/, '') + '_gradient');
+  const [lossId, ...gradIds] = joint.outputs;
+  const scalar = joint.nodes[lossId].shape;
+  const lossSum = b.input('loss_sum', [...scalar], 'f32', false);
+  const scale = b.input('scale', [...scalar], 'f32', false);
+  const outputs = [o.add(lossSum, o.mul(lossId, scale))];
+  gb.rename(outputs[0], nextStateName('loss_sum'));
+  const scalarTo = (shape: number[]) => o.broadcast(o.reshape(scale, shape.map(() => 1)), shape);
+  for (const g of gradIds) {
+    const param = joint.nodes[g].name!.replace(/^grad\./, '');
+    const shape = joint.nodes[g].shape;
+    const acc = b.input(gradSumName(param), [...shape], 'f32', false);
+    const next = o.add(acc, o.mul(g, scalarTo(shape)));
+    gb.rename(next, nextStateName(gradSumName(param)));
+    outputs.push(next);
+  }
+  return gb.build(outputs);
+}
+
+/**
+ * Σ x over every element, in two stages. One thread summing millions of f32 values in
+ * a row (GPT-2's token embedding has 38.6M) would lose the small late terms and take long; rows of
+ * 1024 first.
+ */
+export function sumAll<V>(o: Ops<V>, x: V): V {
+  const n = numel(o.shape(x));
+  const flat = o.reshape(x, [n]);
+  const row = 1024;
+  if (n <= row) return o.sum(flat, 0);
+  const padded = n % row === 0 ? flat : o.pad(flat, 0, 0, row - (n % row));
+  const partial = o.sum(o.reshape(padded, [Math.ceil(n / row), row]), 1);
+  return o.sum(o.reshape(partial, [Math.ceil(n / row)]), 0);
+}
+
+export interface UpdateParam {
+  name: string;
+  shape: number[];
+  /** AdamW weight decay applies (nanoGPT: tensors of rank ≥ 2). */
+  decay: boolean;
+}
+
+/**
+ * The update program: global norm of the accumulated gradients, the clip factor, and AdamW as
+ * torch.optim.AdamW computes it (runtime/train/adamw.ts is the host reference):
+ *
+ *   g = grad·clip;  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
+ *   p = p·(1 − lr·λ) − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
+ *
+ * Inputs: the parameters, `adam_m.*`, `adam_v.*`, `grad_sum.*`, `lr` and `step` (t, counted from
+ * 1). Outputs: `grad_norm` (before clipping), then `next.` of every parameter and moment.
+ */
+export function buildUpdateGraph(name: string, params: UpdateParam[], s: AdamWSettings): Graph {
+  const gb = new GraphBuilder(name);
+  const b = new GraphOpBuilder(gb);
+  const o = new Ops(b);
+  const vars = params.map((p) => {
+    const { m, v } = momentNames(p.name);
+    return {
+      ...p,
+      p: b.input(p.name, [...p.shape], 'f32', true),
+      m: b.input(m, [...p.shape], 'f32', false),
+      v: b.input(v, [...p.shape], 'f32', false),
+      g: b.input(gradSumName(p.name), [...p.shape], 'f32', false),
+    };
+  });
+  const lr = b.input('lr', [1], 'f32', false);
+  const step = b.input('step', [1], 'f32', false);
+  const c = (x: number) => o.full(x, [1]);
+
+  let sumSq: number | undefined;
+  for (const x of vars) {
+    const s2 = sumAll(o, o.mul(x.g, x.g));
+    sumSq = sumSq === undefined ? s2 : o.add(sumSq, s2);
+  }
+  const norm = o.sqrt(o.reshape(sumSq!, [1]));
+  gb.rename(norm, 'grad_norm');
+  // maxNorm / max(maxNorm, norm + 1e-6) is torch's min(1, maxNorm / (norm + 1e-6)).
+  const clip = o.div(c(s.maxGradNorm), o.max(c(s.maxGradNorm), o.add(norm, c(1e-6))));
+  // β^t = exp(t·ln β): the step number is a device value, so one program serves every step.
+  const stepSize = o.div(lr, o.sub(c(1), o.exp(o.mul(step, c(Math.log(s.beta1))))));
+  const bc2Sqrt = o.sqrt(o.sub(c(1), o.exp(o.mul(step, c(Math.log(s.beta2))))));
+  const decayFactor = o.sub(c(1), o.mul(lr, c(s.weightDecay)));
+
+  const outputs = [norm];
+  for (const x of vars) {
+    const at = (v: number) => o.broadcast(o.reshape(v, x.shape.map(() => 1)), x.shape);
+    const full = (v: number) => o.full(v, x.shape);
+    const g = o.mul(x.g, at(clip));
+    const m = o.add(o.mul(full(s.beta1), x.m), o.mul(full(1 - s.beta1), g));
+    const v = o.add(o.mul(full(s.beta2), x.v), o.mul(o.mul(full(1 - s.beta2), g), g));
+    const decayed = x.decay ? o.mul(x.p, at(decayFactor)) : x.p;
+    const denom = o.add(o.div(o.sqrt(v), at(bc2Sqrt)), full(s.eps));
+    const p = o.sub(decayed, o.div(o.mul(at(stepSize), m), denom));
+    const { m: mName, v: vName } = momentNames(x.name);
+    gb.rename(p, nextStateName(x.name));
+    gb.rename(m, nextStateName(mName));
+    gb.rename(v, nextStateName(vName));
+    outputs.push(p, m, v);
+  }
+  return gb.build(outputs);
+}
+
+/** The in-place pairs of a graph: output node → the graph input node it overwrites. */
+export function stateUpdates(g: Graph): Map<number, number> {
+  const inputs = new Map(g.nodes.filter(isGraphInput).map((n) => [n.name!, n.id]));
+  const pairs = new Map<number, number>();
+  for (const out of g.outputs) {
+    const target = stateInputOf(g.nodes[out].name);
+    if (target === undefined) continue;
+    const input = inputs.get(target);
+    if (input === undefined) throw new Error(`graph ${g.name}: output %${g.nodes[out].name} updates %${target}, which is not an input`);
+    pairs.set(out, input);
+  }
+  return pairs;
+}

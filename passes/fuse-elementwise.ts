@@ -1,0 +1,256 @@
+// fuse-elementwise: decide which nodes are computed together in one kernel, and so which values
+// are written to memory at all. It marks every node that belongs to a kernel with `{kernel=K}`;
+// nodes without the mark are either graph inputs or cheap values (a broadcast, a scale, a mask)
+// recomputed inside every kernel that reads them. The graph's meaning does not change: the marks
+// only say how the scheduler will group it.
+//
+// A kernel computes its values as functions of a flat index, so:
+//   - chains of pointwise and layout ops fuse into one kernel, one thread per element;
+//   - a reduction fuses with its prologue (the reduced values are computed inside its loop) and, when
+//     its consumers are pointwise over its own shape, with them (layer norm's mean and rstd, the
+//     cross-entropy's log-sum-exp);
+//   - a matmul takes a pointwise epilogue over its result (bias, GELU, residual add, the scaled
+//     gradient accumulation), applied in registers before the store; its operands may be reshaped
+//     but are otherwise read from memory, as recomputing them per k step would cost more than it saves;
+//   - a value read by several kernels is written once, unless it is cheap to recompute.
+// A kernel may bind at most `maxStorageBuffers` buffers (the adapter's
+// maxStorageBuffersPerShaderStage); one that would bind more is split by writing an inner value out.
+
+import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
+import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
+import { liveNodes, type Pass, type PassCounters } from '../compiler/pass.ts';
+import { stateUpdates } from '../compiler/train-step.ts';
+
+export const KERNEL_ATTR = 'kernel';
+
+const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast', 'const', 'iota']);
+const LAYOUT = new Set(['reshape', 'permute', 'broadcast', 'slice', 'pad']);
+const REDUCE = new Set(['sum', 'max_reduce']);
+/** Cheap enough to recompute in every kernel that reads it, rather than write out once. */
+const CHEAP = new Set<string>([...LAYOUT, 'gather', 'add', 'sub', 'mul', 'neg', 'max', 'where', 'cast', 'const', 'iota', ...COMPARE_OPS]);
+
+type Kind = 'elementwise' | 'matmul' | 'scatter';
+
+interface Group {
+  kind: Kind;
+  root: number;
+  /** Threads of an elementwise kernel, elements of a matmul's result: every written value has this many. */
+  size: number;
+  matmul?: number;
+}
+
+/** WebGPU's guaranteed minimum of maxStorageBuffersPerShaderStage. */
+export const DEFAULT_MAX_STORAGE_BUFFERS = 8;
+
+export interface Grouping {
+  /** Kernel of each node, -1 for none. */
+  kernel: Int32Array;
+  /** Nodes recomputed wherever they are read. */
+  inlined: Uint8Array;
+  counters: PassCounters;
+}
+
+export function fuseElementwise(opts: { maxStorageBuffers?: number } = {}): Pass {
+  const limit = opts.maxStorageBuffers ?? DEFAULT_MAX_STORAGE_BUFFERS;
+  return {
+    name: 'fuse-elementwise',
+    run(g: Graph) {
+      const { kernel, counters } = groupNodes(g, limit);
+      const nodes = g.nodes.map((n) => (kernel[n.id] >= 0 ? { ...n, attrs: { ...n.attrs, [KERNEL_ATTR]: kernel[n.id] } } : n));
+      return { graph: { ...g, nodes }, counters };
+    },
+  };
+}
+
+export const fuseElementwiseDefault = fuseElementwise();
+
+/** Groups `g`'s nodes into kernels, splitting kernels that would bind more than `limit` buffers. */
+export function groupNodes(g: Graph, limit: number): Grouping {
+  const forced = new Set<number>();
+  for (let attempt = 0; ; attempt++) {
+    const r = groupOnce(g, forced);
+    const over = overLimit(g, r, limit);
+    if (!over) {
+      r.counters['split-for-buffer-limit'] = forced.size;
+      return { kernel: r.kernel, inlined: r.inlined, counters: r.counters };
+    }
+    if (attempt > 10 * g.nodes.length) throw new Error(`fuse-elementwise: cannot fit kernel of %${over.root} into ${limit} storage buffers`);
+    forced.add(over.split);
+  }
+}
+
+interface Assignment {
+  kernel: Int32Array;
+  inlined: Uint8Array;
+  groups: Group[];
+  counters: PassCounters;
+}
+
+function groupOnce(g: Graph, forced: Set<number>): Assignment {
+  const n = g.nodes.length;
+  const live = liveNodes(g);
+  const consumers: number[][] = g.nodes.map(() => []);
+  for (const node of g.nodes) if (live[node.id]) for (const x of node.inputs) consumers[x].push(node.id);
+  const isOutput = new Set(g.outputs);
+  const groupOf = new Int32Array(n).fill(-1);
+  const inlined = new Uint8Array(n);
+  const uses: Set<number>[] = new Array(n);
+  const groups: Group[] = [];
+  const counters: PassCounters = { kernels: 0, 'ops-fused': 0, inlined: 0, 'matmul-epilogues': 0, 'reductions-fused': 0 };
+
+  const usesOf = (id: number): Set<number> => {
+    const u = new Set<number>();
+    for (const c of consumers[id]) {
+      if (groupOf[c] >= 0) u.add(groupOf[c]);
+      else if (inlined[c]) for (const k of uses[c]) u.add(k);
+    }
+    return u;
+  };
+  const start = (id: number, kind: Kind): void => {
+    groupOf[id] = groups.length;
+    groups.push({ kind, root: id, size: numel(g.nodes[id].shape), ...(kind === 'matmul' ? { matmul: id } : {}) });
+  };
+  // Whether `id`'s value reaches the rest of group k only through pointwise ops over its own
+  // shape: then the kernel evaluates it at the thread's own index, once per thread.
+  const aligned = (id: number, k: number, memo = new Map<number, boolean>()): boolean => {
+    const known = memo.get(id);
+    if (known !== undefined) return known;
+    const ok = consumers[id].every((c) => {
+      const cn = g.nodes[c];
+      return groupOf[c] === k && POINTWISE.has(cn.op) && sameShape(cn.shape, g.nodes[id].shape) && aligned(c, k, memo);
+    });
+    memo.set(id, ok);
+    return ok;
+  };
+  // A node that (through the group) feeds the matmul's operands is recomputed for every k step.
+  const feedsOperand = (id: number, k: number, memo = new Map<number, boolean>()): boolean => {
+    const known = memo.get(id);
+    if (known !== undefined) return known;
+    const yes = consumers[id].some((c) => groupOf[c] === k && (c === groups[k].matmul || feedsOperand(c, k, memo)));
+    memo.set(id, yes);
+    return yes;
+  };
+  const accepts = (k: number, node: Node): boolean => {
+    const grp = groups[k];
+    if (grp.kind !== 'matmul') return true;
+    return !feedsOperand(node.id, k) || node.op === 'reshape';
+  };
+
+  for (let id = n - 1; id >= 0; id--) {
+    const node = g.nodes[id];
+    if (!live[id] || isGraphInput(node)) continue;
+    const u = usesOf(id);
+    const escapes = isOutput.has(id) || forced.has(id);
+    const only = u.size === 1 && !escapes ? [...u][0] : -1;
+    if (node.op === 'matmul') {
+      const grp = groups[only];
+      if (only >= 0 && grp.kind === 'elementwise' && grp.size === numel(node.shape) && aligned(id, only)) {
+        groupOf[id] = only;
+        grp.kind = 'matmul';
+        grp.matmul = id;
+        counters['matmul-epilogues']++;
+      } else start(id, 'matmul');
+    } else if (node.op === 'scatter_add') {
+      start(id, 'scatter');
+    } else if (REDUCE.has(node.op)) {
+      const grp = groups[only];
+      if (only >= 0 && grp.kind === 'elementwise' && grp.size === numel(node.shape) && aligned(id, only)) {
+        groupOf[id] = only;
+        counters['reductions-fused']++;
+      } else start(id, 'elementwise');
+    } else if (escapes) {
+      // Written out: as an extra output of its one consumer kernel when that runs one thread per element of it.
+      const k = u.size === 1 ? [...u][0] : -1;
+      if (k >= 0 && groups[k].kind === 'elementwise' && groups[k].size === numel(node.shape) && !forced.has(id)) groupOf[id] = k;
+      else start(id, 'elementwise');
+    } else if (only >= 0 && accepts(only, node)) {
+      groupOf[id] = only;
+    } else if (u.size > 1 && CHEAP.has(node.op) && [...u].every((k) => groups[k].kind !== 'matmul')) {
+      inlined[id] = 1;
+      uses[id] = u;
+      counters.inlined++;
+    } else {
+      start(id, 'elementwise');
+    }
+    if (groupOf[id] >= 0 && groups[groupOf[id]].root !== id) counters['ops-fused']++;
+  }
+
+  // Kernels are numbered in the order they will run: by their root, the last node each computes.
+  const order = groups.map((_, k) => k).sort((a, b) => groups[a].root - groups[b].root);
+  const renumber = new Int32Array(groups.length);
+  order.forEach((k, i) => (renumber[k] = i));
+  const kernel = new Int32Array(n).fill(-1);
+  for (let id = 0; id < n; id++) if (groupOf[id] >= 0) kernel[id] = renumber[groupOf[id]];
+  counters.kernels = groups.length;
+  return { kernel, inlined, groups: order.map((k) => groups[k]), counters };
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/** What `kernelBuffers` needs to know about a graph, computed once. */
+export interface GraphFacts {
+  live: Uint8Array;
+  consumers: number[][];
+  /** In-place outputs: output node → the input node whose buffer it overwrites. */
+  state: Map<number, number>;
+  outputs: Set<number>;
+}
+
+export function graphFacts(g: Graph): GraphFacts {
+  const live = liveNodes(g);
+  const consumers: number[][] = g.nodes.map(() => []);
+  for (const node of g.nodes) if (live[node.id]) for (const x of node.inputs) consumers[x].push(node.id);
+  return { live, consumers, state: stateUpdates(g), outputs: new Set(g.outputs) };
+}
+
+/**
+ * The buffers kernel `k` binds: every value it reads from memory (graph inputs and other kernels'
+ * values, found through the nodes it recomputes) and every member it writes (read by another
+ * kernel, or a graph output). An output that updates an input in place names that input's node.
+ */
+export function kernelBuffers(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[]): { reads: Set<number>; writes: Set<number> } {
+  const reads = new Set<number>();
+  const writes = new Set<number>();
+  const seen = new Set<number>();
+  const visit = (id: number): void => {
+    if (seen.has(id)) return;
+    seen.add(id);
+    const node = g.nodes[id];
+    if (kernel[id] === k || (kernel[id] < 0 && !isGraphInput(node))) node.inputs.forEach(visit);
+    else reads.add(id);
+  };
+  for (const m of members) {
+    visit(m);
+    if (facts.outputs.has(m) || facts.consumers[m].some((c) => kernel[c] !== k)) writes.add(facts.state.get(m) ?? m);
+  }
+  return { reads, writes };
+}
+
+/** The first kernel over the limit, and the member to write out to split it; undefined when all fit. */
+function overLimit(g: Graph, r: Assignment, limit: number): { root: number; split: number } | undefined {
+  const members: number[][] = r.groups.map(() => []);
+  for (let id = 0; id < g.nodes.length; id++) if (r.kernel[id] >= 0) members[r.kernel[id]].push(id);
+  const facts = graphFacts(g);
+  const state = facts.state;
+  for (let k = 0; k < r.groups.length; k++) {
+    const { reads, writes } = kernelBuffers(g, facts, r.kernel, k, members[k]);
+    const bound = new Set([...reads, ...writes]);
+    if (bound.size <= limit) continue;
+    // Split off the largest part of the kernel that fits on its own: the member whose computation
+    // reads the most buffers while staying under the limit (plus one for its own output).
+    const grp = r.groups[k];
+    let best = -1;
+    let bestCount = -1;
+    for (const m of members[k]) {
+      if (m === grp.root || m === grp.matmul || state.has(m)) continue;
+      const part = kernelBuffers(g, facts, r.kernel, k, [m]).reads.size;
+      if (part + 1 <= limit && part > bestCount && part > 0) {
+        best = m;
+        bestCount = part;
+      }
+    }
+    if (best < 0) throw new Error(`fuse-elementwise: kernel of %${grp.root} binds ${bound.size} buffers and no part of it fits in ${limit}`);
+    return { root: grp.root, split: best };
+  }
+  return undefined;
+}
