@@ -22,14 +22,23 @@ export interface TraceOptions {
 
 /** Trace the training forward pass: inputs `idx` and `targets` (i32 [B, T]) and parameters; output `loss`. */
 export function traceForward<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions = {}): TracedModel {
+  return traceModel(def, config, opts, 'loss');
+}
+
+/** Trace inference: input `idx` (i32 [B, T]) and parameters; output `logits` ([B, T, vocab]). */
+export function traceLogits<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions = {}): TracedModel {
+  return traceModel(def, config, opts, 'logits');
+}
+
+function traceModel<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions, output: 'loss' | 'logits'): TracedModel {
   const B = opts.batchSize ?? config.batchSize;
   const T = opts.seqLen ?? config.blockSize;
-  const graph = new GraphBuilder(`${def.name}_forward`);
+  const graph = new GraphBuilder(`${def.name}_${output === 'loss' ? 'forward' : 'logits'}`);
   const builder = new GraphOpBuilder(graph);
   builder.locate = callerLocation;
 
   const idx = new Tensor(builder, builder.input('idx', [B, T], 'i32', false));
-  const targets = new Tensor(builder, builder.input('targets', [B, T], 'i32', false));
+  const targets = output === 'loss' ? new Tensor(builder, builder.input('targets', [B, T], 'i32', false)) : undefined;
   const params: ParamSpec[] = [];
   const scope = new ParamScope((spec) => {
     if (params.some((p) => p.name === spec.name)) throw new TraceError(`parameter ${spec.name} is declared twice`);
@@ -37,7 +46,11 @@ export function traceForward<C extends ModelShape>(def: ModelDefinition<C>, conf
     return new Tensor(builder, builder.input(spec.name, [...spec.shape], 'f32', true));
   });
 
-  const { loss } = def.create(scope, config).forward(idx, targets);
+  const { loss, logits } = def.create(scope, config).forward(idx, targets);
+  if (output === 'logits') {
+    graph.rename(logits.value as number, 'logits');
+    return { graph: graph.build([logits.value as number]), params };
+  }
   if (!loss) throw new TraceError(`${def.name}: forward(idx, targets) returned no loss`);
   if (loss.size !== 1) throw new TraceError(`${def.name}: the loss must be a scalar, got shape [${loss.shape}]`);
   graph.rename(loss.value as number, 'loss');

@@ -236,12 +236,13 @@ function overLimit(g: Graph, r: Assignment, limit: number): { root: number; spli
     const { reads, writes } = kernelBuffers(g, facts, r.kernel, k, members[k]);
     const bound = new Set([...reads, ...writes]);
     if (bound.size <= limit) continue;
-    // Split off the largest part of the kernel that fits on its own: the member whose computation
-    // reads the most buffers while staying under the limit (plus one for its own output).
+    // Split off the largest part of the kernel that fits on its own: the value (computed here or
+    // recomputed here) whose computation reads the most buffers while staying under the limit,
+    // plus one for its own output.
     const grp = r.groups[k];
     let best = -1;
     let bestCount = -1;
-    for (const m of members[k]) {
+    for (const m of computedIn(g, r.kernel, k, members[k])) {
       if (m === grp.root || m === grp.matmul || state.has(m)) continue;
       const part = kernelBuffers(g, facts, r.kernel, k, [m]).reads.size;
       if (part + 1 <= limit && part > bestCount && part > 0) {
@@ -253,4 +254,16 @@ function overLimit(g: Graph, r: Assignment, limit: number): { root: number; spli
     return { root: grp.root, split: best };
   }
   return undefined;
+}
+
+/** The nodes kernel k evaluates: its members and the cheap values it recomputes. */
+function computedIn(g: Graph, kernel: Int32Array, k: number, members: number[]): number[] {
+  const seen = new Set<number>();
+  const visit = (id: number): void => {
+    if (seen.has(id) || isGraphInput(g.nodes[id]) || (kernel[id] !== k && kernel[id] >= 0)) return;
+    seen.add(id);
+    g.nodes[id].inputs.forEach(visit);
+  };
+  members.forEach(visit);
+  return [...seen];
 }

@@ -1,0 +1,181 @@
+// WGSL for one fused kernel. Every value a kernel needs becomes a WGSL function of a flat index,
+// `fn v12(i: u32) -> f32`: a value in memory loads from its buffer, a pointwise op calls its inputs'
+// functions at the same index, a layout op at a computed one, a reduction loops over its axis. The
+// kernel's entry point evaluates the values it must write at the thread's index (elementwise), at
+// each element of a register-blocked matmul's result (its epilogue), or scatters them. The shader
+// compiler inlines the calls; nothing in between touches memory.
+
+import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir.ts';
+import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, type MatmulConfig } from './primitives.ts';
+import { flatGrid, literal, storageType, stridesOf, WORKGROUP_SIZE, type KernelSpec } from './wgsl.ts';
+
+export type FusedKind = 'elementwise' | 'matmul' | 'scatter';
+
+export interface FusedKernel {
+  kind: FusedKind;
+  /** Nodes computed in this kernel (ascending). */
+  members: number[];
+  /** Members written to memory, each with its binding. */
+  writes: { node: number; binding: number }[];
+  /** Nodes read from memory (graph inputs, other kernels' values) and their bindings. */
+  reads: Map<number, number>;
+  /** Binding declarations, by binding index. */
+  bindings: { dtype: DType; writable: boolean; atomic: boolean }[];
+}
+
+export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name: string, matmulConfig: MatmulConfig = DEFAULT_MATMUL): KernelSpec {
+  const fns: string[] = [];
+  const defined = new Set<number>();
+  // Functions are numbered in the order they are defined, not by node id, so the same kernel in
+  // every layer has the same text and compiles to one pipeline.
+  const local = new Map<number, number>();
+  const fn = (id: number) => {
+    if (!local.has(id)) local.set(id, local.size);
+    return `v${local.get(id)}`;
+  };
+  const inKernel = new Set(k.members);
+  const matmul = k.kind === 'matmul' ? k.members.find((m) => g.nodes[m].op === 'matmul') : undefined;
+
+  const define = (id: number): void => {
+    if (defined.has(id)) return;
+    defined.add(id);
+    const node = g.nodes[id];
+    const t = storageType(node.dtype);
+    const binding = k.reads.get(id);
+    if (binding !== undefined) {
+      fns.push(`fn ${fn(id)}(i: u32) -> ${t} { return b${binding}[i]; }`);
+      return;
+    }
+    if (!inKernel.has(id) && (isGraphInput(node) || kernelOf[id] >= 0)) throw new Error(`kernel ${name}: value %${id} is neither computed here nor bound`);
+    node.inputs.forEach(define);
+    fns.push(`fn ${fn(id)}(i: u32) -> ${t} {\n${valueBody(g, node, id === matmul, fn).map((l) => `  ${l}`).join('\n')}\n}`);
+  };
+  // A scatter is the kernel's own loop, not a value function; its operands are.
+  for (const id of k.members) (g.nodes[id].op === 'scatter_add' ? g.nodes[id].inputs : [id]).forEach(define);
+
+  const decls = [
+    ...k.bindings.map((b, i) => {
+      const elem = b.atomic ? 'atomic<u32>' : storageType(b.dtype);
+      return `@group(0) @binding(${i}) var<storage, ${b.writable ? 'read_write' : 'read'}> b${i}: array<${elem}>;`;
+    }),
+    ...(matmul !== undefined ? ['var<private> mmAcc: f32;'] : []),
+    ...fns,
+  ].join('\n');
+  // Every written value is computed before any is stored: an output may overwrite, in place, an
+  // input that another output of the same thread still reads (AdamW's m, v and p).
+  const store = (index: string) =>
+    [
+      ...k.writes.map((w, j) => `let o${j} = ${w.node === matmul ? 'mmAcc' : `${fn(w.node)}(${index})`};`),
+      ...k.writes.map((w, j) => `b${w.binding}[${index}] = o${j};`),
+    ].join(' ');
+
+  if (k.kind === 'matmul') {
+    const mm = g.nodes[matmul!];
+    const [a, b] = mm.inputs.map((x) => g.nodes[x]);
+    const spec = matmulKernel(mm.attrs, [a, b], mm, matmulConfig, {
+      decls,
+      loadA: (i) => `${fn(a.id)}(${i})`,
+      loadB: (i) => `${fn(b.id)}(${i})`,
+      store: (i, v) => `mmAcc = ${v}; ${store(i)}`,
+    });
+    return { ...spec, name };
+  }
+
+  if (k.kind === 'scatter') {
+    const sc = g.nodes[k.members.find((m) => g.nodes[m].op === 'scatter_add')!];
+    const [idx, src] = sc.inputs.map((x) => g.nodes[x]);
+    const rows = sc.shape[0];
+    const rowSize = numel(sc.shape.slice(1));
+    const out = k.writes[0].binding;
+    const body = `  let r = ${fn(idx.id)}(i / ${rowSize}u);
+  if (r < 0i || r >= ${rows}i) { return; }
+  let dst = u32(r) * ${rowSize}u + i % ${rowSize}u;
+  let v = ${fn(src.id)}(i);
+  var old = atomicLoad(&b${out}[dst]);
+  loop {
+    let swapped = atomicCompareExchangeWeak(&b${out}[dst], old, bitcast<u32>(bitcast<f32>(old) + v));
+    if (swapped.exchanged) { break; }
+    old = swapped.old_value;
+  }`;
+    return { name, wgsl: entry(decls, numel(src.shape), body), inputCount: 0, workgroups: flatGrid(numel(src.shape)), zeroOutput: true };
+  }
+
+  const n = numel(g.nodes[k.writes[0].node].shape);
+  return { name, wgsl: entry(decls, n, `  ${store('i')}`), inputCount: 0, workgroups: flatGrid(n) };
+}
+
+function entry(decls: string, n: number, body: string): string {
+  const [x] = flatGrid(n);
+  return `${decls}
+
+@compute @workgroup_size(${WORKGROUP_SIZE})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * ${x}u + wid.x) * ${WORKGROUP_SIZE}u + lid;
+  if (i >= ${n}u) { return; }
+${body}
+}
+`;
+}
+
+/** Body lines of the function computing `node` at flat index `i` from its inputs' functions. */
+function valueBody(g: Graph, node: Node, isMatmul: boolean, fn: (id: number) => string): string[] {
+  const ins = node.inputs.map((x) => g.nodes[x]);
+  const call = (x: Node, index: string) => `${fn(x.id)}(${index})`;
+  switch (node.op) {
+    case 'matmul':
+      if (!isMatmul) throw new Error(`matmul %${node.id} can only be computed by a matmul kernel`);
+      return ['return mmAcc;'];
+    case 'const':
+      return [`return ${literal(node.attrs.value as number, node.dtype)};`];
+    case 'iota': {
+      const axis = node.attrs.axis as number;
+      return [`return i32((i / ${stridesOf(node.shape)[axis]}u) % ${node.shape[axis]}u);`];
+    }
+    case 'cast':
+      return [`let a = ${call(ins[0], 'i')};`, `return ${castExpr(ins[0].dtype, node.dtype, false)};`];
+    case 'reshape':
+      return [`return ${call(ins[0], 'i')};`];
+    case 'permute':
+    case 'broadcast':
+    case 'slice':
+    case 'pad': {
+      const src = layoutSource(node.op, node.attrs, ins[0].shape, node.shape, 'i');
+      const value = call(ins[0], src.index);
+      return [...src.lines, src.inBounds ? `if (${src.inBounds}) { return ${value}; }\nreturn ${literal(0, node.dtype)};` : `return ${value};`];
+    }
+    case 'sum':
+    case 'max_reduce': {
+      const x = ins[0].shape;
+      const axis = node.attrs.axis as number;
+      const size = x[axis];
+      const inner = stridesOf(x)[axis];
+      const init = node.op === 'sum' ? literal(0, node.dtype) : literal(-Infinity, node.dtype);
+      const combine = node.op === 'sum' ? 'acc = acc + v;' : 'acc = max(acc, v);';
+      return [
+        `let base = (i / ${inner}u) * ${size * inner}u + i % ${inner}u;`,
+        `var acc: ${storageType(node.dtype)} = ${init};`,
+        `for (var s = 0u; s < ${size}u; s = s + 1u) {`,
+        `  let v = ${call(ins[0], `base + s * ${inner}u`)};`,
+        `  ${combine}`,
+        '}',
+        'return acc;',
+      ];
+    }
+    case 'gather': {
+      const [table, idx] = ins;
+      const rows = table.shape[0];
+      const rowSize = numel(table.shape.slice(1));
+      // An out-of-range index reads row 0 instead of faulting: WGSL has no way to raise an error.
+      return [
+        `let r = ${call(idx, `i / ${rowSize}u`)};`,
+        `let row = select(0u, u32(r), r >= 0i && r < ${rows}i);`,
+        `return ${call(table, `row * ${rowSize}u + i % ${rowSize}u`)};`,
+      ];
+    }
+    default: {
+      const names = ['a', 'b', 'c'];
+      const loads = ins.map((x, j) => `let ${names[j]} = ${call(x, 'i')};`);
+      return [...loads, `return ${pointwiseExpr(node.op, ins[0]?.dtype ?? node.dtype, node.attrs)};`];
+    }
+  }
+}

@@ -1,0 +1,80 @@
+// The whole compile of a training setup: trace, passes, autograd, the step graphs, fusion and
+// scheduling, for each program the compiled runner replays:
+//
+//   gradient  forward + backward of one micro-batch, accumulated (run once per micro-batch)
+//   update    global norm, clip, AdamW
+//   evaluate  forward only, the loss of a batch
+//   logits    forward only, batch 1, for sampling
+//
+// Every stage is reported through `onStage`, so `chotta-compile --dump-dir` can write each one.
+
+import { buildJointGraph } from './autograd.ts';
+import type { Graph } from './ir.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from './nn.ts';
+import { runPasses, type Pass, type PassCounters } from './pass.ts';
+import { schedule, type ProgramPlan, type ScheduleOptions } from './schedule.ts';
+import { traceForward, traceLogits } from './trace.ts';
+import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './train-step.ts';
+import { JOINT_CLEANUP } from '../passes/index.ts';
+import { fuseElementwise } from '../passes/fuse-elementwise.ts';
+
+export const PROGRAMS = ['gradient', 'update', 'evaluate', 'logits'] as const;
+export type ProgramName = (typeof PROGRAMS)[number];
+
+export interface CompileOptions extends ScheduleOptions {
+  optimizer: AdamWSettings;
+  /** The adapter's maxStorageBuffersPerShaderStage (fusion never binds more). */
+  maxStorageBuffers?: number;
+  batchSize?: number;
+  seqLen?: number;
+  onStage?(program: ProgramName, stage: string, graph: Graph, counters?: PassCounters): void;
+}
+
+export interface CompiledTraining {
+  params: ParamSpec[];
+  programs: Record<ProgramName, ProgramPlan>;
+  /** Each program's pass counters, by pass name. */
+  counters: Record<ProgramName, Record<string, PassCounters>>;
+}
+
+export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: CompileOptions): CompiledTraining {
+  const shape = { batchSize: opts.batchSize, seqLen: opts.seqLen };
+  const fuse = fuseElementwise({ maxStorageBuffers: opts.maxStorageBuffers });
+  const counters = {} as CompiledTraining['counters'];
+  const run = (program: ProgramName, g: Graph, passes: readonly Pass[]): Graph => {
+    const r = runPasses(g, passes, { onPass: (name, graph, c) => opts.onStage?.(program, name, graph, c) });
+    const all = (counters[program] ??= {});
+    for (const [name, c] of Object.entries(r.counters)) all[name] = { ...(all[name] ?? {}), ...c };
+    return r.graph;
+  };
+  const stage = (program: ProgramName, name: string, g: Graph) => {
+    opts.onStage?.(program, name, g);
+    return g;
+  };
+
+  const traced = traceForward(def, config, shape);
+  stage('gradient', 'trace', traced.graph);
+  const forward = run('gradient', traced.graph, JOINT_CLEANUP);
+  const joint = run('gradient', stage('gradient', 'autograd', buildJointGraph(forward)), JOINT_CLEANUP);
+  const gradient = run('gradient', stage('gradient', 'accumulate', buildGradientGraph(joint)), [...JOINT_CLEANUP, fuse]);
+
+  const update = run(
+    'update',
+    stage('update', 'build', buildUpdateGraph(`${def.name}_update`, traced.params.map((p) => ({ name: p.name, shape: [...p.shape], decay: p.shape.length >= 2 })), opts.optimizer)),
+    [...JOINT_CLEANUP, fuse],
+  );
+  const evaluate = run('evaluate', stage('evaluate', 'trace', traced.graph), [...JOINT_CLEANUP, fuse]);
+  const logitsTrace = traceLogits(def, config, { batchSize: 1, seqLen: opts.seqLen });
+  const logits = run('logits', stage('logits', 'trace', logitsTrace.graph), [...JOINT_CLEANUP, fuse]);
+
+  return {
+    params: traced.params,
+    programs: {
+      gradient: schedule(gradient, opts),
+      update: schedule(update, opts),
+      evaluate: schedule(evaluate, opts),
+      logits: schedule(logits, opts),
+    },
+    counters,
+  };
+}

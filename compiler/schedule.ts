@@ -1,0 +1,181 @@
+// Scheduler and memory planner: from a graph whose nodes fuse-elementwise has marked with
+// `{kernel=K}`, the list of kernels in the order they run, the buffer each written value lives in,
+// and the WGSL of each kernel. Values that are not graph inputs or outputs live in temporary
+// buffers reused by liveness: a buffer is free again after the last kernel that reads it. The
+// result is plain data (a ProgramPlan), so it can be cached on disk and replayed by the runtime.
+
+import { isGraphInput, numel, type DType, type Graph } from './ir.ts';
+import { graphFacts, kernelBuffers, KERNEL_ATTR } from '../passes/fuse-elementwise.ts';
+import { fusedKernel, type FusedKernel, type FusedKind } from './codegen/fused.ts';
+import type { MatmulConfig } from './codegen/primitives.ts';
+import { graphFlops } from './stats.ts';
+
+/** Where a kernel's binding points: a graph input's buffer, a graph output's, or a temporary. */
+export type BufferRef = { input: string } | { output: string } | { temp: number };
+
+export interface PlannedKernel {
+  name: string;
+  kind: FusedKind;
+  wgsl: string;
+  workgroups: [number, number, number];
+  bindings: BufferRef[];
+  /** A buffer that must be zeroed before the dispatch (scatter_add accumulates into it). */
+  clear?: BufferRef;
+  /** IR nodes this kernel computes. */
+  ops: number;
+}
+
+export interface ValueInfo {
+  name: string;
+  shape: number[];
+  dtype: DType;
+}
+
+export interface ProgramPlan {
+  name: string;
+  inputs: ValueInfo[];
+  /** Outputs in graph order; `inPlace` names the input whose buffer the output overwrites. */
+  outputs: (ValueInfo & { inPlace?: string })[];
+  /** Byte sizes of the temporary buffers. */
+  temps: number[];
+  kernels: PlannedKernel[];
+  flops: number;
+}
+
+export interface ScheduleOptions {
+  /** The matmul tiling for a given matmul node (from the autotuner); the default blocking otherwise. */
+  matmulConfig?(m: { batch: number; M: number; N: number; K: number; transA: boolean; transB: boolean }): MatmulConfig | undefined;
+}
+
+/** The bytes a temporary of `elements` values takes: 4 per value, at least 4, rounded to 16. */
+const bufferBytes = (elements: number) => Math.max(16, Math.ceil((elements * 4) / 16) * 16);
+
+export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
+  const facts = graphFacts(g);
+  const kernelOf = new Int32Array(g.nodes.length).fill(-1);
+  let count = 0;
+  for (const n of g.nodes) {
+    if (!facts.live[n.id] || isGraphInput(n)) continue;
+    const k = n.attrs[KERNEL_ATTR];
+    if (typeof k === 'number') {
+      kernelOf[n.id] = k;
+      count = Math.max(count, k + 1);
+    }
+  }
+  for (const o of g.outputs) {
+    if (kernelOf[o] < 0) throw new Error(`schedule: output %${g.nodes[o].name ?? o} is not computed by any kernel (run fuse-elementwise first)`);
+  }
+  const members: number[][] = Array.from({ length: count }, () => []);
+  for (let id = 0; id < g.nodes.length; id++) if (kernelOf[id] >= 0) members[kernelOf[id]].push(id);
+
+  const outputNames = new Map(g.outputs.map((o) => [o, g.nodes[o].name ?? `out${o}`]));
+  const refOf = (id: number): BufferRef => {
+    const node = g.nodes[id];
+    if (isGraphInput(node)) return { input: node.name! };
+    const target = facts.state.get(id);
+    if (target !== undefined) return { input: g.nodes[target].name! };
+    if (outputNames.has(id)) return { output: outputNames.get(id)! };
+    const t = temp.get(id);
+    if (t === undefined) throw new Error(`schedule: %${id} is read before any kernel writes it`);
+    return { temp: t };
+  };
+
+  // Liveness: the last kernel that reads each value.
+  const io = members.map((m, k) => kernelBuffers(g, facts, kernelOf, k, m));
+  const lastRead = new Map<number, number>();
+  io.forEach(({ reads }, k) => reads.forEach((id) => lastRead.set(id, k)));
+  checkInPlace(g, facts.state, io, kernelOf);
+
+  const temps: number[] = [];
+  const free: number[] = [];
+  const temp = new Map<number, number>();
+  const kernels: PlannedKernel[] = [];
+  for (let k = 0; k < count; k++) {
+    const { reads, writes } = io[k];
+    // Temporaries for the values this kernel writes: the smallest free buffer that fits, or a new one.
+    for (const id of writes) {
+      if (isGraphInput(g.nodes[id]) || outputNames.has(id)) continue;
+      const bytes = bufferBytes(numel(g.nodes[id].shape));
+      let best = -1;
+      for (let j = 0; j < free.length; j++) if (temps[free[j]] >= bytes && (best < 0 || temps[free[j]] < temps[free[best]])) best = j;
+      if (best >= 0 && temps[free[best]] <= 2 * bytes) temp.set(id, free.splice(best, 1)[0]);
+      else {
+        temp.set(id, temps.length);
+        temps.push(bytes);
+      }
+    }
+    const refs: BufferRef[] = [];
+    const bindingOf = new Map<string, number>();
+    const bind = (id: number, writable: boolean, atomic: boolean, decl: FusedKernel['bindings']) => {
+      const ref = refOf(id);
+      const key = JSON.stringify(ref);
+      let b = bindingOf.get(key);
+      if (b === undefined) {
+        b = refs.length;
+        bindingOf.set(key, b);
+        refs.push(ref);
+        decl.push({ dtype: g.nodes[id].dtype, writable, atomic });
+      } else if (writable) decl[b].writable = true;
+      return b;
+    };
+    const kind: FusedKind = members[k].some((m) => g.nodes[m].op === 'scatter_add') ? 'scatter' : members[k].some((m) => g.nodes[m].op === 'matmul') ? 'matmul' : 'elementwise';
+    const decl: FusedKernel['bindings'] = [];
+    const written = members[k].filter((m) => facts.outputs.has(m) || facts.consumers[m].some((c) => kernelOf[c] !== k));
+    const writeList = written.map((node) => ({ node, binding: bind(node, true, kind === 'scatter', decl) }));
+    const readMap = new Map<number, number>();
+    for (const id of reads) readMap.set(id, bind(id, false, false, decl));
+    const root = g.nodes[members[k][members[k].length - 1]];
+    const name = `k${k}_${kind === 'elementwise' ? root.op : kind}_${root.shape.join('x')}`;
+    let cfg: MatmulConfig | undefined;
+    if (kind === 'matmul') {
+      const mm = g.nodes[members[k].find((m) => g.nodes[m].op === 'matmul')!];
+      const a = g.nodes[mm.inputs[0]].shape;
+      const r = mm.shape.length;
+      const key = { batch: numel(mm.shape.slice(0, r - 2)), M: mm.shape[r - 2], N: mm.shape[r - 1], K: mm.attrs.transA ? a[r - 2] : a[r - 1], transA: !!mm.attrs.transA, transB: !!mm.attrs.transB };
+      cfg = opts.matmulConfig?.(key);
+    }
+    const spec = fusedKernel(g, kernelOf, { kind, members: members[k], writes: writeList, reads: readMap, bindings: decl }, name, cfg);
+    kernels.push({
+      name,
+      kind,
+      wgsl: spec.wgsl,
+      workgroups: spec.workgroups,
+      bindings: refs,
+      ...(kind === 'scatter' ? { clear: refs[writeList[0].binding] } : {}),
+      ops: members[k].length,
+    });
+    // Buffers whose last reader was this kernel are free for the next kernels' outputs.
+    for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
+  }
+
+  const info = (id: number): ValueInfo => ({ name: g.nodes[id].name!, shape: [...g.nodes[id].shape], dtype: g.nodes[id].dtype });
+  return {
+    name: g.name,
+    inputs: g.nodes.filter(isGraphInput).map((n) => info(n.id)),
+    outputs: g.outputs.map((o) => {
+      const target = facts.state.get(o);
+      return { ...info(o), name: outputNames.get(o)!, ...(target !== undefined ? { inPlace: g.nodes[target].name! } : {}) };
+    }),
+    temps,
+    kernels,
+    flops: graphFlops(g),
+  };
+}
+
+/**
+ * An output that overwrites input X in place is safe only if no later kernel still reads X's old
+ * value: every other reader of X must run before the writer.
+ */
+function checkInPlace(g: Graph, state: Map<number, number>, io: { reads: Set<number> }[], kernelOf: Int32Array): void {
+  for (const [out, input] of state) {
+    const writer = kernelOf[out];
+    io.forEach(({ reads }, k) => {
+      if (k > writer && reads.has(input)) {
+        throw new Error(`schedule: kernel ${k} reads %${g.nodes[input].name} after kernel ${writer} overwrote it in place with %${g.nodes[out].name}`);
+      }
+    });
+  }
+}
+
+/** Bytes of every temporary buffer together: the plan's peak beyond inputs and outputs. */
+export const tempBytes = (p: ProgramPlan): number => p.temps.reduce((s, b) => s + b, 0);

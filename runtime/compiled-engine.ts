@@ -1,0 +1,283 @@
+// Training through the compiled programs (compiler/compile-training.ts). A step is one command
+// encoder and one submit: the inputs of each micro-batch are copied in, the gradient program runs
+// once per micro-batch, the update program once, and the loss and gradient norm are copied to a
+// staging buffer that the host maps later. Nothing in the step waits for the device.
+
+import { compileTraining, type CompiledTraining, type ProgramName } from '../compiler/compile-training.ts';
+import type { MatmulConfig } from '../compiler/codegen/primitives.ts';
+import { numel } from '../compiler/ir.ts';
+import { UsageError } from '../compiler/load-model.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/nn.ts';
+import { printGraph } from '../compiler/printer.ts';
+import { tempBytes } from '../compiler/schedule.ts';
+import { traceForward } from '../compiler/trace.ts';
+import { gradSumName, momentNames } from '../compiler/train-step.ts';
+import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './compile-cache.ts';
+import type { GpuContext } from './device.ts';
+import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
+import { initParameters } from './init.ts';
+import type { KernelProfiler } from './profiler.ts';
+import { createBuffer, PipelineCache, Program, type Externals } from './program.ts';
+import type { Batch } from './train/sampler.ts';
+
+export interface CompiledEngineContext {
+  def: ModelDefinition;
+  config: ModelShape;
+  seed: number;
+  gpu: GpuContext;
+  optimizer?: OptimizerSettings;
+  /** Where compiled plans are cached; none: compile every time. */
+  cacheDir?: string;
+  /** Tile choice per matmul shape (the autotuner's); the default blocking otherwise. */
+  matmulConfig?: (key: { batch: number; M: number; N: number; K: number; transA: boolean; transB: boolean }) => MatmulConfig | undefined;
+  /** Progress lines (compile times, cache hits). */
+  log?: (line: string) => void;
+}
+
+export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<CompiledEngine> {
+  const optimizer = ctx.optimizer ?? GPT3_ADAMW;
+  const log = ctx.log ?? (() => {});
+  const maxStorageBuffers = ctx.gpu.device.limits.maxStorageBuffersPerShaderStage;
+  const compile = () => compileTraining(ctx.def, ctx.config, { optimizer, maxStorageBuffers, matmulConfig: ctx.matmulConfig });
+  let result: CacheResult<CompiledTraining>;
+  if (ctx.cacheDir) {
+    const forward = printGraph(traceForward(ctx.def, ctx.config).graph);
+    const key = cacheKey([forward, ctx.config, optimizer, maxStorageBuffers, compilerVersion(), ctx.matmulConfig ? 'tuned' : 'default-tiles']);
+    result = loadOrCompile(ctx.cacheDir, key, compile, log);
+  } else {
+    const started = performance.now();
+    const value = compile();
+    const ms = performance.now() - started;
+    result = { value, cached: false, path: '', ms, compileMs: ms };
+  }
+  const p = result.value.programs;
+  log(
+    result.cached
+      ? `compile: loaded from cache ${result.path} in ${result.ms.toFixed(0)} ms (the compile itself took ${(result.compileMs / 1000).toFixed(1)} s)`
+      : `compile: ${(result.compileMs / 1000).toFixed(1)} s${result.path ? `, cached at ${result.path}` : ''}`,
+  );
+  log(
+    `compiled: ${p.gradient.kernels.length} kernels per micro-batch + ${p.update.kernels.length} for the update; ` +
+      `${fmtMiB(tempBytes(p.gradient))} of temporaries in the gradient program`,
+  );
+  const engine = new CompiledEngine(ctx, result.value, optimizer);
+  const started = performance.now();
+  await engine.pipelines.warm(Object.values(p));
+  log(`pipelines: ${Object.values(p).reduce((s, x) => s + x.kernels.length, 0)} created in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  return engine;
+}
+
+const fmtMiB = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
+export class CompiledEngine implements TrainingEngine {
+  readonly mode = 'compiled' as const;
+  readonly batchSize: number;
+  readonly seqLen: number;
+  readonly pipelines: PipelineCache;
+  readonly compiled: CompiledTraining;
+  /** When set, every kernel of every step is timed on the device. */
+  profiler: KernelProfiler | undefined;
+  dispatches = 0;
+  private readonly device: GPUDevice;
+  private readonly params: ParamSpec[];
+  private readonly buffers = new Map<string, GPUBuffer>();
+  private readonly programs: Record<ProgramName, Program>;
+  /** Upload buffers for each micro-batch's tokens: a step copies them in as its programs need them. */
+  private readonly slots: { idx: GPUBuffer; targets: GPUBuffer }[] = [];
+  private optimizerStep = 0;
+  private readonly errors: string[] = [];
+
+  constructor(ctx: CompiledEngineContext, compiled: CompiledTraining, _optimizer: OptimizerSettings) {
+    this.device = ctx.gpu.device;
+    this.compiled = compiled;
+    this.params = compiled.params;
+    this.batchSize = ctx.config.batchSize;
+    this.seqLen = ctx.config.blockSize;
+    this.pipelines = new PipelineCache(this.device);
+    this.device.addEventListener('uncapturederror', (e) => this.errors.push((e as GPUUncapturedErrorEvent).error.message));
+
+    const add = (name: string, elements: number) => this.buffers.set(name, createBuffer(this.device, elements * 4, name));
+    for (const p of this.params) {
+      const n = numel(p.shape);
+      const { m, v } = momentNames(p.name);
+      for (const name of [p.name, m, v, gradSumName(p.name)]) add(name, n);
+    }
+    for (const name of ['loss_sum', 'scale', 'lr', 'step', 'grad_norm', 'loss']) add(name, 1);
+    add('idx', this.batchSize * this.seqLen);
+    add('targets', this.batchSize * this.seqLen);
+    add('idx1', this.seqLen);
+    add('logits', compiled.programs.logits.outputs[0].shape.reduce((a, b) => a * b, 1));
+
+    const ext = Object.fromEntries(this.buffers) as Externals;
+    const make = (name: ProgramName, extra: Externals = {}) => new Program(this.device, compiled.programs[name], this.pipelines, { ...ext, ...extra });
+    this.programs = {
+      gradient: make('gradient'),
+      update: make('update'),
+      evaluate: make('evaluate'),
+      logits: make('logits', { idx: this.buffers.get('idx1')! }),
+    };
+    const initial = initParameters(this.params, ctx.seed);
+    for (const p of this.params) this.write(p.name, initial.get(p.name)!);
+  }
+
+  private buffer(name: string): GPUBuffer {
+    const b = this.buffers.get(name);
+    if (!b) throw new Error(`compiled engine: no buffer %${name}`);
+    return b;
+  }
+
+  private write(name: string, data: Float32Array | Int32Array): void {
+    this.device.queue.writeBuffer(this.buffer(name), 0, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  }
+
+  private slot(k: number, batch: Batch): { idx: GPUBuffer; targets: GPUBuffer } {
+    const elements = this.batchSize * this.seqLen;
+    if (batch.idx.length !== elements || batch.targets.length !== elements) {
+      throw new Error(`compiled engine: a batch must hold ${this.batchSize}×${this.seqLen} tokens, got ${batch.idx.length}`);
+    }
+    while (this.slots.length <= k) {
+      const make = () => this.device.createBuffer({ size: elements * 4, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+      this.slots.push({ idx: make(), targets: make() });
+    }
+    const s = this.slots[k];
+    this.device.queue.writeBuffer(s.idx, 0, batch.idx.buffer as ArrayBuffer, batch.idx.byteOffset, batch.idx.byteLength);
+    this.device.queue.writeBuffer(s.targets, 0, batch.targets.buffer as ArrayBuffer, batch.targets.byteOffset, batch.targets.byteLength);
+    return s;
+  }
+
+  private run(encoder: GPUCommandEncoder, name: ProgramName): void {
+    this.programs[name].record(encoder, this.profiler);
+    this.dispatches += this.programs[name].dispatches;
+  }
+
+  /** Submits `encoder` with copies of `reads` (name, byte offset, bytes) and maps them once it has run. */
+  private submit(encoder: GPUCommandEncoder, reads: { name: string; offset?: number; bytes: number }[]): Promise<ArrayBuffer[]> {
+    const total = reads.reduce((s, r) => s + r.bytes, 0);
+    const staging = total > 0 ? this.device.createBuffer({ size: Math.max(4, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }) : undefined;
+    let at = 0;
+    for (const r of reads) {
+      encoder.copyBufferToBuffer(this.buffer(r.name), r.offset ?? 0, staging!, at, r.bytes);
+      at += r.bytes;
+    }
+    if (this.profiler) this.profiler.resolve(encoder);
+    this.device.queue.submit([encoder.finish()]);
+    if (!staging) return Promise.resolve([]);
+    return (async () => {
+      try {
+        await this.pipelines.check();
+        await staging.mapAsync(GPUMapMode.READ);
+        if (this.errors.length) throw new Error(`WebGPU: ${this.errors.splice(0).join('; ')}`);
+        const raw = staging.getMappedRange().slice(0);
+        staging.unmap();
+        const parts: ArrayBuffer[] = [];
+        let offset = 0;
+        for (const r of reads) {
+          parts.push(raw.slice(offset, offset + r.bytes));
+          offset += r.bytes;
+        }
+        return parts;
+      } finally {
+        staging.destroy();
+      }
+    })();
+  }
+
+  step(microBatches: Batch[], lr: number): StepResult {
+    if (microBatches.length === 0) throw new Error('step() needs at least one micro-batch');
+    this.optimizerStep++;
+    this.write('scale', Float32Array.of(1 / microBatches.length));
+    this.write('lr', Float32Array.of(lr));
+    this.write('step', Float32Array.of(this.optimizerStep));
+    const slots = microBatches.map((b, k) => this.slot(k, b));
+    const encoder = this.device.createCommandEncoder();
+    encoder.clearBuffer(this.buffer('loss_sum'));
+    for (const p of this.params) encoder.clearBuffer(this.buffer(gradSumName(p.name)));
+    for (const s of slots) {
+      this.copyTokens(encoder, s);
+      this.run(encoder, 'gradient');
+    }
+    this.run(encoder, 'update');
+    const read = this.submit(encoder, [
+      { name: 'loss_sum', bytes: 4 },
+      { name: 'grad_norm', bytes: 4 },
+    ]);
+    const loss = read.then(([l]) => new Float32Array(l)[0]);
+    const gradNorm = read.then(([, n]) => new Float32Array(n)[0]);
+    gradNorm.catch(() => {}); // a failed step rejects the loss too; callers need not watch both
+    return { loss, gradNorm };
+  }
+
+  private copyTokens(encoder: GPUCommandEncoder, s: { idx: GPUBuffer; targets: GPUBuffer }): void {
+    encoder.copyBufferToBuffer(s.idx, 0, this.buffer('idx'), 0, s.idx.size);
+    encoder.copyBufferToBuffer(s.targets, 0, this.buffer('targets'), 0, s.targets.size);
+  }
+
+  async evaluate(batches: Batch[]): Promise<number> {
+    if (batches.length === 0) throw new Error('evaluate() needs at least one batch');
+    const slots = batches.map((b, k) => this.slot(k, b));
+    const encoder = this.device.createCommandEncoder();
+    const losses = this.device.createBuffer({ size: 4 * batches.length, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    this.buffers.set('eval_losses', losses);
+    slots.forEach((s, k) => {
+      this.copyTokens(encoder, s);
+      this.run(encoder, 'evaluate');
+      encoder.copyBufferToBuffer(this.buffer('loss'), 0, losses, 4 * k, 4);
+    });
+    try {
+      const [raw] = await this.submit(encoder, [{ name: 'eval_losses', bytes: 4 * batches.length }]);
+      return new Float32Array(raw).reduce((s, l) => s + l, 0) / batches.length;
+    } finally {
+      this.buffers.delete('eval_losses');
+      losses.destroy();
+    }
+  }
+
+  async lastLogits(tokens: Int32Array): Promise<Float32Array> {
+    const t = tokens.length;
+    if (t < 1 || t > this.seqLen) throw new Error(`lastLogits needs 1 to ${this.seqLen} tokens, got ${t}`);
+    // A full window padded on the right: attention is causal, so the padding cannot change position t-1.
+    const window = new Int32Array(this.seqLen);
+    window.set(tokens);
+    this.write('idx1', window);
+    const encoder = this.device.createCommandEncoder();
+    this.run(encoder, 'logits');
+    const vocab = this.compiled.programs.logits.outputs[0].shape.at(-1)!;
+    const [raw] = await this.submit(encoder, [{ name: 'logits', offset: (t - 1) * vocab * 4, bytes: vocab * 4 }]);
+    return new Float32Array(raw);
+  }
+
+  async exportState(): Promise<EngineState> {
+    const names = this.params.flatMap((p) => {
+      const { m, v } = momentNames(p.name);
+      return [p.name, m, v];
+    });
+    const raw = await this.submit(
+      this.device.createCommandEncoder(),
+      names.map((name) => ({ name, bytes: this.buffer(name).size })),
+    );
+    const state: EngineState = { params: new Map(), m: new Map(), v: new Map(), step: this.optimizerStep };
+    this.params.forEach((p, k) => {
+      const n = numel(p.shape);
+      const [value, m, v] = [0, 1, 2].map((j) => new Float32Array(raw[3 * k + j], 0, n));
+      state.params.set(p.name, { shape: [...p.shape], data: value });
+      state.m.set(p.name, m);
+      state.v.set(p.name, v);
+    });
+    return state;
+  }
+
+  importState(state: EngineState): void {
+    for (const p of this.params) {
+      const saved = state.params.get(p.name);
+      if (!saved) throw new UsageError(`checkpoint has no parameter ${p.name}: it was saved from a different model`);
+      if (saved.shape.length !== p.shape.length || saved.shape.some((d, i) => d !== p.shape[i])) {
+        throw new UsageError(`checkpoint parameter ${p.name} has shape [${saved.shape}], the model expects [${p.shape}]`);
+      }
+      const { m, v } = momentNames(p.name);
+      this.write(p.name, saved.data);
+      this.write(m, state.m.get(p.name) ?? new Float32Array(saved.data.length));
+      this.write(v, state.v.get(p.name) ?? new Float32Array(saved.data.length));
+    }
+    this.optimizerStep = state.step;
+  }
+}

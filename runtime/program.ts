@@ -1,0 +1,119 @@
+// A compiled program on the device: the pipelines of its kernels, its temporary buffers, and one
+// bind group per kernel, all made once. Recording it into a command encoder is then a list of
+// setPipeline / setBindGroup / dispatch, with nothing allocated and nothing read back.
+
+import type { BufferRef, ProgramPlan } from '../compiler/schedule.ts';
+import { numel } from '../compiler/ir.ts';
+import { UsageError } from '../compiler/load-model.ts';
+import type { KernelProfiler } from './profiler.ts';
+
+const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+/** Pipelines by WGSL text, shared by every program on a device. */
+export class PipelineCache {
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly errors: Promise<string | undefined>[] = [];
+  constructor(readonly device: GPUDevice) {}
+
+  get(wgsl: string, name: string): GPUComputePipeline {
+    let p = this.pipelines.get(wgsl);
+    if (!p) {
+      this.device.pushErrorScope('validation');
+      const module = this.device.createShaderModule({ code: wgsl, label: name });
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: name });
+      this.errors.push(this.device.popErrorScope().then((e) => (e ? `${name}: ${e.message}\n--- kernel ---\n${wgsl}` : undefined)));
+      this.pipelines.set(wgsl, p);
+    }
+    return p;
+  }
+
+  /** Throws the first shader or pipeline error reported so far. */
+  async check(): Promise<void> {
+    const errors = (await Promise.all(this.errors)).filter((e): e is string => e !== undefined);
+    if (errors.length) throw new Error(`WebGPU rejected a generated kernel: ${errors[0]}`);
+  }
+
+  /** Creates every pipeline now, so that the first step does not pay for it. */
+  async warm(plans: ProgramPlan[]): Promise<void> {
+    for (const plan of plans) for (const k of plan.kernels) this.get(k.wgsl, k.name);
+    await this.check();
+  }
+}
+
+/** The device buffers a program's inputs and outputs are bound to, by name. */
+export type Externals = Record<string, GPUBuffer>;
+
+export function createBuffer(device: GPUDevice, bytes: number, label?: string): GPUBuffer {
+  const limit = device.limits.maxStorageBufferBindingSize;
+  if (bytes > limit) {
+    throw new UsageError(
+      `a buffer${label ? ` for ${label}` : ''} needs ${(bytes / 2 ** 20).toFixed(1)} MiB, more than this adapter's ` +
+        `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding; use a smaller batch or preset`,
+    );
+  }
+  return device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 4) * 4), usage: STORAGE(), ...(label ? { label } : {}) });
+}
+
+export class Program {
+  private readonly temps: GPUBuffer[];
+  private readonly steps: { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number]; clear?: GPUBuffer; name: string }[];
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly plan: ProgramPlan,
+    pipelines: PipelineCache,
+    externals: Externals,
+  ) {
+    this.temps = plan.temps.map((bytes, i) => createBuffer(device, bytes, `${plan.name} temp ${i}`));
+    const resolve = (ref: BufferRef): GPUBuffer => {
+      if ('temp' in ref) return this.temps[ref.temp];
+      const name = 'input' in ref ? ref.input : ref.output;
+      const b = externals[name];
+      if (!b) throw new Error(`program ${plan.name}: no buffer given for %${name}`);
+      return b;
+    };
+    for (const v of [...plan.inputs, ...plan.outputs.filter((o) => !o.inPlace)]) {
+      const b = externals[v.name];
+      if (b && b.size < numel(v.shape) * 4) throw new Error(`program ${plan.name}: buffer for %${v.name} has ${b.size} bytes, needs ${numel(v.shape) * 4}`);
+    }
+    this.steps = plan.kernels.map((k) => {
+      const pipeline = pipelines.get(k.wgsl, k.name);
+      const entries = k.bindings.map((ref, binding) => ({ binding, resource: { buffer: resolve(ref) } }));
+      const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: k.name });
+      return { pipeline, bindGroup, workgroups: k.workgroups, name: k.name, ...(k.clear ? { clear: resolve(k.clear) } : {}) };
+    });
+  }
+
+  get dispatches(): number {
+    return this.steps.length;
+  }
+
+  get tempBytes(): number {
+    return this.temps.reduce((s, b) => s + b.size, 0);
+  }
+
+  /** Records every kernel into `encoder`, in one compute pass (one pass per kernel when profiling). */
+  record(encoder: GPUCommandEncoder, profiler?: KernelProfiler): void {
+    let pass: GPUComputePassEncoder | undefined;
+    for (const s of this.steps) {
+      if (s.clear || profiler) {
+        pass?.end();
+        pass = undefined;
+      }
+      if (s.clear) encoder.clearBuffer(s.clear);
+      pass ??= encoder.beginComputePass(profiler?.timestampWrites(s.name));
+      pass.setPipeline(s.pipeline);
+      pass.setBindGroup(0, s.bindGroup);
+      pass.dispatchWorkgroups(...s.workgroups);
+      if (profiler) {
+        pass.end();
+        pass = undefined;
+      }
+    }
+    pass?.end();
+  }
+
+  destroy(): void {
+    for (const b of this.temps) b.destroy();
+  }
+}
