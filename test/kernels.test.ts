@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Attrs, DType, Shape } from '../compiler/ir.ts';
 import { inferType } from '../compiler/ops.ts';
+import { matmulKernel, type MatmulConfig } from '../compiler/codegen/primitives.ts';
 import { EagerBackend } from '../runtime/eager.ts';
 import { applyOp, type RefTensor } from '../runtime/reference.ts';
 import { randomArray } from './support/gradcheck.ts';
@@ -96,6 +97,35 @@ describe('primitive kernels vs the reference interpreter', () => {
         if (want === -Infinity) expect(got[i]).toBeLessThan(-3e38);
         else expect(Math.abs(got[i] - want), `element ${i}: ${got[i]} vs ${want}`).toBeLessThanOrEqual(tol);
       }
+    });
+  });
+});
+
+// The matmul blockings the autotuner may choose (runtime/matmul-tuner.ts), beyond the default:
+// unrolled k loops (with K % kUnroll leftover steps, and K below the unroll), a one-row workgroup.
+const MATMUL_CONFIG_CASES: { cfg: MatmulConfig; tA: boolean; tB: boolean; K: number }[] = [
+  ...[false, true].flatMap((tA) => [false, true].map((tB) => ({ cfg: { rows: 4, cols: 4, wgX: 8, wgY: 4, kUnroll: 4 }, tA, tB, K: 37 }))),
+  { cfg: { rows: 4, cols: 4, wgX: 8, wgY: 4, kUnroll: 4 }, tA: false, tB: true, K: 3 },
+  { cfg: { rows: 8, cols: 8, wgX: 8, wgY: 8, kUnroll: 2 }, tA: false, tB: false, K: 37 },
+  { cfg: { rows: 4, cols: 8, wgX: 32, wgY: 1 }, tA: true, tB: false, K: 37 },
+];
+
+describe('matmul configs vs the reference interpreter', () => {
+  MATMUL_CONFIG_CASES.forEach(({ cfg, tA, tB, K }, k) => {
+    it(`${JSON.stringify(cfg)} K=${K}${tA ? ' transA' : ''}${tB ? ' transB' : ''}`, async (t) => {
+      const gpu = await gpuOrSkip(t);
+      const eager = new EagerBackend(gpu);
+      const [M, N] = [11, 21];
+      const ins = [randomInput(f(tA ? [3, K, M] : [3, M, K]), 7 * k + 100), randomInput(f(tB ? [3, N, K] : [3, K, N]), 7 * k + 101)];
+      const attrs = { ...(tA ? { transA: true } : {}), ...(tB ? { transB: true } : {}) };
+      const outType = inferType('matmul', ins, attrs);
+      const expected = applyOp('matmul', attrs, ins, outType);
+      const gpuIns = ins.map((x) => eager.upload(Float32Array.from(x.data), x.shape, 'f32'));
+      const out = eager.allocate(outType.shape, 'f32');
+      eager.run(matmulKernel(attrs, ins, outType, cfg), gpuIns, out);
+      const got = await eager.read(out);
+      const scale = Math.max(1, ...Array.from(expected.data, Math.abs));
+      for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - expected.data[i]), `element ${i}`).toBeLessThanOrEqual(2e-6 * scale);
     });
   });
 });
