@@ -5,10 +5,11 @@ import type { Pass } from '../compiler/pass.ts';
 import { canonicalize } from './canonicalize.ts';
 import { cse } from './cse.ts';
 import { dce } from './dce.ts';
+import { fuseElementwiseDefault as fuseElementwise } from './fuse-elementwise.ts';
 
-export { canonicalize, cse, dce };
+export { canonicalize, cse, dce, fuseElementwise };
 
-export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce];
+export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseElementwise];
 
 /**
  * Cleans up the joint graph autograd produces: canonicalize first (its folding and rewrites make
