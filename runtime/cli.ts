@@ -8,6 +8,8 @@ import { runCli, terminalChalk } from '../compiler/cli.ts';
 import { UsageError } from '../compiler/load-model.ts';
 import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
 import { requestDevice, type GpuContext } from './device.ts';
+import type { TrainingEngine } from './engine.ts';
+import { KernelProfiler } from './profiler.ts';
 import { formatCount } from './train/progress.ts';
 import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
 import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
@@ -15,7 +17,9 @@ import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, ty
 export { runCli };
 
 const EPILOGUE = 'Set CHOTTA_DEBUG=1 for stack traces on errors. NO_COLOR turns colour off.';
-const MODES = ['eager', 'compiled'] as const;
+const MODES = ['compiled', 'eager'] as const;
+/** Compiled training programs, keyed by model, shapes and compiler version (runtime/compile-cache.ts). */
+const COMPILE_CACHE_DIR = '.chotta/compile';
 type Mode = (typeof MODES)[number];
 
 export async function main(argv: string[]): Promise<void> {
@@ -145,7 +149,9 @@ const MODEL_FLAGS = {
 function trainOptions(y: Argv) {
   const d = DEFAULT_TRAIN_CONFIG;
   return y
-    .option('mode', { choices: MODES, describe: 'eager: one kernel per op (default, for now); compiled: the fused program' })
+    .option('mode', { choices: MODES, describe: 'compiled: the fused training program, one submit per step (default); eager: one kernel per op' })
+    .option('profile', { type: 'boolean', describe: 'time every kernel on the device (timestamp queries) and print where the steps spent their time' })
+    .option('autotune', { type: 'boolean', describe: 'compiled mode: time matmul tile shapes on this adapter first (cached in .chotta/autotune)' })
     .option('resume', { type: 'boolean', describe: "continue the run in --out from its checkpoint, with the run's settings" })
     .option('out', { type: 'string', describe: 'the run folder (checkpoint, loss.csv, loss.svg) [default: runs/<preset>]' })
     .option('model', { type: 'string', describe: `model file [default: ${d.modelFile}]` })
@@ -178,10 +184,22 @@ function trainOptions(y: Argv) {
     .epilogue(`Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.\n${EPILOGUE}`);
 }
 
-type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean };
+type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean; profile?: boolean; autotune?: boolean };
 
 async function trainCommand(args: TrainArgs): Promise<void> {
-  const createEngine = engineFactoryFor(args.mode ?? 'eager');
+  const engines: TrainingEngine[] = [];
+  const profiler: { current?: KernelProfiler } = {};
+  const factory = engineFactoryFor(args.mode ?? 'compiled', { autotune: args.autotune });
+  const createEngine: EngineFactory = async (ctx) => {
+    const engine = await factory(ctx);
+    if (args.profile) {
+      if (!ctx.gpu.device.features.has('timestamp-query')) throw new UsageError("--profile needs the adapter feature 'timestamp-query', which this adapter lacks");
+      profiler.current = new KernelProfiler(ctx.gpu.device, { skipFirstRun: true });
+      engine.profiler = profiler.current;
+    }
+    engines.push(engine);
+    return engine;
+  };
   const given: Partial<TrainConfig> = {
     outDir: args.out as string | undefined,
     modelFile: args.model as string | undefined,
@@ -206,6 +224,11 @@ async function trainCommand(args: TrainArgs): Promise<void> {
   if (overrides.length > 0) given.modelOverrides = Object.fromEntries(overrides.map(([option, key]) => [key, args[option] as number]));
 
   const result = await train({ ...given, resume: args.resume }, createEngine);
+  if (profiler.current) {
+    await profiler.current.settle();
+    const engine = engines[0];
+    process.stdout.write(`\nwhere the time went (${engine.mode} engine, device timestamps of every kernel run after its first, which includes compiling it):\n${profiler.current.report(25)}\n`);
+  }
   if (!result.finished) {
     process.stderr.write(`resume with: chotta train --resume --out ${result.outDir}\n`);
     process.exitCode = 130;
@@ -224,7 +247,7 @@ function sampleOptions(y: Argv) {
     .option('temperature', { type: 'number', default: SAMPLE_DEFAULTS.temperature, describe: '<1 more likely text, >1 more varied, 0 always the likeliest token' })
     .option('top-k', { type: 'number', default: SAMPLE_DEFAULTS.topK, describe: 'draw among the k likeliest tokens only; 0 for all' })
     .option('seed', { type: 'number', default: SAMPLE_DEFAULTS.seed, describe: 'the same seed gives the same text' })
-    .option('mode', { choices: MODES, describe: 'eager (default, for now) or compiled' })
+    .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
     .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', '200 tokens after the prompt')
     .example('$0 sample --ckpt runs/tiny --temperature 0 --tokens 50', 'greedy: the likeliest continuation')
     .epilogue(EPILOGUE);
@@ -239,7 +262,7 @@ async function sampleCommand(args: {
   seed: number;
   mode?: Mode;
 }): Promise<void> {
-  const createEngine = engineFactoryFor(args.mode ?? 'eager');
+  const createEngine = engineFactoryFor(args.mode ?? 'compiled');
   await sample(
     { ckpt: args.ckpt, prompt: args.prompt, tokens: args.tokens, temperature: args.temperature, topK: args.topK === 0 ? null : args.topK, seed: args.seed },
     createEngine,
@@ -252,7 +275,7 @@ async function sampleCommand(args: {
  * The seam between the CLI and the ways of running a model. Each engine module is imported only
  * when a command needs it, so `info` and `data` never load kernels.
  */
-function engineFactoryFor(mode: Mode): EngineFactory {
+function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): EngineFactory {
   switch (mode) {
     case 'eager':
       return async (ctx) => {
@@ -260,7 +283,15 @@ function engineFactoryFor(mode: Mode): EngineFactory {
         return createEagerEngine(ctx);
       };
     case 'compiled':
-      // When the compiled runner lands: import it here, as the eager engine is above.
-      throw new UsageError('--mode compiled is not available yet (the compiled runner has not landed); use --mode eager');
+      return async (ctx) => {
+        const { createCompiledEngine } = await import('./compiled-engine.ts');
+        const { MatmulTuner } = await import('./matmul-tuner.ts');
+        return createCompiledEngine({
+          ...ctx,
+          cacheDir: COMPILE_CACHE_DIR,
+          tuner: opts.autotune ? new MatmulTuner(ctx.gpu) : undefined,
+          log: (line) => process.stderr.write(`${line}\n`),
+        });
+      };
   }
 }

@@ -46,7 +46,7 @@ export function cacheKey(parts: unknown[]): string {
 }
 
 /** `compile()`'s result from `dir/<key>.json` when present and readable, else compiled and stored. */
-export function loadOrCompile<T>(dir: string, key: string, compile: () => T, warn: (line: string) => void = () => {}): CacheResult<T> {
+export async function loadOrCompile<T>(dir: string, key: string, compile: () => T | Promise<T>, warn: (line: string) => void = () => {}): Promise<CacheResult<T>> {
   const path = join(dir, `${key}.json`);
   const started = performance.now();
   if (existsSync(path)) {
@@ -57,7 +57,7 @@ export function loadOrCompile<T>(dir: string, key: string, compile: () => T, war
       warn(`compile cache entry ${path} is unreadable (${(e as Error).message}); compiling again`);
     }
   }
-  const value = compile();
+  const value = await compile();
   const compileMs = performance.now() - started;
   try {
     mkdirSync(dir, { recursive: true });

@@ -4,7 +4,6 @@
 // staging buffer that the host maps later. Nothing in the step waits for the device.
 
 import { compileTraining, type CompiledTraining, type ProgramName } from '../compiler/compile-training.ts';
-import type { MatmulConfig } from '../compiler/codegen/primitives.ts';
 import { numel } from '../compiler/ir.ts';
 import { UsageError } from '../compiler/load-model.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/nn.ts';
@@ -16,6 +15,7 @@ import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './co
 import type { GpuContext } from './device.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from './init.ts';
+import { matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
 import { createBuffer, PipelineCache, Program, type Externals } from './program.ts';
 import type { Batch } from './train/sampler.ts';
@@ -28,8 +28,8 @@ export interface CompiledEngineContext {
   optimizer?: OptimizerSettings;
   /** Where compiled plans are cached; none: compile every time. */
   cacheDir?: string;
-  /** Tile choice per matmul shape (the autotuner's); the default blocking otherwise. */
-  matmulConfig?: (key: { batch: number; M: number; N: number; K: number; transA: boolean; transB: boolean }) => MatmulConfig | undefined;
+  /** Per-shape matmul tiles: shapes not yet tuned are tuned (on the device) before compiling. */
+  tuner?: MatmulTuner;
   /** Progress lines (compile times, cache hits). */
   log?: (line: string) => void;
 }
@@ -38,15 +38,28 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   const optimizer = ctx.optimizer ?? GPT3_ADAMW;
   const log = ctx.log ?? (() => {});
   const maxStorageBuffers = ctx.gpu.device.limits.maxStorageBuffersPerShaderStage;
-  const compile = () => compileTraining(ctx.def, ctx.config, { optimizer, maxStorageBuffers, matmulConfig: ctx.matmulConfig });
+  const options = { optimizer, maxStorageBuffers };
+  const compile = async (): Promise<CompiledTraining> => {
+    const tuner = ctx.tuner;
+    if (!tuner) return compileTraining(ctx.def, ctx.config, options);
+    // The matmul shapes are known once the programs are built; tune those not in the tuner's cache,
+    // then build again with the tiles it chose.
+    const keys = new Map<string, MatmulKey>();
+    compileTraining(ctx.def, ctx.config, { ...options, matmulConfig: (k) => void keys.set(JSON.stringify(k), k) });
+    const report = await tuner.tune([...keys.values()], ({ index, total, result, key }) => {
+      if (result) log(`autotune: ${index + 1}/${total} ${matmulKeyName(key)}: ${result.gflops.toFixed(2)} GFLOP/s (default tiles ${result.defaultGflops.toFixed(2)})`);
+    });
+    log(`autotune: ${report.tuned} matmul shapes tuned in ${(report.ms / 1000).toFixed(1)} s, ${report.cached} from ${tuner.cachePath}`);
+    return compileTraining(ctx.def, ctx.config, { ...options, matmulConfig: (k) => tuner.configFor(k) });
+  };
   let result: CacheResult<CompiledTraining>;
   if (ctx.cacheDir) {
     const forward = printGraph(traceForward(ctx.def, ctx.config).graph);
-    const key = cacheKey([forward, ctx.config, optimizer, maxStorageBuffers, compilerVersion(), ctx.matmulConfig ? 'tuned' : 'default-tiles']);
-    result = loadOrCompile(ctx.cacheDir, key, compile, log);
+    const key = cacheKey([forward, ctx.config, optimizer, maxStorageBuffers, compilerVersion(), ctx.tuner ? `tuned:${ctx.tuner.section}` : 'default-tiles']);
+    result = await loadOrCompile(ctx.cacheDir, key, compile, log);
   } else {
     const started = performance.now();
-    const value = compile();
+    const value = await compile();
     const ms = performance.now() - started;
     result = { value, cached: false, path: '', ms, compileMs: ms };
   }

@@ -14,6 +14,7 @@ import type { GpuContext } from './device.ts';
 import { EagerBackend, type EagerValue } from './eager.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from './init.ts';
+import type { KernelProfiler } from './profiler.ts';
 import { decays } from './train/adamw.ts';
 import type { Batch } from './train/sampler.ts';
 
@@ -72,6 +73,14 @@ export class EagerEngine implements TrainingEngine {
 
   get dispatches(): number {
     return this.backend.dispatches;
+  }
+
+  get profiler(): KernelProfiler | undefined {
+    return this.backend.profiler;
+  }
+
+  set profiler(p: KernelProfiler | undefined) {
+    this.backend.profiler = p;
   }
 
   private persistent(): EagerValue[] {

@@ -2,6 +2,7 @@
 // op by op; the compiled runner implements it with one program per step. The trainer loop is
 // written once against this interface, so both modes train with the identical recipe.
 
+import type { KernelProfiler } from './profiler.ts';
 import type { Batch } from './train/sampler.ts';
 
 export interface OptimizerSettings {
@@ -50,4 +51,6 @@ export interface TrainingEngine {
   importState(state: EngineState): void;
   /** Kernel dispatches recorded so far (a measure of launch overhead). */
   readonly dispatches: number;
+  /** When set, every kernel is timed on the device (needs the timestamp-query feature). */
+  profiler?: KernelProfiler;
 }

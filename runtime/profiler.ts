@@ -10,7 +10,17 @@ export class KernelProfiler {
   /** Total nanoseconds and call count per kernel name. */
   readonly totals = new Map<string, { ns: number; calls: number }>();
 
-  constructor(private readonly device: GPUDevice) {
+  /** Kernels seen once: with `skipFirstRun`, their first timing (mostly shader compilation) is dropped. */
+  private readonly seen = new Set<string>();
+
+  /**
+   * With `skipFirstRun`, the first run of each kernel is not counted: on the software adapter the
+   * driver compiles a shader at its first dispatch, and that would swamp a steady-state profile.
+   */
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly opts: { skipFirstRun?: boolean } = {},
+  ) {
     if (!device.features.has('timestamp-query')) {
       throw new Error("profiling needs the adapter feature 'timestamp-query', which this adapter lacks");
     }
@@ -45,6 +55,10 @@ export class KernelProfiler {
       staging.destroy();
       resolved.destroy();
       names.forEach((name, k) => {
+        if (this.opts.skipFirstRun && !this.seen.has(name)) {
+          this.seen.add(name);
+          return;
+        }
         const ns = Number(t[2 * k + 1] - t[2 * k]);
         const entry = this.totals.get(name) ?? { ns: 0, calls: 0 };
         entry.ns += Math.max(0, ns);

@@ -80,7 +80,7 @@ export class Program {
       const pipeline = pipelines.get(k.wgsl, k.name);
       const entries = k.bindings.map((ref, binding) => ({ binding, resource: { buffer: resolve(ref) } }));
       const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: k.name });
-      return { pipeline, bindGroup, workgroups: k.workgroups, name: k.name, ...(k.clear ? { clear: resolve(k.clear) } : {}) };
+      return { pipeline, bindGroup, workgroups: k.workgroups, name: `${plan.name.replace(/^.*_/, '')}/${k.name}`, ...(k.clear ? { clear: resolve(k.clear) } : {}) };
     });
   }
 
