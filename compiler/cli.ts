@@ -1,14 +1,17 @@
-// chotta-compile: trace a model file and show what the compiler sees.
+// chotta-compile: compile a model file's training step and show what the compiler made of it.
+// What it prints (stages, kernels, plans, the step's numbers) is built in compile-report.ts.
 
 import { Chalk, type ChalkInstance } from 'chalk';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from './autograd.ts';
 import { choosePreset, loadModel, UsageError } from './load-model.ts';
-import { formatCounters } from './pass.ts';
-import { compileStages } from './pipeline.ts';
+import { PROGRAMS, type ProgramName } from './compile-training.ts';
+import { compileWithStages, emitWgsl, findStage, printGraphStage, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
-import { formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
+import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
+import { DEFAULT_MAX_STORAGE_BUFFERS } from '../passes/fuse-elementwise.ts';
+import { GPT3_ADAMW } from '../runtime/engine.ts';
 import { TraceError } from './tensor.ts';
 import { traceForward } from './trace.ts';
 import type { Graph } from './ir.ts';
@@ -50,25 +53,30 @@ export function printStats(c: ChalkInstance, forward: Graph, joint: Graph, param
   return out.join('\n') + '\n';
 }
 
+const PROGRAM_HELP = 'gradient (forward + backward + accumulation of one micro-batch), update (norm, clip, AdamW), evaluate (forward, the loss), logits (forward, batch 1)';
+
 export async function main(argv: string[]): Promise<void> {
   const args = await yargs(argv)
     .scriptName('chotta-compile')
-    .usage('$0 <model.ts> [options]\n\nTrace a model file into the IR and print what the compiler sees.')
+    .usage('$0 <model.ts> [options]\n\nCompile a model file\'s training step and show what the compiler made of it: graphs, kernels, numbers.')
     .command('$0 <model>', false, (y) => y.positional('model', { type: 'string', describe: 'model file, e.g. models/gpt.ts', demandOption: true }))
-    .option('dump-ir', { type: 'boolean', describe: 'print the forward graph (the default when nothing else is asked for)' })
-    .option('backward', { type: 'boolean', describe: 'print the joint graph: forward, then the gradient of every parameter' })
-    .option('stats', { type: 'boolean', describe: 'print op counts by kind, parameter count and FLOPs per training step' })
+    .option('program', { choices: PROGRAMS, describe: `which compiled program to show: ${PROGRAM_HELP} [default: evaluate]` })
+    .option('dump-ir', { type: 'boolean', describe: "print the program's final graph: after every pass, nodes marked {kernel=K} (the default when nothing else is asked for)" })
+    .option('backward', { type: 'boolean', describe: 'the gradient program (forward + backward + accumulation): short for --program gradient' })
+    .option('after', { type: 'string', describe: "print the program's graph after one stage: a pass (canonicalize, cse, dce, fuse-elementwise; its last run) or trace, autograd, accumulate, build, or a numbered stage as --dump-dir names it (05-canonicalize)" })
+    .option('emit', { choices: ['wgsl'], describe: "print the WGSL of every kernel of the program, each after a comment with its name, kind, workgroups and bindings" })
+    .option('dump-dir', { type: 'string', describe: 'write every stage of every program (DIR/<program>/NN-<stage>.ir), each kernel (DIR/<program>/kernels/<name>.wgsl) and each plan (DIR/<program>/plan.txt)' })
+    .option('stats', { type: 'boolean', describe: 'print parameters, op counts, FLOPs, and for one training step: compiled kernels vs eager dispatches, peak bytes, every pass\'s counters' })
     .option('preset', { type: 'string', describe: "model preset (e.g. gpt2, tiny); the model's default if omitted" })
-    .option('after', {
-      type: 'string',
-      describe: 'print the graph after one pass: canonicalize, cse, dce (on the forward graph, or on the joint graph with --backward)',
-    })
     .option('batch', { type: 'number', describe: "override the preset's micro-batch size" })
     .option('seq', { type: 'number', describe: 'override the sequence length (at most the context)' })
-    .example('$0 models/gpt.ts --dump-ir', 'the GPT-2 forward graph, each op with its models/gpt.ts line')
-    .example('$0 models/gpt.ts --preset tiny --backward', 'the joint graph of the tiny preset')
-    .example('$0 models/gpt.ts --stats', 'op counts, parameters and FLOPs')
-    .example('$0 models/gpt.ts --preset tiny --backward --after cse', 'the joint graph after common-subexpression elimination')
+    .option('max-storage-buffers', { type: 'number', default: DEFAULT_MAX_STORAGE_BUFFERS, describe: "storage buffers a kernel may bind (WebGPU's guaranteed minimum; the runtime uses its adapter's limit)" })
+    .example('$0 models/gpt.ts --dump-ir', 'the fused GPT-2 forward (evaluate) graph, each op with its models/gpt.ts line')
+    .example('$0 models/gpt.ts --preset tiny --backward', 'the fused gradient program of the tiny preset')
+    .example('$0 models/gpt.ts --preset tiny --program update --after cse', 'the optimizer update graph right after common-subexpression elimination')
+    .example('$0 models/gpt.ts --preset tiny --emit wgsl', 'the WGSL kernels of the forward program')
+    .example('$0 models/gpt.ts --preset tiny --dump-dir debug/', 'everything, one file per stage and kernel, like a torch.compile debug folder')
+    .example('$0 models/gpt.ts --stats', 'parameters, FLOPs, compiled kernels vs eager dispatches per step, peak bytes, pass counters')
     .epilogue('Set CHOTTA_DEBUG=1 for stack traces on errors. NO_COLOR turns colour off.')
     .strict()
     .help()
@@ -85,32 +93,40 @@ export async function main(argv: string[]): Promise<void> {
     throw new UsageError(`--seq must be between 1 and the context length ${preset.config.blockSize}`);
   }
   if (args.batch !== undefined && !(Number.isInteger(args.batch) && args.batch >= 1)) throw new UsageError('--batch must be a positive integer');
-  const traced = traceForward(def, preset.config, { batchSize: args.batch, seqLen: args.seq });
+  const maxStorageBuffers = args.maxStorageBuffers;
+  if (!(Number.isInteger(maxStorageBuffers) && maxStorageBuffers >= 4)) throw new UsageError('--max-storage-buffers must be an integer of at least 4');
+  if (args.backward && args.program !== undefined && args.program !== 'gradient') throw new UsageError(`--backward means --program gradient; it cannot go with --program ${args.program}`);
+  const program: ProgramName = args.backward ? 'gradient' : (args.program ?? 'evaluate');
   const style = styleFor(c);
 
-  if (args.after !== undefined) {
-    const half = args.backward ? 'joint' : 'forward';
-    const stages = compileStages(traced.graph, { backward: !!args.backward });
-    const stage = stages.find((s) => s.name === `${half}:${args.after}`);
-    if (!stage) {
-      const names = [...new Set(stages.filter((s) => s.name.startsWith(half)).map((s) => s.name.slice(half.length + 1)))];
-      throw new UsageError(`no pass '${args.after}' in the ${half} pipeline; choose one of: ${names.join(', ')}`);
-    }
-    process.stdout.write(c.dim(`# ${formatCounters(args.after, stage.counters ?? {})}\n`) + printGraph(stage.graph, style));
-    return;
-  }
+  const shape = { batchSize: args.batch, seqLen: args.seq };
+  const r = compileWithStages(def, preset.config, { optimizer: GPT3_ADAMW, maxStorageBuffers, ...shape });
+  const stages = r.stages[program];
 
-  const joint = args.backward || args.stats ? buildJointGraph(traced.graph) : undefined;
-  if (args.dumpIr || (!args.backward && !args.stats)) process.stdout.write(printGraph(traced.graph, style));
-  if (args.backward && joint) process.stdout.write(printGraph(joint, style));
-  if (args.stats && joint) {
+  if (args.after !== undefined) {
+    const stage = findStage(stages, args.after);
+    if (!stage) {
+      const names = [...new Set(stages.map((s) => s.name))];
+      throw new UsageError(`no stage '${args.after}' in the ${program} program; choose one of: ${names.join(', ')} (or a numbered one, ${stages[0].label} to ${stages.at(-1)!.label})`);
+    }
+    process.stdout.write(printGraphStage(stage, style, c));
+  }
+  const nothingElse = args.after === undefined && !args.emit && !args.stats && args.dumpDir === undefined;
+  if (args.dumpIr || nothingElse) process.stdout.write(printGraph(stages.at(-1)!.graph, style));
+  if (args.emit === 'wgsl') process.stdout.write(emitWgsl(r.compiled.programs[program]));
+  if (args.stats) {
+    const traced = traceForward(def, preset.config, shape);
+    const joint = buildJointGraph(traced.graph);
+    const idxShape = traced.graph.nodes.find((n) => n.name === 'idx')?.shape ?? [1, 1];
     process.stdout.write(c.bold(`${def.name} · preset ${preset.name}\n`));
     process.stdout.write(printStats(c, traced.graph, joint, traced.params, preset.config as unknown as Record<string, unknown>));
-    process.stdout.write(c.bold('passes\n'));
-    for (const s of compileStages(traced.graph, { backward: true })) {
-      const counters = s.counters ? formatCounters(s.name, s.counters) : s.name;
-      process.stdout.write(`  ${counters.padEnd(78)} ${String(s.graph.nodes.length).padStart(6)} nodes\n`);
-    }
+    const eager = eagerDispatchesPerStep(traced.graph, traced.params, { maxGradNorm: GPT3_ADAMW.maxGradNorm });
+    process.stdout.write(stepReport(c, r, traced.params, eager, idxShape.join('×')));
+  }
+  if (args.dumpDir !== undefined) {
+    const files = writeDumpDir(args.dumpDir, r);
+    const per = PROGRAMS.map((p) => `${p}: ${r.stages[p].length} stages, ${r.compiled.programs[p].kernels.length} kernels`).join('; ');
+    process.stdout.write(`wrote ${files.length} files to ${args.dumpDir} (${per})\n`);
   }
 }
 

@@ -19,7 +19,7 @@ function chottaCompile(args: string[], env: Record<string, string> = {}) {
 }
 
 describe('chotta-compile', () => {
-  it('--dump-ir prints the gpt2 forward graph, every op with its model line, without colour when piped', () => {
+  it('--dump-ir prints the final gpt2 forward graph, fused, every op with its model line, without colour when piped', () => {
     const r = chottaCompile(['models/gpt.ts', '--dump-ir']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^graph gpt_forward\(\n {4}%idx: i32\[4,1024\],/);
@@ -27,6 +27,9 @@ describe('chotta-compile', () => {
     const ops = r.stdout.split('\n').filter((l) => / = /.test(l));
     expect(ops.length).toBeGreaterThan(1000);
     for (const l of ops) expect(l).toMatch(/# models\/gpt\.ts:\d+$/);
+    // After fuse-elementwise: most ops carry the kernel that computes them.
+    expect(ops.filter((l) => /kernel=\d+/.test(l)).length).toBeGreaterThan(ops.length / 2);
+    expect(r.stdout).toMatch(/matmul %\d+, %wte\.weight \{kernel=\d+, transB\}/);
     expect(r.stdout).not.toMatch(/\x1b\[/);
   });
 
@@ -36,14 +39,100 @@ describe('chotta-compile', () => {
     expect(r.stdout).toContain('124,439,808 (124.44M)');
     expect(r.stdout).toMatch(/matmul\s+73/);
     expect(r.stdout).toMatch(/FLOPs per training step/);
+    expect(r.stdout).toMatch(/compiled kernels\s+\d+\s+gradient \d+ \+ update \d+/);
   });
 
-  it('--backward prints the joint graph of a preset, returning the loss and every gradient', () => {
-    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward']);
+  it('--stats compares one training step compiled against eager: kernels, dispatches, peak bytes, FLOPs, fusion', () => {
+    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--stats']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^graph gpt_train\(/);
-    expect(r.stdout).toMatch(/return %loss,\n\s+%grad\.wte\.weight,/);
-    expect(r.stdout).toContain('scatter_add %idx');
+    const number = (re: RegExp) => Number(r.stdout.match(re)?.[1]);
+    const compiled = number(/compiled kernels\s+(\d+)/);
+    const [gradient, update] = [number(/gradient (\d+) \+ update \d+\n/), number(/gradient \d+ \+ update (\d+)\n/)];
+    const eager = number(/eager dispatches\s+(\d+)/);
+    const [forward, backward, optimizer] = r.stdout.match(/forward (\d+) \+ backward (\d+) \+ optimizer (\d+)/)!.slice(1).map(Number);
+    expect(compiled).toBe(gradient + update);
+    expect(eager).toBe(forward + backward + optimizer);
+    expect(forward, 'eager runs every op of the traced forward graph').toBe(number(/forward graph: (\d+) ops/));
+    expect(compiled, 'fusion at least halves the dispatches').toBeLessThanOrEqual(eager / 2);
+    expect(r.stdout).toMatch(new RegExp(`ratio\\s+${(eager / compiled).toFixed(2)}×`));
+    expect(r.stdout).toMatch(/peak bytes\s+[\d.]+ MiB/);
+    expect(r.stdout).toMatch(/params 5\.1 MiB \+ AdamW m, v 10\.2 MiB \+ gradient accumulators 5\.1 MiB/);
+    expect(r.stdout).toMatch(/FLOPs\s+[\d.]+G\s+gradient [\d.]+G \+ update [\d.]+M/);
+    for (const program of ['gradient', 'update', 'evaluate', 'logits']) {
+      expect(r.stdout).toMatch(new RegExp(`\\n  ${program} +\\d+ kernels from \\d+ nodes .*split-for-buffer-limit`));
+    }
+  });
+
+  it('--backward prints the final gradient program: forward, backward and accumulation, fused', () => {
+    // Changed on purpose: it used to print the unoptimized joint graph (`gpt_train`, returning loss and grad.*);
+    // it now shows what the compiled runner replays. `--after autograd` still shows the joint graph.
+    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--batch', '1', '--seq', '16']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^graph gpt_gradient\(/);
+    expect(r.stdout).toMatch(/return %next\.loss_sum,\n\s+%next\.grad_sum\.wte\.weight,/);
+    expect(r.stdout).toMatch(/scatter_add %idx, %\d+ \{kernel=\d+\}/);
+    const joint = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--program', 'gradient', '--after', 'autograd', '--batch', '1', '--seq', '16']);
+    expect(joint.stdout).toMatch(/^# autograd: \d+ nodes\ngraph gpt_train\(/);
+    expect(joint.stdout).toMatch(/return %loss,\n\s+%grad\.wte\.weight,/);
+  });
+
+  it('--program picks any of the four programs; --backward cannot contradict it', () => {
+    const heads = { gradient: 'gpt_gradient', update: 'gpt_update', evaluate: 'gpt_forward', logits: 'gpt_logits' };
+    const out: Record<string, string> = {};
+    for (const [program, name] of Object.entries(heads)) {
+      const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--program', program, '--batch', '1', '--seq', '8']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.split('\n')[0]).toBe(`graph ${name}(`);
+      out[program] = r.stdout;
+    }
+    expect(out.update).toMatch(/return %grad_norm,\n\s+%next\.wte\.weight,\n\s+%next\.adam_m\.wte\.weight,/);
+    const both = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--program', 'update']);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toBe('chotta-compile: --backward means --program gradient; it cannot go with --program update\n');
+    const bad = chottaCompile(['models/gpt.ts', '--program', 'training']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^chotta-compile: Invalid values:.*training.*\(see --help\)\n$/s);
+  });
+
+  it('--emit wgsl prints every kernel of the program, each after a comment with its name, kind, workgroups and bindings', () => {
+    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--emit', 'wgsl', '--batch', '1', '--seq', '8']);
+    expect(r.code, r.stderr).toBe(0);
+    const headers = [...r.stdout.matchAll(/^\/\/ (k\d+_\w+) · (elementwise|matmul|scatter) · workgroups \[\d+,\d+,\d+\] · \d+ ops.*\n\/\/ bindings: (.*)\n/gm)];
+    expect(headers.length).toBeGreaterThan(10);
+    expect(headers.map((h) => h[1])).toEqual(headers.map((_, k) => expect.stringMatching(new RegExp(`^k${k}_`))));
+    expect(r.stdout.match(/@compute @workgroup_size/g)!.length).toBe(headers.length);
+    expect(headers.some((h) => h[2] === 'matmul')).toBe(true);
+    expect(r.stdout).toMatch(/bindings: 0=out:loss \(w\)/);
+    expect(r.stdout).toMatch(/in:wte\.weight/);
+    expect(r.stdout).not.toMatch(/^graph /m);
+  });
+
+  it('--dump-dir writes every stage, kernel and plan of every program, and says where', () => {
+    const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-dump-')), 'debug');
+    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--dump-dir', dir, '--batch', '1', '--seq', '8']);
+    expect(r.code, r.stderr).toBe(0);
+    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 13 stages, (\d+) kernels; update: 5 stages, \d+ kernels; evaluate: 5 stages, \d+ kernels; logits: 5 stages, \d+ kernels\)\n$/);
+    expect(written, r.stdout).not.toBeNull();
+    expect(written![2]).toBe(dir);
+    const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+    expect(files.length).toBe(Number(written![1]));
+    expect(fs.readdirSync(dir).sort()).toEqual(['evaluate', 'gradient', 'logits', 'update']);
+    const gradient = fs.readdirSync(path.join(dir, 'gradient')).filter((f) => f.endsWith('.ir'));
+    expect(gradient).toEqual([
+      '00-trace.ir', '01-canonicalize.ir', '02-cse.ir', '03-dce.ir', '04-autograd.ir', '05-canonicalize.ir', '06-cse.ir',
+      '07-dce.ir', '08-accumulate.ir', '09-canonicalize.ir', '10-cse.ir', '11-dce.ir', '12-fuse-elementwise.ir',
+    ]);
+    expect(fs.readFileSync(path.join(dir, 'gradient/02-cse.ir'), 'utf8')).toMatch(/^# cse: \d+ merged\ngraph gpt_forward\(/);
+    expect(fs.readFileSync(path.join(dir, 'update/00-build.ir'), 'utf8')).toMatch(/^# build: \d+ nodes\ngraph gpt_update\(/);
+    expect(fs.readFileSync(path.join(dir, 'evaluate/04-fuse-elementwise.ir'), 'utf8')).toMatch(/^# fuse-elementwise: .*\d+ kernels/);
+    const kernels = fs.readdirSync(path.join(dir, 'gradient/kernels'));
+    expect(kernels.length).toBe(Number(written![3]));
+    expect(fs.readFileSync(path.join(dir, 'gradient/kernels', kernels[0]), 'utf8')).toMatch(/^\/\/ k\d+_\w+ · \w+ · workgroups [\s\S]*@compute/);
+    const plan = fs.readFileSync(path.join(dir, 'gradient/plan.txt'), 'utf8');
+    expect(plan).toMatch(/^program gpt_gradient: \d+ kernels/);
+    expect(plan).toMatch(/next\.grad_sum\.wte\.weight: f32\[4096,128\] \(in place of grad_sum\.wte\.weight\)/);
+    expect(plan).toMatch(/^ +0 {2}k0_\w+ +(elementwise|matmul|scatter) +\[\d+,\d+,\d+\] {2}\d+ ops {2}0=/m);
+    expect(plan).toMatch(/temporaries after liveness reuse: \d+ buffers, \d+ bytes \([\d.]+ [KM]iB\) in all\n {2}temp0 {2}\d+ bytes/);
   });
 
   it.each([
@@ -106,21 +195,48 @@ describe('chotta-compile', () => {
     expect(r.stderr).toBe(`chotta-compile: ${file}:2: TypeScript syntax that cannot be erased (an enum, namespace or constructor parameter property); model files use plain, erasable TypeScript, as Node type stripping requires\n`);
   });
 
-  it('--after PASS prints the graph after that pass, with its counters; --stats lists every stage', () => {
-    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--after', 'cse']);
+  it('--after PASS prints the program after that pass (its last run), with its counters; a numbered stage picks one run', () => {
+    // Changed on purpose: stages now belong to a compiled program (default evaluate) instead of a forward/joint pipeline.
+    const small = ['--batch', '1', '--seq', '8'];
+    const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--after', 'cse', ...small]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^# cse: \d+ merged\ngraph gpt_train\(/);
-    const bad = chottaCompile(['models/gpt.ts', '--after', 'fuse-everything']);
+    expect(r.stdout).toMatch(/^# cse: \d+ merged\ngraph gpt_gradient\(/);
+    const first = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--after', '02-cse', ...small]);
+    expect(first.stdout).toMatch(/^# cse: \d+ merged\ngraph gpt_forward\(/);
+    const fused = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--after', 'fuse-elementwise', ...small]);
+    expect(fused.code, fused.stderr).toBe(0);
+    expect(fused.stdout).toMatch(/^# fuse-elementwise: .*\d+ kernels.*\ngraph gpt_forward\(/);
+    expect(fused.stdout).toMatch(/ = sum %\d+ \{axis=2, kernel=0\}/);
+    const cleaned = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--after', 'dce', ...small]);
+    expect(cleaned.stdout).not.toMatch(/kernel=/);
+    const bad = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--after', 'fuse-everything', ...small]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toBe("chotta-compile: no pass 'fuse-everything' in the forward pipeline; choose one of: canonicalize, cse, dce\n");
-    const stats = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--stats']);
-    expect(stats.stdout).toMatch(/forward:canonicalize: .*matmul-absorb-transpose/);
-    expect(stats.stdout).toMatch(/joint:dce: \d+ removed/);
+    expect(bad.stderr).toBe("chotta-compile: no stage 'fuse-everything' in the evaluate program; choose one of: trace, canonicalize, cse, dce, fuse-elementwise (or a numbered one, 00-trace to 04-fuse-elementwise)\n");
+  });
+
+  it('--stats lists every stage of every program with its counters', () => {
+    const stats = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--stats', '--batch', '1', '--seq', '8']);
+    expect(stats.code, stats.stderr).toBe(0);
+    expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}01-canonicalize: .*matmul-absorb-transpose/);
+    expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}07-dce: \d+ removed/);
+    expect(stats.stdout).toMatch(/update +\d+ nodes {2}04-fuse-elementwise: .*\d+ kernels/);
+  });
+
+  it('--max-storage-buffers reaches fusion: a lower limit splits more kernels; a limit too small is one clear line', () => {
+    const kernels = (limit: string) => {
+      const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--after', 'fuse-elementwise', '--max-storage-buffers', limit, '--batch', '1', '--seq', '8']);
+      expect(r.code, r.stderr).toBe(0);
+      return Number(r.stdout.match(/(\d+) kernels/)![1]);
+    };
+    expect(kernels('5')).toBeGreaterThan(kernels('16'));
+    const bad = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--max-storage-buffers', '2']);
+    expect(bad.stderr).toBe('chotta-compile: --max-storage-buffers must be an integer of at least 4\n');
   });
 
   it('--help describes the options', () => {
     const r = chottaCompile(['--help']);
     expect(r.code).toBe(0);
-    for (const flag of ['--dump-ir', '--backward', '--stats', '--preset']) expect(r.stdout).toContain(flag);
+    for (const flag of ['--dump-ir', '--backward', '--program', '--after', '--emit', '--dump-dir', '--stats', '--preset', '--max-storage-buffers']) expect(r.stdout).toContain(flag);
+    expect(r.stdout).toContain('Examples:');
   });
 });

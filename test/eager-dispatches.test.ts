@@ -20,7 +20,7 @@ function batch(seed: number): Batch {
 }
 
 describe('eager dispatches per step', () => {
-  it.each([1, 2])('the estimate from graphs equals what an eager step dispatches (%i micro-batches)', async (microBatches, t) => {
+  it.for([1, 2])('the estimate from graphs equals what an eager step dispatches (%i micro-batches)', async (microBatches, t) => {
     const gpu = await gpuOrSkip(t);
     const engine = await createEagerEngine({ def: model, config: small, seed: 1, gpu });
     const before = engine.dispatches;

@@ -1,0 +1,166 @@
+// What chotta-compile shows of a compiled training setup: every stage of every program, the WGSL
+// of each kernel, each program's plan, a debug folder with all of it, and the step's numbers next
+// to eager mode's.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ChalkInstance } from 'chalk';
+import { compileTraining, PROGRAMS, type CompiledTraining, type CompileOptions, type ProgramName } from './compile-training.ts';
+import type { Graph } from './ir.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from './nn.ts';
+import { formatCounters, type PassCounters } from './pass.ts';
+import { printGraph, type PrintStyle } from './printer.ts';
+import { tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from './schedule.ts';
+import { formatBytes, formatCount, type EagerDispatches } from './stats.ts';
+import { gradSumName, momentNames } from './train-step.ts';
+
+export interface Stage {
+  /** `03-dce`: its position in the program's pipeline and its name, as the --dump-dir files are named. */
+  label: string;
+  /** A pass name, or 'trace', 'autograd', 'accumulate', 'build'. */
+  name: string;
+  graph: Graph;
+  counters?: PassCounters;
+}
+
+export interface CompiledWithStages {
+  compiled: CompiledTraining;
+  stages: Record<ProgramName, Stage[]>;
+}
+
+/** compileTraining, keeping every stage of every program. */
+export function compileWithStages<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: Omit<CompileOptions, 'onStage'>): CompiledWithStages {
+  const stages = Object.fromEntries(PROGRAMS.map((p) => [p, [] as Stage[]])) as Record<ProgramName, Stage[]>;
+  const compiled = compileTraining(def, config, {
+    ...opts,
+    onStage: (program, name, graph, counters) => {
+      const list = stages[program];
+      list.push({ label: `${String(list.length).padStart(2, '0')}-${name}`, name, graph, ...(counters ? { counters } : {}) });
+    },
+  });
+  return { compiled, stages };
+}
+
+/** The first comment line of a stage: the pass's counters, or what made the graph. */
+export const stageHeader = (s: Stage): string => (s.counters ? formatCounters(s.name, s.counters) : `${s.name}: ${s.graph.nodes.length} nodes`);
+
+/**
+ * The stage `--after` names: a numbered label (`07-dce`) exactly, or a stage name, which means its
+ * last occurrence (the one nearest the final program). Undefined when there is none.
+ */
+export function findStage(stages: Stage[], wanted: string): Stage | undefined {
+  return stages.find((s) => s.label === wanted) ?? stages.filter((s) => s.name === wanted).at(-1);
+}
+
+const refText = (r: BufferRef): string => ('input' in r ? `in:${r.input}` : 'output' in r ? `out:${r.output}` : `temp${r.temp}`);
+
+/** Bindings a kernel writes, read from its own WGSL declarations. */
+function writtenBindings(k: PlannedKernel): Set<number> {
+  const written = new Set<number>();
+  for (const m of k.wgsl.matchAll(/@binding\((\d+)\)\s*var<storage,\s*read_write>/g)) written.add(Number(m[1]));
+  return written;
+}
+
+export function kernelBindings(k: PlannedKernel): string {
+  const written = writtenBindings(k);
+  return k.bindings.map((r, i) => `${i}=${refText(r)}${written.has(i) ? ' (w)' : ''}`).join(', ');
+}
+
+/** `// k4_matmul_1024x384 · matmul · workgroups [6,16,1] · 3 ops` and a line of bindings. */
+export function kernelHeader(k: PlannedKernel): string {
+  return `// ${k.name} · ${k.kind} · workgroups [${k.workgroups.join(',')}] · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(k)}\n`;
+}
+
+export function emitWgsl(plan: ProgramPlan): string {
+  return plan.kernels.map((k) => `${kernelHeader(k)}${k.wgsl.trimEnd()}\n`).join('\n');
+}
+
+/** The plan as text: kernels in the order they run, with bindings; temporaries and their total. */
+export function planText(plan: ProgramPlan): string {
+  const value = (v: { name: string; shape: number[]; dtype: string }) => `${v.name}: ${v.dtype}[${v.shape.join(',')}]`;
+  const lines = [
+    `program ${plan.name}: ${plan.kernels.length} kernels, ${formatCount(plan.flops)} FLOPs`,
+    `inputs (${plan.inputs.length}):`,
+    ...plan.inputs.map((v) => `  ${value(v)}`),
+    `outputs (${plan.outputs.length}):`,
+    ...plan.outputs.map((o) => `  ${value(o)}${o.inPlace ? ` (in place of ${o.inPlace})` : ''}`),
+    '',
+    'kernels, in the order they run (bindings: in = graph input, out = graph output, temp = temporary; (w) = written):',
+  ];
+  plan.kernels.forEach((k, i) => {
+    lines.push(`${String(i).padStart(4)}  ${k.name.padEnd(36)} ${k.kind.padEnd(11)} [${k.workgroups.join(',')}]  ${k.ops} ops  ${kernelBindings(k)}`);
+  });
+  lines.push('', `temporaries after liveness reuse: ${plan.temps.length} buffers, ${tempBytes(plan)} bytes (${formatBytes(tempBytes(plan))}) in all`);
+  plan.temps.forEach((bytes, i) => lines.push(`  temp${i}  ${bytes} bytes`));
+  return lines.join('\n') + '\n';
+}
+
+/** Writes every stage, kernel and plan of every program under `dir`; returns the files written. */
+export function writeDumpDir(dir: string, r: CompiledWithStages): string[] {
+  const files: string[] = [];
+  const write = (file: string, text: string) => {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, text);
+    files.push(file);
+  };
+  for (const program of PROGRAMS) {
+    const at = path.join(dir, program);
+    fs.rmSync(at, { recursive: true, force: true }); // no stale kernels from an earlier compile
+    for (const s of r.stages[program]) write(path.join(at, `${s.label}.ir`), `# ${stageHeader(s)}\n${printGraph(s.graph)}`);
+    const plan = r.compiled.programs[program];
+    for (const k of plan.kernels) write(path.join(at, 'kernels', `${k.name}.wgsl`), `${kernelHeader(k)}${k.wgsl.trimEnd()}\n`);
+    write(path.join(at, 'plan.txt'), planText(plan));
+  }
+  return files;
+}
+
+export function printGraphStage(s: Stage, style: PrintStyle, c: ChalkInstance): string {
+  return c.dim(`# ${stageHeader(s)}\n`) + printGraph(s.graph, style);
+}
+
+/** Bytes of each named external buffer the gradient and update programs use (state, data, scalars). */
+function externalBytes(plans: ProgramPlan[]): Map<string, number> {
+  const bytes = new Map<string, number>();
+  for (const p of plans) {
+    for (const v of [...p.inputs, ...p.outputs.filter((o) => !o.inPlace)]) bytes.set(v.name, 4 * v.shape.reduce((a, b) => a * b, 1));
+  }
+  return bytes;
+}
+
+/** One training step (one micro-batch), compiled against eager: kernels, dispatches, memory, FLOPs, passes. */
+export function stepReport(c: ChalkInstance, r: CompiledWithStages, params: ParamSpec[], eager: EagerDispatches, tokens: string): string {
+  const { gradient, update } = r.compiled.programs;
+  const compiled = gradient.kernels.length + update.kernels.length;
+  const out: string[] = [c.bold(`one training step, compiled vs eager (one micro-batch of ${tokens} tokens)`)];
+  const row = (label: string, value: string, detail: string) => out.push(`  ${label.padEnd(18)} ${value.padStart(10)}   ${detail}`);
+  row('compiled kernels', String(compiled), `gradient ${gradient.kernels.length} + update ${update.kernels.length}`);
+  row('eager dispatches', String(eager.total), `forward ${eager.forward} + backward ${eager.backward} + optimizer ${eager.optimizer} (norm, clip, ${params.length} AdamW, mean loss)`);
+  row('ratio', `${(eager.total / compiled).toFixed(2)}×`, 'eager dispatches per compiled kernel');
+
+  const ext = externalBytes([gradient, update]);
+  const sumOf = (names: string[]) => names.reduce((s, n) => s + (ext.get(n) ?? 0), 0);
+  const weights = sumOf(params.map((p) => p.name));
+  const moments = sumOf(params.flatMap((p) => Object.values(momentNames(p.name))));
+  const accumulators = sumOf(params.map((p) => gradSumName(p.name)));
+  const other = [...ext.values()].reduce((s, b) => s + b, 0) - weights - moments - accumulators;
+  const temps = tempBytes(gradient) + tempBytes(update);
+  const peak = weights + moments + accumulators + other + temps;
+  row('peak bytes', formatBytes(peak), `${peak.toLocaleString('en-US')} bytes: both programs' buffers are held together`);
+  out.push(
+    `  ${''.padEnd(31)}   params ${formatBytes(weights)} + AdamW m, v ${formatBytes(moments)} + gradient accumulators ${formatBytes(accumulators)} + data and scalars ${formatBytes(other)}`,
+    `  ${''.padEnd(31)}   + temporaries: gradient ${formatBytes(tempBytes(gradient))} (${gradient.temps.length} buffers), update ${formatBytes(tempBytes(update))} (${update.temps.length} buffers)`,
+  );
+  row('FLOPs', formatCount(gradient.flops + update.flops), `gradient ${formatCount(gradient.flops)} + update ${formatCount(update.flops)}`);
+
+  out.push(c.bold('fusion (fuse-elementwise), per program'));
+  for (const program of PROGRAMS) {
+    const fuse = r.stages[program].find((s) => s.name === 'fuse-elementwise');
+    const before = r.stages[program].at(-2)?.graph.nodes.length ?? 0;
+    out.push(`  ${program.padEnd(9)} ${String(r.compiled.programs[program].kernels.length).padStart(5)} kernels from ${before} nodes   ${fuse ? stageHeader(fuse).replace(/^fuse-elementwise: /, '') : ''}`);
+  }
+  out.push(c.bold('passes, per program (nodes after each stage; counters)'));
+  for (const program of PROGRAMS) {
+    for (const s of r.stages[program]) out.push(`  ${program.padEnd(9)} ${String(s.graph.nodes.length).padStart(6)} nodes  ${s.counters ? stageHeader({ ...s, name: s.label }) : s.label}`);
+  }
+  return out.join('\n') + '\n';
+}
