@@ -11,7 +11,7 @@ import { compileWithStages, emitWgsl, findStage, printGraphStage, stepReport, wr
 import { printGraph, type PrintStyle } from './printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../passes/fuse-elementwise.ts';
-import { GPT3_ADAMW } from '../runtime/engine.ts';
+import { GPT3_ADAMW } from './train-step.ts';
 import { TraceError } from './tensor.ts';
 import { traceForward } from './trace.ts';
 import type { Graph } from './ir.ts';

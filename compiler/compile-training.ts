@@ -44,7 +44,10 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
   const run = (program: ProgramName, g: Graph, passes: readonly Pass[]): Graph => {
     const r = runPasses(g, passes, { onPass: (name, graph, c) => opts.onStage?.(program, name, graph, c) });
     const all = (counters[program] ??= {});
-    for (const [name, c] of Object.entries(r.counters)) all[name] = { ...(all[name] ?? {}), ...c };
+    for (const [name, c] of Object.entries(r.counters)) {
+      const sum = (all[name] ??= {});
+      for (const [k, v] of Object.entries(c)) sum[k] = (sum[k] ?? 0) + v;
+    }
     return r.graph;
   };
   const stage = (program: ProgramName, name: string, g: Graph) => {

@@ -17,8 +17,12 @@ export interface AdamWSettings {
   beta2: number;
   eps: number;
   weightDecay: number;
+  /** Clip the global gradient norm to this (GPT-3: 1.0). */
   maxGradNorm: number;
 }
+
+/** GPT-3's AdamW (nanoGPT's too): β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1, clip at norm 1. */
+export const GPT3_ADAMW: AdamWSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1.0 };
 
 /** The output that updates graph input `input` in place. */
 export const nextStateName = (input: string): string => `next.${input}`;

@@ -16,7 +16,7 @@
 // A kernel may bind at most `maxStorageBuffers` buffers (the adapter's
 // maxStorageBuffersPerShaderStage); one that would bind more is split by writing an inner value out.
 
-import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
+import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
 import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
 import { liveNodes, type Pass, type PassCounters } from '../compiler/pass.ts';
 import { stateUpdates } from '../compiler/train-step.ts';
@@ -55,14 +55,21 @@ export function fuseElementwise(opts: { maxStorageBuffers?: number } = {}): Pass
   return {
     name: 'fuse-elementwise',
     run(g: Graph) {
-      const { kernel, counters } = groupNodes(g, limit);
-      const nodes = g.nodes.map((n) => (kernel[n.id] >= 0 ? { ...n, attrs: { ...n.attrs, [KERNEL_ATTR]: kernel[n.id] } } : n));
+      // Marks from an earlier run say nothing about this one.
+      const unmarked = { ...g, nodes: g.nodes.map((n) => (KERNEL_ATTR in n.attrs ? { ...n, attrs: withoutMark(n.attrs) } : n)) };
+      const { kernel, counters } = groupNodes(unmarked, limit);
+      const nodes = unmarked.nodes.map((n) => (kernel[n.id] >= 0 ? { ...n, attrs: { ...n.attrs, [KERNEL_ATTR]: kernel[n.id] } } : n));
       return { graph: { ...g, nodes }, counters };
     },
   };
 }
 
 export const fuseElementwiseDefault = fuseElementwise();
+
+function withoutMark(attrs: Attrs): Attrs {
+  const { [KERNEL_ATTR]: _, ...rest } = attrs;
+  return rest;
+}
 
 /** Groups `g`'s nodes into kernels, splitting kernels that would bind more than `limit` buffers. */
 export function groupNodes(g: Graph, limit: number): Grouping {
@@ -111,13 +118,17 @@ function groupOnce(g: Graph, forced: Set<number>): Assignment {
     groups.push({ kind, root: id, size: numel(g.nodes[id].shape), ...(kind === 'matmul' ? { matmul: id } : {}) });
   };
   // Whether `id`'s value reaches the rest of group k only through pointwise ops over its own
-  // shape: then the kernel evaluates it at the thread's own index, once per thread.
+  // shape (or reshapes): then the kernel evaluates it at the thread's own index, once per thread.
   const aligned = (id: number, k: number, memo = new Map<number, boolean>()): boolean => {
     const known = memo.get(id);
     if (known !== undefined) return known;
+    // A reshape keeps the row-major flat index, so it is aligned too. Readers in other kernels
+    // read the value from memory, written at the thread's index: they are no constraint.
     const ok = consumers[id].every((c) => {
       const cn = g.nodes[c];
-      return groupOf[c] === k && POINTWISE.has(cn.op) && sameShape(cn.shape, g.nodes[id].shape) && aligned(c, k, memo);
+      if (groupOf[c] !== k) return groupOf[c] >= 0;
+      const sameIndex = cn.op === 'reshape' || (POINTWISE.has(cn.op) && sameShape(cn.shape, g.nodes[id].shape));
+      return sameIndex && aligned(c, k, memo);
     });
     memo.set(id, ok);
     return ok;
@@ -165,7 +176,8 @@ function groupOnce(g: Graph, forced: Set<number>): Assignment {
       else start(id, 'elementwise');
     } else if (only >= 0 && accepts(only, node)) {
       groupOf[id] = only;
-    } else if (u.size > 1 && CHEAP.has(node.op) && [...u].every((k) => groups[k].kind !== 'matmul')) {
+    } else if (u.size > 1 && CHEAP.has(node.op) && (node.inputs.length === 0 || [...u].every((k) => groups[k].kind !== 'matmul'))) {
+      // (A constant or an iota is a literal or an index: cheap even inside a matmul's k loop.)
       inlined[id] = 1;
       uses[id] = u;
       counters.inlined++;

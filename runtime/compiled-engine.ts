@@ -106,7 +106,7 @@ export class CompiledEngine implements TrainingEngine {
     this.params = compiled.params;
     this.batchSize = ctx.config.batchSize;
     this.seqLen = ctx.config.blockSize;
-    this.pipelines = new PipelineCache(this.device);
+    this.pipelines = PipelineCache.of(this.device);
     this.device.addEventListener('uncapturederror', (e) => this.errors.push((e as GPUUncapturedErrorEvent).error.message));
 
     const add = (name: string, elements: number) => this.buffers.set(name, createBuffer(this.device, elements * 4, name));

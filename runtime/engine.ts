@@ -5,16 +5,8 @@
 import type { KernelProfiler } from './profiler.ts';
 import type { Batch } from './train/sampler.ts';
 
-export interface OptimizerSettings {
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  /** Clip the global gradient norm to this (GPT-3: 1.0). */
-  maxGradNorm: number;
-}
-
-export const GPT3_ADAMW: OptimizerSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1.0 };
+// The optimizer's settings are the compiler's too: the update program is built from them.
+export { GPT3_ADAMW, type AdamWSettings as OptimizerSettings } from '../compiler/train-step.ts';
 
 /** Host copies of everything a checkpoint holds, in parameter order. */
 export interface EngineState {

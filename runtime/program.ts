@@ -11,9 +11,17 @@ const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBuff
 
 /** Pipelines by WGSL text, shared by every program on a device. */
 export class PipelineCache {
+  private static readonly byDevice = new WeakMap<GPUDevice, PipelineCache>();
   private readonly pipelines = new Map<string, GPUComputePipeline>();
-  private readonly errors: Promise<string | undefined>[] = [];
-  constructor(readonly device: GPUDevice) {}
+  private errors: Promise<string | undefined>[] = [];
+  private constructor(readonly device: GPUDevice) {}
+
+  /** The device's cache: engines made one after another (tests, a bench) share compiled kernels. */
+  static of(device: GPUDevice): PipelineCache {
+    let cache = PipelineCache.byDevice.get(device);
+    if (!cache) PipelineCache.byDevice.set(device, (cache = new PipelineCache(device)));
+    return cache;
+  }
 
   get(wgsl: string, name: string): GPUComputePipeline {
     let p = this.pipelines.get(wgsl);
@@ -29,7 +37,9 @@ export class PipelineCache {
 
   /** Throws the first shader or pipeline error reported so far. */
   async check(): Promise<void> {
-    const errors = (await Promise.all(this.errors)).filter((e): e is string => e !== undefined);
+    const pending = this.errors;
+    this.errors = [];
+    const errors = (await Promise.all(pending)).filter((e): e is string => e !== undefined);
     if (errors.length) throw new Error(`WebGPU rejected a generated kernel: ${errors[0]}`);
   }
 
