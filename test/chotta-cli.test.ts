@@ -86,19 +86,12 @@ describe.concurrent('chotta', () => {
     expect(second.stdout.split('\n').slice(1)).toEqual(first.stdout.split('\n').slice(1));
   });
 
-  it('train --mode compiled says it is not available yet, in one line', async ({ expect }) => {
-    const r = await chotta(['train', '--mode', 'compiled', '--out', path.join(scratch, 'compiled')]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toBe('chotta: --mode compiled is not available yet (the compiled runner has not landed); use --mode eager\n');
-    expect(r.stdout).toBe('');
-  });
-
   it.for([
     [[], /^chotta: name a command: info, data prepare, train or sample \(see --help\)\n$/],
     [['bogus'], /^chotta: Unknown argument: bogus \(see --help\)\n$/],
     [['data'], /^chotta: name a data command: prepare \(see --help\)\n$/],
     [['train', '--bogus'], /^chotta: Unknown argument: bogus \(see --help\)\n$/],
-    [['train', '--mode', 'fast'], /^chotta: Invalid values:.*Argument: mode, Given: "fast", Choices: "eager", "compiled".*\(see --help\)\n$/s],
+    [['train', '--mode', 'fast'], /^chotta: Invalid values:.*Argument: mode, Given: "fast", Choices: "compiled", "eager".*\(see --help\)\n$/s],
     [['train', '--steps', '0', '--out', 'unused'], /^chotta: --steps must be an integer of at least 1; got 0\n$/],
     [['train', '--tokenizer', 'words', '--out', 'unused'], /^chotta: --tokenizer must be gpt2 or bpe:N \(e\.g\. bpe:4096\); got 'words'\n$/],
     [['train', '--preset', 'huge', '--out', 'unused'], /^chotta: unknown preset 'huge' for model gpt; choose one of: gpt2, tiny\n$/],
@@ -116,9 +109,30 @@ describe.concurrent('chotta', () => {
   });
 
   it('CHOTTA_DEBUG shows the stack of an error', async ({ expect }) => {
-    const r = await chotta(['train', '--mode', 'compiled'], { CHOTTA_DEBUG: '1' });
+    const r = await chotta(['train', '--steps', '0', '--out', 'unused'], { CHOTTA_DEBUG: '1' });
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^UsageError: --mode compiled is not available yet[\s\S]*\n {4}at /);
+    expect(r.stderr).toMatch(/^UsageError: --steps must be an integer of at least 1[\s\S]*\n {4}at /);
+  });
+
+  // The default engine: two compiled steps with a kernel profile, then text from the checkpoint.
+  it('trains two compiled steps with --profile and samples from the checkpoint', async ({ expect, skip }) => {
+    const out = path.join(scratch, 'compiled-run');
+    const modelFlags = ['--n-layer', '1', '--n-head', '2', '--n-embd', '32', '--block-size', '16', '--batch-size', '2'];
+    const trained = await chotta([
+      'train', '--data', fixture, '--tokenizer', 'bpe:300', '--cache-dir', path.join(scratch, 'cache'), '--out', out,
+      '--steps', '3', '--eval-interval', '1', '--eval-batches', '1', '--profile', ...modelFlags,
+    ]);
+    if (trained.code !== 0 && !process.env.CI && /no WebGPU adapter/i.test(trained.stderr)) skip('no WebGPU adapter');
+    expect(trained.code, trained.stderr).toBe(0);
+    expect(trained.stderr).toMatch(/compiled engine/);
+    expect(trained.stderr).toMatch(/^compile: /m);
+    expect(trained.stdout).toMatch(/trained 3 steps/);
+    expect(trained.stdout).toMatch(/where the time went \(compiled engine/);
+    expect(trained.stdout).toMatch(/^gradient\/k\d+_\S+ +[\d.]+ +\d+ +[\d.]+%$/m);
+
+    const sampled = await chotta(['sample', '--ckpt', out, '--prompt', 'The', '--tokens', '5', '--temperature', '0']);
+    expect(sampled.code, sampled.stderr).toBe(0);
+    expect(sampled.stdout.startsWith('The')).toBe(true);
   });
 
   // Two steps of a very small GPT on the fixture, through the eager engine, then text from it.
@@ -134,7 +148,7 @@ describe.concurrent('chotta', () => {
     expect(trained.stdout).toMatch(/trained 2 steps/);
     expect(existsSync(path.join(out, 'loss.svg'))).toBe(true);
 
-    const sampled = await chotta(['sample', '--ckpt', out, '--prompt', 'The', '--tokens', '5', '--temperature', '0']);
+    const sampled = await chotta(['sample', '--mode', 'eager', '--ckpt', out, '--prompt', 'The', '--tokens', '5', '--temperature', '0']);
     expect(sampled.code, sampled.stderr).toBe(0);
     expect(sampled.stdout.startsWith('The')).toBe(true);
   });
