@@ -17,7 +17,7 @@ import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, 
 import { initParameters } from './init.ts';
 import { matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
-import { createBuffer, PipelineCache, Program, type Externals } from './program.ts';
+import { createBuffer, PipelineCache, Program, sharedTemps, type Externals } from './program.ts';
 import type { Batch } from './train/sampler.ts';
 
 export interface CompiledEngineContext {
@@ -70,10 +70,10 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
       : `compile: ${(result.compileMs / 1000).toFixed(1)} s${result.path ? `, cached at ${result.path}` : ''}`,
   );
   log(
-    `compiled: ${p.gradient.kernels.length} kernels per micro-batch + ${p.update.kernels.length} for the update; ` +
-      `${fmtMiB(tempBytes(p.gradient))} of temporaries in the gradient program`,
+    `compiled: ${p.gradient.kernels.length} kernels per micro-batch + ${p.update.kernels.length} for the update`,
   );
   const engine = new CompiledEngine(ctx, result.value, optimizer);
+  log(`memory: ${fmtMiB(engine.stateBytes)} of weights, AdamW moments and gradient accumulators; ${fmtMiB(engine.tempBytes)} of temporaries (largest program ${fmtMiB(Math.max(...Object.values(p).map(tempBytes)))})`);
   const started = performance.now();
   await engine.pipelines.warm(Object.values(p));
   log(`pipelines: ${Object.values(p).reduce((s, x) => s + x.kernels.length, 0)} created in ${((performance.now() - started) / 1000).toFixed(1)} s`);
@@ -91,6 +91,11 @@ export class CompiledEngine implements TrainingEngine {
   /** When set, every kernel of every step is timed on the device. */
   profiler: KernelProfiler | undefined;
   dispatches = 0;
+  /** Bytes of the temporaries all programs share, and of everything else the engine holds. */
+  readonly tempBytes: number;
+  get stateBytes(): number {
+    return [...this.buffers.values()].reduce((s, b) => s + b.size, 0);
+  }
   private readonly device: GPUDevice;
   private readonly params: ParamSpec[];
   private readonly buffers = new Map<string, GPUBuffer>();
@@ -122,7 +127,10 @@ export class CompiledEngine implements TrainingEngine {
     add('logits', compiled.programs.logits.outputs[0].shape.reduce((a, b) => a * b, 1));
 
     const ext = Object.fromEntries(this.buffers) as Externals;
-    const make = (name: ProgramName, extra: Externals = {}) => new Program(this.device, compiled.programs[name], this.pipelines, { ...ext, ...extra });
+    // The programs never overlap (one ends before the next starts in the queue): one set of temporaries serves all.
+    const temps = sharedTemps(this.device, Object.values(compiled.programs));
+    this.tempBytes = temps.reduce((s, b) => s + b.size, 0);
+    const make = (name: ProgramName, extra: Externals = {}) => new Program(this.device, compiled.programs[name], this.pipelines, { ...ext, ...extra }, temps);
     this.programs = {
       gradient: make('gradient'),
       update: make('update'),

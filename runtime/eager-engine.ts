@@ -137,7 +137,7 @@ export class EagerEngine implements TrainingEngine {
       const n = numel(p.spec.shape);
       const kernel = adamwKernel(n, decays(p.spec.name, p.spec.shape));
       const bind = (v: EagerValue) => ({ buffer: v.buffer, size: v.bytes });
-      be.dispatch(kernel.wgsl, [bind(p.value), bind(grads![k]), bind(p.m), bind(p.v), bind(clip), { buffer: this.uniforms }], kernel.workgroups);
+      be.dispatch(kernel.wgsl, [bind(p.value), bind(grads![k]), bind(p.m), bind(p.v), bind(clip), { buffer: this.uniforms }], kernel.workgroups, `adamw_${n}`);
     });
 
     const meanLoss = o.div(lossSum, o.full(microBatches.length, lossSum.shape));

@@ -83,6 +83,25 @@ export class KernelProfiler {
       lines.push(`${name.slice(0, 48).padEnd(48)} ${(v.ns / 1e6).toFixed(2).padStart(9)} ${String(v.calls).padStart(6)} ${((100 * v.ns) / total).toFixed(1).padStart(5)}%`);
     }
     lines.push(`${'total'.padEnd(48)} ${(total / 1e6).toFixed(2).padStart(9)} ${String(rows.reduce((s, [, v]) => s + v.calls, 0)).padStart(6)}`);
+    const kinds = new Map<string, { ns: number; calls: number }>();
+    for (const [name, v] of rows) {
+      const kind = kindOf(name);
+      const k = kinds.get(kind) ?? { ns: 0, calls: 0 };
+      k.ns += v.ns;
+      k.calls += v.calls;
+      kinds.set(kind, k);
+    }
+    const byKind = [...kinds].sort((a, b) => b[1].ns - a[1].ns);
+    lines.push(`by kind: ${byKind.map(([kind, v]) => `${kind} ${(v.ns / 1e6).toFixed(0)} ms in ${v.calls} (${((100 * v.ns) / total).toFixed(0)}%)`).join(', ')}`);
     return lines.join('\n');
   }
+}
+
+/** What a kernel does, from its name (eager `matmul_…`, compiled `gradient/k12_matmul_…`). */
+function kindOf(name: string): string {
+  if (/matmul/.test(name)) return 'matmul';
+  if (/scatter/.test(name)) return 'scatter';
+  if (/(^|[/_])(sum|max_reduce)_/.test(name)) return 'reduction';
+  if (/adamw/.test(name)) return 'adamw';
+  return 'elementwise';
 }

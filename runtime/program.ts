@@ -66,6 +66,7 @@ export function createBuffer(device: GPUDevice, bytes: number, label?: string): 
 
 export class Program {
   private readonly temps: GPUBuffer[];
+
   private readonly steps: { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number]; clear?: GPUBuffer; name: string }[];
 
   constructor(
@@ -73,8 +74,13 @@ export class Program {
     readonly plan: ProgramPlan,
     pipelines: PipelineCache,
     externals: Externals,
+    /** Temporaries to use (at least `plan.temps[i]` bytes each), e.g. shared with programs that never run at the same time. */
+    temps?: GPUBuffer[],
   ) {
-    this.temps = plan.temps.map((bytes, i) => createBuffer(device, bytes, `${plan.name} temp ${i}`));
+    this.temps = temps ?? plan.temps.map((bytes, i) => createBuffer(device, bytes, `${plan.name} temp ${i}`));
+    plan.temps.forEach((bytes, i) => {
+      if (!this.temps[i] || this.temps[i].size < bytes) throw new Error(`program ${plan.name}: temporary ${i} needs ${bytes} bytes`);
+    });
     const resolve = (ref: BufferRef): GPUBuffer => {
       if ('temp' in ref) return this.temps[ref.temp];
       const name = 'input' in ref ? ref.input : ref.output;
@@ -98,10 +104,6 @@ export class Program {
     return this.steps.length;
   }
 
-  get tempBytes(): number {
-    return this.temps.reduce((s, b) => s + b.size, 0);
-  }
-
   /** Records every kernel into `encoder`, in one compute pass (one pass per kernel when profiling). */
   record(encoder: GPUCommandEncoder, profiler?: KernelProfiler): void {
     let pass: GPUComputePassEncoder | undefined;
@@ -123,7 +125,14 @@ export class Program {
     pass?.end();
   }
 
-  destroy(): void {
-    for (const b of this.temps) b.destroy();
-  }
+}
+
+/**
+ * Temporaries shared by programs that run one after another in the queue (each program's values
+ * are dead once it ends): slot i is as large as the largest program's temporary i.
+ */
+export function sharedTemps(device: GPUDevice, plans: ProgramPlan[]): GPUBuffer[] {
+  const sizes: number[] = [];
+  for (const p of plans) p.temps.forEach((bytes, i) => (sizes[i] = Math.max(sizes[i] ?? 0, bytes)));
+  return sizes.map((bytes, i) => createBuffer(device, bytes, `temporary ${i}`));
 }
