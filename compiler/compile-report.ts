@@ -10,7 +10,7 @@ import type { Graph } from './ir.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from './nn.ts';
 import { formatCounters, type PassCounters } from './pass.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
-import { tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from './schedule.ts';
+import { sharedTempSizes, tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from './schedule.ts';
 import { formatBytes, formatCount, type EagerDispatches } from './stats.ts';
 import { gradSumName, momentNames } from './train-step.ts';
 
@@ -143,12 +143,13 @@ export function stepReport(c: ChalkInstance, r: CompiledWithStages, params: Para
   const moments = sumOf(params.flatMap((p) => Object.values(momentNames(p.name))));
   const accumulators = sumOf(params.map((p) => gradSumName(p.name)));
   const other = [...ext.values()].reduce((s, b) => s + b, 0) - weights - moments - accumulators;
-  const temps = tempBytes(gradient) + tempBytes(update);
+  const shared = sharedTempSizes(PROGRAMS.map((p) => r.compiled.programs[p]));
+  const temps = shared.reduce((s, b) => s + b, 0);
   const peak = weights + moments + accumulators + other + temps;
-  row('peak bytes', formatBytes(peak), `${peak.toLocaleString('en-US')} bytes: both programs' buffers are held together`);
+  row('peak bytes', formatBytes(peak), `${peak.toLocaleString('en-US')} bytes on the device for the whole run`);
   out.push(
     `  ${''.padEnd(31)}   params ${formatBytes(weights)} + AdamW m, v ${formatBytes(moments)} + gradient accumulators ${formatBytes(accumulators)} + data and scalars ${formatBytes(other)}`,
-    `  ${''.padEnd(31)}   + temporaries: gradient ${formatBytes(tempBytes(gradient))} (${gradient.temps.length} buffers), update ${formatBytes(tempBytes(update))} (${update.temps.length} buffers)`,
+    `  ${''.padEnd(31)}   + temporaries ${formatBytes(temps)} (${shared.length} buffers reused by liveness, shared by the four programs; gradient alone ${formatBytes(tempBytes(gradient))})`,
   );
   row('FLOPs', formatCount(gradient.flops + update.flops), `gradient ${formatCount(gradient.flops)} + update ${formatCount(update.flops)}`);
 

@@ -148,6 +148,13 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
     for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
   }
 
+  // Largest temporaries first: programs that share temporaries by index then pair large with large.
+  const bySize = temps.map((_, i) => i).sort((a, b) => temps[b] - temps[a] || a - b);
+  const renumber = new Map(bySize.map((old, i) => [old, i]));
+  for (const k of kernels) {
+    k.bindings = k.bindings.map((ref) => ('temp' in ref ? { temp: renumber.get(ref.temp)! } : ref));
+    if (k.clear && 'temp' in k.clear) k.clear = { temp: renumber.get(k.clear.temp)! };
+  }
   const info = (id: number): ValueInfo => ({ name: g.nodes[id].name!, shape: [...g.nodes[id].shape], dtype: g.nodes[id].dtype });
   return {
     name: g.name,
@@ -156,7 +163,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
       const target = facts.state.get(o);
       return { ...info(o), name: outputNames.get(o)!, ...(target !== undefined ? { inPlace: g.nodes[target].name! } : {}) };
     }),
-    temps,
+    temps: bySize.map((i) => temps[i]),
     kernels,
     flops: graphFlops(g),
   };
@@ -179,3 +186,13 @@ function checkInPlace(g: Graph, state: Map<number, number>, io: { reads: Set<num
 
 /** Bytes of every temporary buffer together: the plan's peak beyond inputs and outputs. */
 export const tempBytes = (p: ProgramPlan): number => p.temps.reduce((s, b) => s + b, 0);
+
+/**
+ * Temporaries shared by programs that run one after another in the queue (a program's values are
+ * dead once it ends): slot i is as large as the largest program's temporary i.
+ */
+export function sharedTempSizes(plans: ProgramPlan[]): number[] {
+  const sizes: number[] = [];
+  for (const p of plans) p.temps.forEach((bytes, i) => (sizes[i] = Math.max(sizes[i] ?? 0, bytes)));
+  return sizes;
+}

@@ -2,7 +2,7 @@
 // bind group per kernel, all made once. Recording it into a command encoder is then a list of
 // setPipeline / setBindGroup / dispatch, with nothing allocated and nothing read back.
 
-import type { BufferRef, ProgramPlan } from '../compiler/schedule.ts';
+import { sharedTempSizes, type BufferRef, type ProgramPlan } from '../compiler/schedule.ts';
 import { numel } from '../compiler/ir.ts';
 import { UsageError } from '../compiler/load-model.ts';
 import type { KernelProfiler } from './profiler.ts';
@@ -127,12 +127,7 @@ export class Program {
 
 }
 
-/**
- * Temporaries shared by programs that run one after another in the queue (each program's values
- * are dead once it ends): slot i is as large as the largest program's temporary i.
- */
+/** One set of temporaries for programs that never run at the same time (compiler/schedule.ts). */
 export function sharedTemps(device: GPUDevice, plans: ProgramPlan[]): GPUBuffer[] {
-  const sizes: number[] = [];
-  for (const p of plans) p.temps.forEach((bytes, i) => (sizes[i] = Math.max(sizes[i] ?? 0, bytes)));
-  return sizes.map((bytes, i) => createBuffer(device, bytes, `temporary ${i}`));
+  return sharedTempSizes(plans).map((bytes, i) => createBuffer(device, bytes, `temporary ${i}`));
 }
