@@ -78,3 +78,25 @@ export class GraphBuilder {
     return { name: this.graphName, nodes: [...this.nodes], outputs: [...outputs] };
   }
 }
+
+// In-place state: an output named `next.X` is the new value of graph input X. The runtime gives both
+// one buffer, so a training step updates weights, moments and accumulators where they are.
+
+/** The output that updates graph input `input` in place. */
+export const nextStateName = (input: string): string => `next.${input}`;
+/** The graph input an output updates in place, if it is such an output. */
+export const stateInputOf = (output: string | undefined): string | undefined => (output?.startsWith('next.') ? output.slice(5) : undefined);
+
+/** The in-place pairs of a graph: output node → the graph input node it overwrites. */
+export function stateUpdates(g: Graph): Map<number, number> {
+  const inputs = new Map(g.nodes.filter(isGraphInput).map((n) => [n.name!, n.id]));
+  const pairs = new Map<number, number>();
+  for (const out of g.outputs) {
+    const target = stateInputOf(g.nodes[out].name);
+    if (target === undefined) continue;
+    const input = inputs.get(target);
+    if (input === undefined) throw new Error(`graph ${g.name}: output %${g.nodes[out].name} updates %${target}, which is not an input`);
+    pairs.set(out, input);
+  }
+  return pairs;
+}

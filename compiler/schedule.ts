@@ -5,9 +5,9 @@
 // result is plain data (a ProgramPlan), so it can be cached on disk and replayed by the runtime.
 
 import { isGraphInput, numel, type DType, type Graph } from './ir.ts';
-import { graphFacts, kernelBuffers, KERNEL_ATTR } from '../passes/fuse-elementwise.ts';
+import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './kernel-io.ts';
 import { fusedKernel, type FusedKernel, type FusedKind } from './codegen/fused.ts';
-import type { MatmulConfig } from './codegen/primitives.ts';
+import { matmulKeyOf, type MatmulConfig, type MatmulKey } from './codegen/primitives.ts';
 import { graphFlops } from './stats.ts';
 
 /** Where a kernel's binding points: a graph input's buffer, a graph output's, or a temporary. */
@@ -44,7 +44,7 @@ export interface ProgramPlan {
 
 export interface ScheduleOptions {
   /** The matmul tiling for a given matmul node (from the autotuner); the default blocking otherwise. */
-  matmulConfig?(m: { batch: number; M: number; N: number; K: number; transA: boolean; transB: boolean }): MatmulConfig | undefined;
+  matmulConfig?(m: MatmulKey): MatmulConfig | undefined;
 }
 
 /** The bytes a temporary of `elements` values takes: 4 per value, at least 4, rounded to 16. */
@@ -84,7 +84,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
   const io = members.map((m, k) => kernelBuffers(g, facts, kernelOf, k, m));
   const lastRead = new Map<number, number>();
   io.forEach(({ reads }, k) => reads.forEach((id) => lastRead.set(id, k)));
-  checkInPlace(g, facts.state, io, kernelOf);
+  checkInPlace(g, facts, io, kernelOf);
 
   const temps: number[] = [];
   const free: number[] = [];
@@ -120,7 +120,8 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
     };
     const kind: FusedKind = members[k].some((m) => g.nodes[m].op === 'scatter_add') ? 'scatter' : members[k].some((m) => g.nodes[m].op === 'matmul') ? 'matmul' : 'elementwise';
     const decl: FusedKernel['bindings'] = [];
-    const written = members[k].filter((m) => facts.outputs.has(m) || facts.consumers[m].some((c) => kernelOf[c] !== k));
+    const written = io[k].written;
+    if (kind === 'scatter' && (written.length !== 1 || g.nodes[written[0]].op !== 'scatter_add')) throw new Error(`schedule: scatter kernel ${k} must write only its scatter_add`);
     const writeList = written.map((node) => ({ node, binding: bind(node, true, kind === 'scatter', decl) }));
     const readMap = new Map<number, number>();
     for (const id of reads) readMap.set(id, bind(id, false, false, decl));
@@ -129,9 +130,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
     let cfg: MatmulConfig | undefined;
     if (kind === 'matmul') {
       const mm = g.nodes[members[k].find((m) => g.nodes[m].op === 'matmul')!];
-      const a = g.nodes[mm.inputs[0]].shape;
-      const r = mm.shape.length;
-      const key = { batch: numel(mm.shape.slice(0, r - 2)), M: mm.shape[r - 2], N: mm.shape[r - 1], K: mm.attrs.transA ? a[r - 2] : a[r - 1], transA: !!mm.attrs.transA, transB: !!mm.attrs.transB };
+      const key = matmulKeyOf(mm.attrs, mm.inputs.map((x) => g.nodes[x]), mm);
       cfg = opts.matmulConfig?.(key);
     }
     const spec = fusedKernel(g, kernelOf, { kind, members: members[k], writes: writeList, reads: readMap, bindings: decl }, name, cfg);
@@ -171,10 +170,11 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
 
 /**
  * An output that overwrites input X in place is safe only if no later kernel still reads X's old
- * value: every other reader of X must run before the writer.
+ * value (every other reader runs before the writer) and the writer reads X only at its own
+ * thread's index (fuse-elementwise arranges both; this checks them).
  */
-function checkInPlace(g: Graph, state: Map<number, number>, io: { reads: Set<number> }[], kernelOf: Int32Array): void {
-  for (const [out, input] of state) {
+function checkInPlace(g: Graph, facts: GraphFacts, io: { reads: Set<number> }[], kernelOf: Int32Array): void {
+  for (const [out, input] of facts.state) {
     const writer = kernelOf[out];
     io.forEach(({ reads }, k) => {
       if (k > writer && reads.has(input)) {
@@ -182,6 +182,8 @@ function checkInPlace(g: Graph, state: Map<number, number>, io: { reads: Set<num
       }
     });
   }
+  const [racing] = inPlaceViolations(g, facts, kernelOf);
+  if (racing !== undefined) throw new Error(`schedule: %${racing} reads an input at another index in the kernel that overwrites it in place`);
 }
 
 /** Bytes of every temporary buffer together: the plan's peak beyond inputs and outputs. */

@@ -9,7 +9,7 @@
 // learning rate, the step number and the micro-batch scale are inputs too, so one compiled
 // program serves every step.
 
-import { GraphBuilder, isGraphInput, numel, type Graph } from './ir.ts';
+import { GraphBuilder, nextStateName, numel, type Graph } from './ir.ts';
 import { GraphOpBuilder, Ops } from './ops.ts';
 
 export interface AdamWSettings {
@@ -23,11 +23,6 @@ export interface AdamWSettings {
 
 /** GPT-3's AdamW (nanoGPT's too): β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1, clip at norm 1. */
 export const GPT3_ADAMW: AdamWSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1.0 };
-
-/** The output that updates graph input `input` in place. */
-export const nextStateName = (input: string): string => `next.${input}`;
-/** The graph input an output updates in place, if it is such an output. */
-export const stateInputOf = (output: string | undefined): string | undefined => (output?.startsWith('next.') ? output.slice(5) : undefined);
 
 export const gradSumName = (param: string): string => `grad_sum.${param}`;
 export const momentNames = (param: string): { m: string; v: string } => ({ m: `adam_m.${param}`, v: `adam_v.${param}` });
@@ -146,18 +141,4 @@ export function buildUpdateGraph(name: string, params: UpdateParam[], s: AdamWSe
     outputs.push(p, m, v);
   }
   return gb.build(outputs);
-}
-
-/** The in-place pairs of a graph: output node → the graph input node it overwrites. */
-export function stateUpdates(g: Graph): Map<number, number> {
-  const inputs = new Map(g.nodes.filter(isGraphInput).map((n) => [n.name!, n.id]));
-  const pairs = new Map<number, number>();
-  for (const out of g.outputs) {
-    const target = stateInputOf(g.nodes[out].name);
-    if (target === undefined) continue;
-    const input = inputs.get(target);
-    if (input === undefined) throw new Error(`graph ${g.name}: output %${g.nodes[out].name} updates %${target}, which is not an input`);
-    pairs.set(out, input);
-  }
-  return pairs;
 }

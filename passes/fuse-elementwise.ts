@@ -18,10 +18,11 @@
 
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
 import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
+import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers } from '../compiler/kernel-io.ts';
 import { liveNodes, type Pass, type PassCounters } from '../compiler/pass.ts';
-import { stateUpdates } from '../compiler/train-step.ts';
 
-export const KERNEL_ATTR = 'kernel';
+export { KERNEL_ATTR };
+
 
 const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast', 'const', 'iota']);
 const LAYOUT = new Set(['reshape', 'permute', 'broadcast', 'slice', 'pad']);
@@ -76,6 +77,13 @@ export function groupNodes(g: Graph, limit: number): Grouping {
   const forced = new Set<number>();
   for (let attempt = 0; ; attempt++) {
     const r = groupOnce(g, forced);
+    // A kernel overwriting X in place must read X only at its own thread's index; a reader that
+    // does otherwise becomes a kernel of its own, which runs before the overwrite.
+    const racing = inPlaceViolations(g, graphFacts(g), r.kernel).filter((id) => !forced.has(id));
+    if (racing.length > 0) {
+      racing.forEach((id) => forced.add(id));
+      continue;
+    }
     const over = overLimit(g, r, limit);
     if (!over) {
       r.counters['split-for-buffer-limit'] = forced.size;
@@ -199,45 +207,6 @@ function groupOnce(g: Graph, forced: Set<number>): Assignment {
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
-/** What `kernelBuffers` needs to know about a graph, computed once. */
-export interface GraphFacts {
-  live: Uint8Array;
-  consumers: number[][];
-  /** In-place outputs: output node → the input node whose buffer it overwrites. */
-  state: Map<number, number>;
-  outputs: Set<number>;
-}
-
-export function graphFacts(g: Graph): GraphFacts {
-  const live = liveNodes(g);
-  const consumers: number[][] = g.nodes.map(() => []);
-  for (const node of g.nodes) if (live[node.id]) for (const x of node.inputs) consumers[x].push(node.id);
-  return { live, consumers, state: stateUpdates(g), outputs: new Set(g.outputs) };
-}
-
-/**
- * The buffers kernel `k` binds: every value it reads from memory (graph inputs and other kernels'
- * values, found through the nodes it recomputes) and every member it writes (read by another
- * kernel, or a graph output). An output that updates an input in place names that input's node.
- */
-export function kernelBuffers(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[]): { reads: Set<number>; writes: Set<number> } {
-  const reads = new Set<number>();
-  const writes = new Set<number>();
-  const seen = new Set<number>();
-  const visit = (id: number): void => {
-    if (seen.has(id)) return;
-    seen.add(id);
-    const node = g.nodes[id];
-    if (kernel[id] === k || (kernel[id] < 0 && !isGraphInput(node))) node.inputs.forEach(visit);
-    else reads.add(id);
-  };
-  for (const m of members) {
-    visit(m);
-    if (facts.outputs.has(m) || facts.consumers[m].some((c) => kernel[c] !== k)) writes.add(facts.state.get(m) ?? m);
-  }
-  return { reads, writes };
-}
-
 /** The first kernel over the limit, and the member to write out to split it; undefined when all fit. */
 function overLimit(g: Graph, r: Assignment, limit: number): { root: number; split: number } | undefined {
   const members: number[][] = r.groups.map(() => []);
@@ -266,16 +235,4 @@ function overLimit(g: Graph, r: Assignment, limit: number): { root: number; spli
     return { root: grp.root, split: best };
   }
   return undefined;
-}
-
-/** The nodes kernel k evaluates: its members and the cheap values it recomputes. */
-function computedIn(g: Graph, kernel: Int32Array, k: number, members: number[]): number[] {
-  const seen = new Set<number>();
-  const visit = (id: number): void => {
-    if (seen.has(id) || isGraphInput(g.nodes[id]) || (kernel[id] !== k && kernel[id] >= 0)) return;
-    seen.add(id);
-    g.nodes[id].inputs.forEach(visit);
-  };
-  members.forEach(visit);
-  return [...seen];
 }

@@ -9,7 +9,7 @@ import { UsageError } from '../compiler/load-model.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/nn.ts';
 import { printGraph } from '../compiler/printer.ts';
 import { tempBytes } from '../compiler/schedule.ts';
-import { traceForward } from '../compiler/trace.ts';
+import { traceForward, traceLogits } from '../compiler/trace.ts';
 import { gradSumName, momentNames } from '../compiler/train-step.ts';
 import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './compile-cache.ts';
 import type { GpuContext } from './device.ts';
@@ -54,8 +54,19 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   };
   let result: CacheResult<CompiledTraining>;
   if (ctx.cacheDir) {
-    const forward = printGraph(traceForward(ctx.def, ctx.config).graph);
-    const key = cacheKey([forward, ctx.config, optimizer, maxStorageBuffers, compilerVersion(), ctx.tuner ? `tuned:${ctx.tuner.section}` : 'default-tiles']);
+    // What the model computes (both traced paths) and how its weights start: a change to either misses.
+    const training = traceForward(ctx.def, ctx.config);
+    const inference = traceLogits(ctx.def, ctx.config, { batchSize: 1 });
+    const key = cacheKey([
+      printGraph(training.graph),
+      printGraph(inference.graph),
+      training.params,
+      ctx.config,
+      optimizer,
+      maxStorageBuffers,
+      compilerVersion(),
+      ctx.tuner ? `tuned:${ctx.tuner.section}` : 'default-tiles',
+    ]);
     result = await loadOrCompile(ctx.cacheDir, key, compile, log);
   } else {
     const started = performance.now();
@@ -72,7 +83,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   log(
     `compiled: ${p.gradient.kernels.length} kernels per micro-batch + ${p.update.kernels.length} for the update`,
   );
-  const engine = new CompiledEngine(ctx, result.value, optimizer);
+  const engine = new CompiledEngine(ctx, result.value);
   log(`memory: ${fmtMiB(engine.stateBytes)} of weights, AdamW moments and gradient accumulators; ${fmtMiB(engine.tempBytes)} of temporaries (largest program ${fmtMiB(Math.max(...Object.values(p).map(tempBytes)))})`);
   const started = performance.now();
   await engine.pipelines.warm(Object.values(p));
@@ -105,7 +116,7 @@ export class CompiledEngine implements TrainingEngine {
   private optimizerStep = 0;
   private readonly errors: string[] = [];
 
-  constructor(ctx: CompiledEngineContext, compiled: CompiledTraining, _optimizer: OptimizerSettings) {
+  constructor(ctx: CompiledEngineContext, compiled: CompiledTraining) {
     this.device = ctx.gpu.device;
     this.compiled = compiled;
     this.params = compiled.params;
@@ -151,11 +162,16 @@ export class CompiledEngine implements TrainingEngine {
     this.device.queue.writeBuffer(this.buffer(name), 0, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   }
 
-  private slot(k: number, batch: Batch): { idx: GPUBuffer; targets: GPUBuffer } {
+  private checkBatch(batch: Batch): void {
     const elements = this.batchSize * this.seqLen;
     if (batch.idx.length !== elements || batch.targets.length !== elements) {
       throw new Error(`compiled engine: a batch must hold ${this.batchSize}×${this.seqLen} tokens, got ${batch.idx.length}`);
     }
+  }
+
+  private slot(k: number, batch: Batch): { idx: GPUBuffer; targets: GPUBuffer } {
+    this.checkBatch(batch);
+    const elements = this.batchSize * this.seqLen;
     while (this.slots.length <= k) {
       const make = () => this.device.createBuffer({ size: elements * 4, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
       this.slots.push({ idx: make(), targets: make() });
@@ -205,6 +221,7 @@ export class CompiledEngine implements TrainingEngine {
 
   step(microBatches: Batch[], lr: number): StepResult {
     if (microBatches.length === 0) throw new Error('step() needs at least one micro-batch');
+    microBatches.forEach((b) => this.checkBatch(b));
     this.optimizerStep++;
     this.write('scale', Float32Array.of(1 / microBatches.length));
     this.write('lr', Float32Array.of(lr));

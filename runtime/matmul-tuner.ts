@@ -13,21 +13,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { DEFAULT_MATMUL, matmulKernel, type MatmulConfig, type MatmulIO } from '../compiler/codegen/primitives.ts';
+import { DEFAULT_MATMUL, matmulKernel, matmulKeyOf, type MatmulConfig, type MatmulIO, type MatmulKey } from '../compiler/codegen/primitives.ts';
+
+export { matmulKeyOf, type MatmulKey };
 import { numel, type Attrs } from '../compiler/ir.ts';
 import type { ValueType } from '../compiler/ops.ts';
 import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
 import type { AdapterSummary, GpuContext } from './device.ts';
-
-/** A matmul as its kernel sees it: C[batch, M, N] = op(A) · op(B), op a transpose when flagged. */
-export interface MatmulKey {
-  batch: number;
-  M: number;
-  N: number;
-  K: number;
-  transA: boolean;
-  transB: boolean;
-}
 
 /** What tuning found for one shape: the chosen config and the timings behind the choice. */
 export interface TunedMatmul {
@@ -80,21 +72,6 @@ const CACHE_FORMAT = 1;
 
 export function matmulKeyName(k: MatmulKey): string {
   return `${k.batch}x${k.M}x${k.N}x${k.K}${k.transA ? '_tA' : ''}${k.transB ? '_tB' : ''}`;
-}
-
-/** The key of a matmul op with these attributes and operand types (leading dims are the batch). */
-export function matmulKeyOf(attrs: Attrs, ins: ValueType[], out: ValueType): MatmulKey {
-  const a = ins[0].shape;
-  const r = a.length;
-  const transA = !!attrs.transA;
-  return {
-    batch: numel(out.shape.slice(0, r - 2)),
-    M: out.shape[r - 2],
-    N: out.shape[r - 1],
-    K: transA ? a[r - 2] : a[r - 1],
-    transA,
-    transB: !!attrs.transB,
-  };
 }
 
 /** The kernel for `key` with `config`: plain buffers unless `io` says otherwise. */

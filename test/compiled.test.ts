@@ -116,8 +116,11 @@ describe('compiled runner', () => {
     const second = await make();
     expect(lines.find((l) => l.startsWith('compile: '))).toMatch(/^compile: loaded from cache .* in \d+ ms \(the compile itself took [\d.]+ s\)$/);
     expect(second.compiled.programs.gradient.kernels.map((k) => k.wgsl)).toEqual(plans.gradient.kernels.map((k) => k.wgsl));
+    // The first step is bit-identical; later ones may differ in the last bits, as scatter_add's
+    // float additions (the embedding gradient) happen in thread-timing order.
     const again = [await perStep(second, 1).r.loss, await perStep(second, 2).r.loss];
-    expect(again).toEqual(losses);
+    expect(again[0]).toBe(losses[0]);
+    expect(relative(again[1], losses[1])).toBeLessThan(1e-5);
 
     // A damaged entry is compiled again, with a warning, never a crash.
     const [entry] = readdirSync(cacheDir).filter((f) => f.endsWith('.json'));

@@ -6,8 +6,8 @@
 // compiler inlines the calls; nothing in between touches memory.
 
 import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir.ts';
-import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, type MatmulConfig } from './primitives.ts';
-import { flatGrid, literal, storageType, stridesOf, WORKGROUP_SIZE, type KernelSpec } from './wgsl.ts';
+import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, reductionLoop, type MatmulConfig } from './primitives.ts';
+import { flatGrid, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
 
 export type FusedKind = 'elementwise' | 'matmul' | 'scatter';
 
@@ -97,24 +97,11 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
     if (swapped.exchanged) { break; }
     old = swapped.old_value;
   }`;
-    return { name, wgsl: entry(decls, numel(src.shape), body), inputCount: 0, workgroups: flatGrid(numel(src.shape)), zeroOutput: true };
+    return { name, wgsl: flatKernel(decls, numel(src.shape), body), inputCount: 0, workgroups: flatGrid(numel(src.shape)), zeroOutput: true };
   }
 
   const n = numel(g.nodes[k.writes[0].node].shape);
-  return { name, wgsl: entry(decls, n, `  ${store('i')}`), inputCount: 0, workgroups: flatGrid(n) };
-}
-
-function entry(decls: string, n: number, body: string): string {
-  const [x] = flatGrid(n);
-  return `${decls}
-
-@compute @workgroup_size(${WORKGROUP_SIZE})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * ${x}u + wid.x) * ${WORKGROUP_SIZE}u + lid;
-  if (i >= ${n}u) { return; }
-${body}
-}
-`;
+  return { name, wgsl: flatKernel(decls, n, `  ${store('i')}`), inputCount: 0, workgroups: flatGrid(n) };
 }
 
 /** Body lines of the function computing `node` at flat index `i` from its inputs' functions. */
@@ -144,23 +131,8 @@ function valueBody(g: Graph, node: Node, isMatmul: boolean, fn: (id: number) => 
       return [...src.lines, src.inBounds ? `if (${src.inBounds}) { return ${value}; }\nreturn ${literal(0, node.dtype)};` : `return ${value};`];
     }
     case 'sum':
-    case 'max_reduce': {
-      const x = ins[0].shape;
-      const axis = node.attrs.axis as number;
-      const size = x[axis];
-      const inner = stridesOf(x)[axis];
-      const init = node.op === 'sum' ? literal(0, node.dtype) : literal(-Infinity, node.dtype);
-      const combine = node.op === 'sum' ? 'acc = acc + v;' : 'acc = max(acc, v);';
-      return [
-        `let base = (i / ${inner}u) * ${size * inner}u + i % ${inner}u;`,
-        `var acc: ${storageType(node.dtype)} = ${init};`,
-        `for (var s = 0u; s < ${size}u; s = s + 1u) {`,
-        `  let v = ${call(ins[0], `base + s * ${inner}u`)};`,
-        `  ${combine}`,
-        '}',
-        'return acc;',
-      ];
-    }
+    case 'max_reduce':
+      return [...reductionLoop(node.op, node.dtype, ins[0].shape, node.attrs.axis as number, (index) => call(ins[0], index)), 'return acc;'];
     case 'gather': {
       const [table, idx] = ins;
       const rows = table.shape[0];

@@ -1,7 +1,7 @@
 // One WGSL kernel per primitive op, generated from the op's description: one emitter per kind
 // (pointwise, layout, reduction, matmul, gather/scatter) rather than one hand-written shader per op.
-// Eager mode runs these one dispatch per op; the compiled runner's fused kernels are to be built
-// from the same pieces (pointwiseExpr, the matmul blocking).
+// Eager mode runs these one dispatch per op; the compiled runner's fused kernels (codegen/fused.ts)
+// are built from the same pieces (pointwiseExpr, layoutSource, reductionLoop, the matmul blocking).
 
 import { numel, type Attrs, type DType } from '../ir.ts';
 import type { ValueType } from '../ops.ts';
@@ -127,23 +127,29 @@ function layout(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): Ker
   };
 }
 
-/** One thread per output element walks the reduced axis: rows here are short (C, T, vocab). */
+/**
+ * WGSL lines that reduce output element `i` over `axis` of an input of shape `inShape` into `acc`;
+ * `load(index)` reads one input element. One thread per output: rows here are short (C, T, vocab).
+ */
+export function reductionLoop(op: string, dtype: DType, inShape: readonly number[], axis: number, load: (index: string) => string): string[] {
+  const size = inShape[axis];
+  const inner = stridesOf(inShape)[axis];
+  const init = op === 'sum' ? literal(0, dtype) : literal(-Infinity, dtype);
+  return [
+    `let base = (i / ${inner}u) * ${size * inner}u + i % ${inner}u;`,
+    `var acc: ${storageType(dtype)} = ${init};`,
+    `for (var s = 0u; s < ${size}u; s = s + 1u) {`,
+    `  let v = ${load(`base + s * ${inner}u`)};`,
+    `  ${op === 'sum' ? 'acc = acc + v;' : 'acc = max(acc, v);'}`,
+    '}',
+  ];
+}
+
 function reduce(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): KernelSpec {
   const x = ins[0].shape;
   const axis = attrs.axis as number;
-  const size = x[axis];
-  const inner = stridesOf(x)[axis];
   const n = numel(out.shape);
-  const t = storageType(out.dtype);
-  const init = op === 'sum' ? literal(0, out.dtype) : literal(-Infinity, out.dtype);
-  const combine = op === 'sum' ? 'acc = acc + v;' : 'acc = max(acc, v);';
-  const body = `  let base = (i / ${inner}u) * ${size * inner}u + i % ${inner}u;
-  var acc: ${t} = ${init};
-  for (var s = 0u; s < ${size}u; s = s + 1u) {
-    let v = in0[base + s * ${inner}u];
-    ${combine}
-  }
-  out[i] = acc;`;
+  const body = [...reductionLoop(op, out.dtype, x, axis, (index) => `in0[${index}]`), 'out[i] = acc;'].map((l) => `  ${l}`).join('\n');
   return {
     name: `${op}_${shapeName(x)}_axis${axis}`,
     wgsl: flatKernel(bindings([ins[0].dtype], out.dtype), n, body),
@@ -171,6 +177,31 @@ export interface MatmulConfig {
 }
 /** 8×8 per thread measured fastest of the blockings tried on the software adapter (3.9 vs 2.6 GFLOP/s for 4×4). */
 export const DEFAULT_MATMUL: MatmulConfig = { rows: 8, cols: 8, wgX: 8, wgY: 8 };
+
+/** A matmul as its kernel sees it: C[batch, M, N] = op(A) · op(B), op a transpose when flagged. */
+export interface MatmulKey {
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+  transA: boolean;
+  transB: boolean;
+}
+
+/** The key of a matmul op with these attributes and operand types (leading dims are the batch). */
+export function matmulKeyOf(attrs: Attrs, ins: ValueType[], out: ValueType): MatmulKey {
+  const a = ins[0].shape;
+  const r = a.length;
+  const transA = !!attrs.transA;
+  return {
+    batch: numel(out.shape.slice(0, r - 2)),
+    M: out.shape[r - 2],
+    N: out.shape[r - 1],
+    K: transA ? a[r - 2] : a[r - 1],
+    transA,
+    transB: !!attrs.transB,
+  };
+}
 
 /**
  * Where a matmul's operands come from and where its result goes. Eager mode reads and writes plain
