@@ -250,8 +250,11 @@ export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg
   const colIds = [...Array(cfg.cols).keys()];
   const groups = [...Array(cfg.cols / 4).keys()];
   const lines: string[] = [];
-  for (const i of rowIds) lines.push(`  let r${i} = min(row0 + ${i * cfg.wgY}u, ${M - 1}u);`);
-  for (const j of colIds) lines.push(`  let q${j} = min(col0 + ${j * cfg.wgX}u, ${N - 1}u);`);
+  // When the tiles cover M and N exactly (GPT shapes do), no clamping or store guard is needed.
+  const rowsExact = M % tileM === 0;
+  const colsExact = N % tileN === 0;
+  for (const i of rowIds) lines.push(rowsExact ? `  let r${i} = row0 + ${i * cfg.wgY}u;` : `  let r${i} = min(row0 + ${i * cfg.wgY}u, ${M - 1}u);`);
+  for (const j of colIds) lines.push(colsExact ? `  let q${j} = col0 + ${j * cfg.wgX}u;` : `  let q${j} = min(col0 + ${j * cfg.wgX}u, ${N - 1}u);`);
   for (const i of rowIds) for (const g of groups) lines.push(`  var acc${i}_${g} = vec4<f32>(0.0f);`);
   // One k step: a `cols`-wide row of B as vec4s, then each of the thread's rows of A times it.
   const step = (k: string, indent: string, tag: string) => {
@@ -278,7 +281,9 @@ export function matmulKernel(attrs: Attrs, ins: ValueType[], out: ValueType, cfg
     for (const j of colIds) {
       const row = `row0 + ${i * cfg.wgY}u`;
       const col = `col0 + ${j * cfg.wgX}u`;
-      lines.push(`  if (${row} < ${M}u && ${col} < ${N}u) { ${io.store(`outBase + (${row}) * ${N}u + ${col}`, `acc${i}_${j >> 2}[${j & 3}]`)} }`);
+      const guard = [rowsExact ? '' : `${row} < ${M}u`, colsExact ? '' : `${col} < ${N}u`].filter(Boolean).join(' && ');
+      const store = io.store(`outBase + (${row}) * ${N}u + ${col}`, `acc${i}_${j >> 2}[${j & 3}]`);
+      lines.push(guard ? `  if (${guard}) { ${store} }` : `  { ${store} }`);
     }
   }
   const wgsl = `${io.decls}
