@@ -15,7 +15,7 @@ import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './co
 import type { GpuContext } from './device.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from './init.ts';
-import { matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
+import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
 import { createBuffer, PipelineCache, Program, sharedTemps, type Externals } from './program.ts';
 import type { Batch } from './train/sampler.ts';
@@ -38,7 +38,8 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   const optimizer = ctx.optimizer ?? GPT3_ADAMW;
   const log = ctx.log ?? (() => {});
   const maxStorageBuffers = ctx.gpu.device.limits.maxStorageBuffersPerShaderStage;
-  const options = { optimizer, maxStorageBuffers };
+  const tiles = adapterMatmulDefault(ctx.gpu);
+  const options = { optimizer, maxStorageBuffers, matmulConfig: () => tiles };
   const compile = async (): Promise<CompiledTraining> => {
     const tuner = ctx.tuner;
     if (!tuner) return compileTraining(ctx.def, ctx.config, options);
@@ -50,7 +51,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
       if (result) log(`autotune: ${index + 1}/${total} ${matmulKeyName(key)}: ${result.gflops.toFixed(2)} GFLOP/s (default tiles ${result.defaultGflops.toFixed(2)})`);
     });
     log(`autotune: ${report.tuned} matmul shapes tuned in ${(report.ms / 1000).toFixed(1)} s, ${report.cached} from ${tuner.cachePath}`);
-    return compileTraining(ctx.def, ctx.config, { ...options, matmulConfig: (k) => tuner.configFor(k) });
+    return compileTraining(ctx.def, ctx.config, { ...options, matmulConfig: (k) => tuner.configFor(k) ?? tiles });
   };
   let result: CacheResult<CompiledTraining>;
   if (ctx.cacheDir) {
@@ -65,7 +66,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
       optimizer,
       maxStorageBuffers,
       compilerVersion(),
-      ctx.tuner ? `tuned:${ctx.tuner.section}` : 'default-tiles',
+      ctx.tuner ? `tuned:${ctx.tuner.section}` : tiles,
     ]);
     result = await loadOrCompile(ctx.cacheDir, key, compile, log);
   } else {

@@ -9,6 +9,7 @@ import { EagerBackend } from '../runtime/eager.ts';
 import { applyOp, type RefTensor } from '../runtime/reference.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
+import { adapterMatmulDefault } from '../runtime/matmul-tuner.ts';
 
 type In = { shape: Shape; dtype?: DType; positive?: boolean; ints?: number };
 type Case = { op: string; ins: In[]; attrs?: Attrs; out?: { shape: Shape; dtype: DType } };
@@ -103,19 +104,22 @@ describe('primitive kernels vs the reference interpreter', () => {
 
 // The matmul blockings the autotuner may choose (runtime/matmul-tuner.ts), beyond the default:
 // unrolled k loops (with K % kUnroll leftover steps, and K below the unroll), a one-row workgroup.
-const MATMUL_CONFIG_CASES: { cfg: MatmulConfig; tA: boolean; tB: boolean; K: number }[] = [
+const MATMUL_CONFIG_CASES: { cfg: MatmulConfig; tA: boolean; tB: boolean; K: number; M?: number; N?: number }[] = [
   ...[false, true].flatMap((tA) => [false, true].map((tB) => ({ cfg: { rows: 4, cols: 4, wgX: 8, wgY: 4, kUnroll: 4 }, tA, tB, K: 37 }))),
   { cfg: { rows: 4, cols: 4, wgX: 8, wgY: 4, kUnroll: 4 }, tA: false, tB: true, K: 3 },
   { cfg: { rows: 8, cols: 8, wgX: 8, wgY: 8, kUnroll: 2 }, tA: false, tB: false, K: 37 },
   { cfg: { rows: 4, cols: 8, wgX: 32, wgY: 1 }, tA: true, tB: false, K: 37 },
+  // A shared across subgroups of 8 (compiled mode's default on the software adapter): ragged and exact tiles.
+  ...[false, true].flatMap((tA) => [false, true].map((tB) => ({ cfg: { rows: 8, cols: 8, wgX: 8, wgY: 8, shareA: 8 }, tA, tB, K: 37 }))),
+  { cfg: { rows: 8, cols: 8, wgX: 8, wgY: 8, shareA: 8 }, tA: false, tB: true, K: 40, M: 128, N: 64 },
 ];
 
 describe('matmul configs vs the reference interpreter', () => {
-  MATMUL_CONFIG_CASES.forEach(({ cfg, tA, tB, K }, k) => {
-    it(`${JSON.stringify(cfg)} K=${K}${tA ? ' transA' : ''}${tB ? ' transB' : ''}`, async (t) => {
+  MATMUL_CONFIG_CASES.forEach(({ cfg, tA, tB, K, M = 11, N = 21 }, k) => {
+    it(`${JSON.stringify(cfg)} ${M}×${N}×${K}${tA ? ' transA' : ''}${tB ? ' transB' : ''}`, async (t) => {
       const gpu = await gpuOrSkip(t);
+      if (cfg.shareA && adapterMatmulDefault(gpu).shareA !== cfg.shareA) return t.skip(`this adapter's subgroups are not ${cfg.shareA} wide`);
       const eager = new EagerBackend(gpu);
-      const [M, N] = [11, 21];
       const ins = [randomInput(f(tA ? [3, K, M] : [3, M, K]), 7 * k + 100), randomInput(f(tB ? [3, N, K] : [3, K, N]), 7 * k + 101)];
       const attrs = { ...(tA ? { transA: true } : {}), ...(tB ? { transB: true } : {}) };
       const outType = inferType('matmul', ins, attrs);
