@@ -190,32 +190,28 @@ export class CompiledEngine implements TrainingEngine {
 
   /** Submits `encoder` with copies of `reads` (name, byte offset, bytes) and maps them once it has run. */
   private submit(encoder: GPUCommandEncoder, reads: { name: string; offset?: number; bytes: number }[]): Promise<ArrayBuffer[]> {
-    const total = reads.reduce((s, r) => s + r.bytes, 0);
-    const staging = total > 0 ? this.device.createBuffer({ size: Math.max(4, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }) : undefined;
-    let at = 0;
-    for (const r of reads) {
-      encoder.copyBufferToBuffer(this.buffer(r.name), r.offset ?? 0, staging!, at, r.bytes);
-      at += r.bytes;
-    }
+    // One staging buffer per value, so reading a large model's state never needs one huge buffer.
+    const staging = reads.map((r) => {
+      const b = this.device.createBuffer({ size: Math.max(4, r.bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      encoder.copyBufferToBuffer(this.buffer(r.name), r.offset ?? 0, b, 0, r.bytes);
+      return b;
+    });
     if (this.profiler) this.profiler.resolve(encoder);
     this.device.queue.submit([encoder.finish()]);
-    if (!staging) return Promise.resolve([]);
     return (async () => {
       try {
         await this.pipelines.check();
-        await staging.mapAsync(GPUMapMode.READ);
-        if (this.errors.length) throw new Error(`WebGPU: ${this.errors.splice(0).join('; ')}`);
-        const raw = staging.getMappedRange().slice(0);
-        staging.unmap();
-        const parts: ArrayBuffer[] = [];
-        let offset = 0;
-        for (const r of reads) {
-          parts.push(raw.slice(offset, offset + r.bytes));
-          offset += r.bytes;
-        }
-        return parts;
+        return await Promise.all(
+          staging.map(async (b, k) => {
+            await b.mapAsync(GPUMapMode.READ);
+            if (this.errors.length) throw new Error(`WebGPU: ${this.errors.splice(0).join('; ')}`);
+            const raw = b.getMappedRange().slice(0, reads[k].bytes);
+            b.unmap();
+            return raw;
+          }),
+        );
       } finally {
-        staging.destroy();
+        for (const b of staging) b.destroy();
       }
     })();
   }
