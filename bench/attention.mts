@@ -1,0 +1,115 @@
+// Unfused vs flash attention, forward + backward, from one run on this adapter. Unfused is what the
+// eager engine runs for models/gpt.ts today, op by op: q·kᵀ, scale, causal where, softmax (max,
+// sub, exp, sum, div), ·v, then the VJP rules of every op replayed from the tape. Flash is the four
+// kernels of compiler/codegen/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
+// q, k, v and upstream gradient; the dq they produce is compared as a sanity check.
+//
+//   npx tsx bench/attention.mts                    # T = 128, 256, 512; BH = 32, D = 32; causal
+//   npx tsx bench/attention.mts --T 128 --reps 5 --no-causal
+//
+// "allocated" is the bytes of buffers one fwd+bwd takes from a fresh backend's pool (power-of-two
+// size classes), inputs excluded: eager mode keeps every intermediate of a step alive until the
+// step ends, so this is also its peak. Timings share the CPU with everything else: compare within a run.
+
+import { parseArgs } from 'node:util';
+import { backprop } from '../compiler/autograd.ts';
+import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../compiler/codegen/flash-attention.ts';
+import { softmax } from '../compiler/nn.ts';
+import { Ops } from '../compiler/ops.ts';
+import { causalMask, Tensor, where } from '../compiler/tensor.ts';
+import { requestDevice } from '../runtime/device.ts';
+import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
+import { mulberry32 } from '../runtime/init.ts';
+
+const { values } = parseArgs({
+  options: {
+    T: { type: 'string', multiple: true },
+    BH: { type: 'string', default: '32' },
+    D: { type: 'string', default: '32' },
+    reps: { type: 'string', default: '3' },
+    causal: { type: 'boolean', default: true },
+    'no-causal': { type: 'boolean' },
+  },
+});
+const Ts = (values.T ?? ['128', '256', '512']).map(Number);
+const BH = Number(values.BH), D = Number(values.D), reps = Number(values.reps);
+const causal = !values['no-causal'];
+const scale = 1 / Math.sqrt(D);
+
+const gpu = await requestDevice();
+const log = (line: string) => process.stderr.write(`${line}\n`);
+log(`adapter: ${gpu.info.vendor} · ${gpu.info.architecture} · ${gpu.info.description}`);
+log(`BH ${BH}, D ${D}, ${causal ? 'causal' : 'not causal'}; 1 warm-up (compiles the shaders) + ${reps} timed fwd+bwd per variant, median shown\n`);
+
+type Inputs = { q: EagerValue; k: EagerValue; v: EagerValue; dO: EagerValue };
+/** Records one fwd+bwd and returns dq (left unread). */
+type Variant = (be: EagerBackend, x: Inputs, T: number) => EagerValue;
+
+const unfused: Variant = (be, x) => {
+  const o = new Ops(be);
+  const t = (v: EagerValue) => new Tensor(be, v);
+  be.tape = [];
+  let att = t(x.q).matmul(t(x.k).transpose(-2, -1)).mul(scale);
+  if (causal) att = where(causalMask(att), att, -Infinity);
+  att = softmax(att, -1);
+  const y = att.matmul(t(x.v)).value as EagerValue;
+  const tape = be.tape;
+  be.tape = undefined;
+  const grads = backprop(o, tape, y, x.dO);
+  return grads.get(x.q)!;
+};
+
+function runFlash(be: EagerBackend, spec: FlashKernelSpec, tensors: Record<string, EagerValue>): void {
+  const resources = [...spec.inputs, ...spec.outputs].map((name) => ({ buffer: tensors[name].buffer, size: tensors[name].bytes }));
+  be.dispatch(spec.wgsl, resources, spec.workgroups, spec.name);
+}
+
+const flash: Variant = (be, x, T) => {
+  const opts = { causal, scale };
+  const rows = () => be.allocate([BH, T, D], 'f32');
+  const tensors = { ...x, o: rows(), lse: be.allocate([BH, T], 'f32'), delta: be.allocate([BH, T], 'f32'), dq: rows(), dk: rows(), dv: rows() };
+  for (const spec of [flashAttentionForward(BH, T, D, opts), ...flashAttentionBackward(BH, T, D, opts)]) runFlash(be, spec, tensors);
+  return tensors.dq;
+};
+
+async function measure(variant: Variant, T: number, data: Float32Array[]) {
+  const be = new EagerBackend(gpu);
+  const [q, k, v, dO] = data.map((d) => be.upload(d, [BH, T, D], 'f32'));
+  const x = { q, k, v, dO };
+  const inputBytes = be.allocatedBytes;
+  const started = performance.now();
+  const dq = await be.read(variant(be, x, T));
+  const warmupMs = performance.now() - started;
+  const allocated = be.allocatedBytes - inputBytes;
+  const dispatchesPerStep = be.dispatches;
+  be.collect(Object.values(x));
+  const ms: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    variant(be, x, T);
+    be.flush();
+    await be.device.queue.onSubmittedWorkDone();
+    ms.push(performance.now() - t0);
+    be.collect(Object.values(x));
+  }
+  await be.checkErrors();
+  ms.sort((a, b) => a - b);
+  return { ms: ms[Math.floor(ms.length / 2)], warmupMs, allocated, dispatches: dispatchesPerStep, dq: dq as Float32Array };
+}
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+const rows: string[] = [];
+for (const T of Ts) {
+  const rng = mulberry32(T);
+  const data = Array.from({ length: 4 }, () => Float32Array.from({ length: BH * T * D }, () => rng() * 2 - 1));
+  const u = await measure(unfused, T, data);
+  const f = await measure(flash, T, data);
+  let diff = 0, mag = 0;
+  for (let i = 0; i < u.dq.length; i++) { diff = Math.max(diff, Math.abs(u.dq[i] - f.dq[i])); mag = Math.max(mag, Math.abs(u.dq[i])); }
+  for (const [name, r] of [['unfused', u], ['flash', f]] as const) {
+    rows.push(`| ${T} | ${name} | ${r.ms.toFixed(1)} | ${(r.warmupMs / 1000).toFixed(1)} s | ${r.dispatches} | ${mib(r.allocated)} |`);
+  }
+  rows.push(`| ${T} | speedup ×${(u.ms / f.ms).toFixed(2)}, memory ÷${(u.allocated / f.allocated).toFixed(1)} | | | | max|Δdq|/max|dq| ${(diff / mag).toExponential(1)} |`);
+  log(`T=${T} done`);
+}
+console.log(`| T | variant | ms fwd+bwd | first run (compile) | dispatches | allocated |\n| --- | --- | --- | --- | --- | --- |\n${rows.join('\n')}`);

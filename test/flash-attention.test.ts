@@ -1,0 +1,153 @@
+// The flash attention kernels (forward o and lse; backward dq, dk, dv) equal naive attention
+// computed in float64 on the host: S = q·kᵀ·scale, masked above the diagonal when causal,
+// P = softmax(S), o = P·v, and the gradients of Σ o∘g for a random upstream g. The naive backward
+// is itself checked once against central differences, so the oracle is not a copy of the kernels'
+// algebra.
+
+import { describe, expect, it } from 'vitest';
+import {
+  flashAttentionBackward,
+  flashAttentionForward,
+  type FlashAttentionOptions,
+  type FlashKernelSpec,
+} from '../compiler/codegen/flash-attention.ts';
+import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
+import { randomArray } from './support/gradcheck.ts';
+import { gpuOrSkip } from './support/gpu.ts';
+
+type Naive = { o: Float64Array; lse: Float64Array; dq: Float64Array; dk: Float64Array; dv: Float64Array };
+
+/** Naive attention and its backward over [BH, T, D] row-major arrays, in float64. */
+function naiveAttention(BH: number, T: number, D: number, opts: FlashAttentionOptions, q: Float64Array, k: Float64Array, v: Float64Array, g: Float64Array): Naive {
+  const o = new Float64Array(BH * T * D), lse = new Float64Array(BH * T);
+  const dq = new Float64Array(BH * T * D), dk = new Float64Array(BH * T * D), dv = new Float64Array(BH * T * D);
+  for (let h = 0; h < BH; h++) {
+    const at = (x: Float64Array, r: number, d: number) => x[(h * T + r) * D + d];
+    const P = Array.from({ length: T }, () => new Float64Array(T));
+    for (let i = 0; i < T; i++) {
+      const s = new Float64Array(T);
+      for (let j = 0; j < T; j++) {
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += at(q, i, d) * at(k, j, d);
+        s[j] = opts.causal && j > i ? -Infinity : dot * opts.scale;
+      }
+      const m = Math.max(...s);
+      let sum = 0;
+      for (let j = 0; j < T; j++) sum += Math.exp(s[j] - m);
+      lse[h * T + i] = m + Math.log(sum);
+      for (let j = 0; j < T; j++) P[i][j] = Math.exp(s[j] - m) / sum;
+      for (let d = 0; d < D; d++) {
+        let acc = 0;
+        for (let j = 0; j < T; j++) acc += P[i][j] * at(v, j, d);
+        o[(h * T + i) * D + d] = acc;
+      }
+    }
+    // dP = g·vᵀ; dS = P∘(dP − rowsum(P∘dP)); dq = scale·dS·k; dk = scale·dSᵀ·q; dv = Pᵀ·g.
+    for (let i = 0; i < T; i++) {
+      const dP = new Float64Array(T);
+      let rowTerm = 0;
+      for (let j = 0; j < T; j++) {
+        for (let d = 0; d < D; d++) dP[j] += at(g, i, d) * at(v, j, d);
+        rowTerm += P[i][j] * dP[j];
+      }
+      for (let j = 0; j < T; j++) {
+        const dS = P[i][j] * (dP[j] - rowTerm) * opts.scale;
+        for (let d = 0; d < D; d++) {
+          dq[(h * T + i) * D + d] += dS * at(k, j, d);
+          dk[(h * T + j) * D + d] += dS * at(q, i, d);
+          dv[(h * T + j) * D + d] += P[i][j] * at(g, i, d);
+        }
+      }
+    }
+  }
+  return { o, lse, dq, dk, dv };
+}
+
+/** Binds the named tensors in the spec's binding order (inputs, then outputs) and dispatches it. */
+function runFlash(eager: EagerBackend, spec: FlashKernelSpec, tensors: Record<string, EagerValue>): void {
+  const resources = [...spec.inputs, ...spec.outputs].map((name) => {
+    const t = tensors[name];
+    if (!t) throw new Error(`${spec.name}: no tensor named ${name}`);
+    return { buffer: t.buffer, size: t.bytes };
+  });
+  eager.dispatch(spec.wgsl, resources, spec.workgroups, spec.name);
+}
+
+function expectClose(name: string, got: ArrayLike<number>, want: Float64Array, rel = 1e-4): void {
+  expect(got.length).toBe(want.length);
+  const scale = Math.max(1e-3, ...Array.from(want, Math.abs));
+  let worst = 0, at = 0;
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs(got[i] - want[i]);
+    if (!(err <= worst)) { worst = err; at = i; }
+  }
+  expect(worst / scale, `${name}: worst at ${at}: ${got[at]} vs ${want[at]} (max |want| ${scale})`).toBeLessThanOrEqual(rel);
+}
+
+const CASES: { BH: number; T: number; D: number; causal: boolean }[] = [
+  { BH: 1, T: 5, D: 8, causal: false },
+  { BH: 3, T: 5, D: 32, causal: true },
+  { BH: 3, T: 37, D: 8, causal: false },
+  { BH: 1, T: 37, D: 32, causal: true },
+  { BH: 1, T: 64, D: 32, causal: false },
+  { BH: 3, T: 64, D: 8, causal: true },
+];
+
+describe('naive float64 attention (the oracle)', () => {
+  it('has the gradient of Σ o∘g by central differences', () => {
+    const BH = 2, T = 4, D = 4, opts = { causal: true, scale: 0.7 };
+    const n = BH * T * D;
+    const [q, k, v, g] = [1, 2, 3, 4].map((s) => Float64Array.from(randomArray(n, s)));
+    const loss = () => naiveAttention(BH, T, D, opts, q, k, v, g).o.reduce((a, x, i) => a + x * g[i], 0);
+    const grads = naiveAttention(BH, T, D, opts, q, k, v, g);
+    const h = 1e-6;
+    for (const [x, dx] of [[q, grads.dq], [k, grads.dk], [v, grads.dv]] as const) {
+      for (let i = 0; i < n; i++) {
+        const saved = x[i];
+        x[i] = saved + h; const up = loss();
+        x[i] = saved - h; const down = loss();
+        x[i] = saved;
+        expect(Math.abs((up - down) / (2 * h) - dx[i])).toBeLessThan(1e-6);
+      }
+    }
+  });
+});
+
+describe('flash attention kernels vs naive float64 attention', () => {
+  CASES.forEach(({ BH, T, D, causal }, c) => {
+    it(`BH=${BH} T=${T} D=${D}${causal ? ' causal' : ''}`, async (t) => {
+      const gpu = await gpuOrSkip(t);
+      const eager = new EagerBackend(gpu);
+      const opts = { causal, scale: 1 / Math.sqrt(D) };
+      const n = BH * T * D;
+      // Scaled up so the softmax is peaked enough for the max-tracking to matter.
+      const [q, k, v, g] = [1, 2, 3, 4].map((s) => Float64Array.from(randomArray(n, 10 * c + s), (x) => x * (s <= 2 ? 3 : 1)));
+      const want = naiveAttention(BH, T, D, opts, q, k, v, g);
+
+      const up = (x: Float64Array) => eager.upload(Float32Array.from(x), [BH, T, D], 'f32');
+      const tensors: Record<string, EagerValue> = {
+        q: up(q), k: up(k), v: up(v), dO: up(g),
+        o: eager.allocate([BH, T, D], 'f32'), lse: eager.allocate([BH, T], 'f32'), delta: eager.allocate([BH, T], 'f32'),
+        dq: eager.allocate([BH, T, D], 'f32'), dk: eager.allocate([BH, T, D], 'f32'), dv: eager.allocate([BH, T, D], 'f32'),
+      };
+      runFlash(eager, flashAttentionForward(BH, T, D, opts), tensors);
+      for (const spec of flashAttentionBackward(BH, T, D, opts)) runFlash(eager, spec, tensors);
+      const reads = ['o', 'lse', 'dq', 'dk', 'dv'].map((name) => eager.readLater(tensors[name]));
+      eager.flush();
+      const [o, lse, dq, dk, dv] = await Promise.all(reads);
+
+      expectClose('o', o, want.o);
+      expectClose('lse', lse, want.lse);
+      expectClose('dq', dq, want.dq);
+      expectClose('dk', dk, want.dk);
+      expectClose('dv', dv, want.dv);
+    });
+  });
+});
+
+describe('flash attention kernel generators', () => {
+  it('reject head dims the vec4 rows cannot hold', () => {
+    expect(() => flashAttentionForward(1, 8, 6, { causal: false, scale: 1 })).toThrow(/multiple of 4/);
+    expect(() => flashAttentionForward(1, 8, 128, { causal: false, scale: 1 })).toThrow(/≤ 64/);
+  });
+});
