@@ -4,7 +4,7 @@ import { buildJointGraph } from './autograd.ts';
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from './ir.ts';
 import type { ParamSpec } from './nn.ts';
 import { inferType, Ops, type OpBuilder, type ValueType } from './ops.ts';
-import { sumAll } from './train-step.ts';
+import { clipByGlobalNorm } from './train-step.ts';
 
 export function opCounts(g: Graph): Map<string, number> {
   const counts = new Map<string, number>();
@@ -116,14 +116,7 @@ export function eagerDispatchesPerStep(forward: Graph, params: readonly ParamSpe
   for (let k = 1; k < microBatches; k++) for (const g of [...grads, lossType]) o.add(g, g);
   const accumulate = counter.count;
 
-  let sumSq: ValueType | undefined;
-  for (const g of grads) {
-    const s = sumAll(o, o.mul(g, g));
-    sumSq = sumSq ? o.add(sumSq, s) : s;
-  }
-  const norm = o.sqrt(sumSq!);
-  const maxNorm = o.full(opts.maxGradNorm ?? 1, [1]);
-  o.div(maxNorm, o.max(maxNorm, o.add(norm, o.full(1e-6, [1]))));
+  clipByGlobalNorm(o, grads, opts.maxGradNorm ?? 1);
   const adamw = params.length; // one AdamW dispatch per parameter, recorded directly
   o.div(lossType, o.full(microBatches, lossType.shape)); // the mean loss
   const optimizer = counter.count - accumulate + adamw;

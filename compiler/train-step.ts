@@ -75,6 +75,23 @@ export function sumAll<V>(o: Ops<V>, x: V): V {
   return o.sum(o.reshape(partial, [Math.ceil(n / row)]), 0);
 }
 
+/**
+ * The global L2 norm of `grads` and the factor that clips it to `maxNorm`, as device values:
+ * maxNorm / max(maxNorm, norm + 1e-6) equals torch's min(1, maxNorm / (norm + 1e-6)). Written once
+ * over `Ops`, so the update graph, eager mode and eager's dispatch count run the same ops.
+ */
+export function clipByGlobalNorm<V>(o: Ops<V>, grads: V[], maxNorm: number): { norm: V; clip: V } {
+  let sumSq: V | undefined;
+  for (const g of grads) {
+    const s = sumAll(o, o.mul(g, g));
+    sumSq = sumSq === undefined ? s : o.add(sumSq, s);
+  }
+  if (sumSq === undefined) throw new Error('clipByGlobalNorm needs at least one gradient');
+  const norm = o.sqrt(sumSq);
+  const max = o.full(maxNorm, [1]);
+  return { norm, clip: o.div(max, o.max(max, o.add(norm, o.full(1e-6, [1])))) };
+}
+
 export interface UpdateParam {
   name: string;
   shape: number[];
@@ -110,15 +127,8 @@ export function buildUpdateGraph(name: string, params: UpdateParam[], s: AdamWSe
   const step = b.input('step', [1], 'f32', false);
   const c = (x: number) => o.full(x, [1]);
 
-  let sumSq: number | undefined;
-  for (const x of vars) {
-    const s2 = sumAll(o, o.mul(x.g, x.g));
-    sumSq = sumSq === undefined ? s2 : o.add(sumSq, s2);
-  }
-  const norm = o.sqrt(o.reshape(sumSq!, [1]));
+  const { norm, clip } = clipByGlobalNorm(o, vars.map((x) => x.g), s.maxGradNorm);
   gb.rename(norm, 'grad_norm');
-  // maxNorm / max(maxNorm, norm + 1e-6) is torch's min(1, maxNorm / (norm + 1e-6)).
-  const clip = o.div(c(s.maxGradNorm), o.max(c(s.maxGradNorm), o.add(norm, c(1e-6))));
   // β^t = exp(t·ln β): the step number is a device value, so one program serves every step.
   const stepSize = o.div(lr, o.sub(c(1), o.exp(o.mul(step, c(Math.log(s.beta1))))));
   const bc2Sqrt = o.sqrt(o.sub(c(1), o.exp(o.mul(step, c(Math.log(s.beta2))))));

@@ -18,8 +18,8 @@
 
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
 import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers } from '../compiler/kernel-io.ts';
-import { liveNodes, type Pass, type PassCounters } from '../compiler/pass.ts';
+import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/kernel-io.ts';
+import type { Pass, PassCounters } from '../compiler/pass.ts';
 
 export { KERNEL_ATTR };
 
@@ -75,16 +75,17 @@ function withoutMark(attrs: Attrs): Attrs {
 /** Groups `g`'s nodes into kernels, splitting kernels that would bind more than `limit` buffers. */
 export function groupNodes(g: Graph, limit: number): Grouping {
   const forced = new Set<number>();
+  const facts = graphFacts(g);
   for (let attempt = 0; ; attempt++) {
-    const r = groupOnce(g, forced);
+    const r = groupOnce(g, facts, forced);
     // A kernel overwriting X in place must read X only at its own thread's index; a reader that
     // does otherwise becomes a kernel of its own, which runs before the overwrite.
-    const racing = inPlaceViolations(g, graphFacts(g), r.kernel).filter((id) => !forced.has(id));
+    const racing = inPlaceViolations(g, facts, r.kernel).filter((id) => !forced.has(id));
     if (racing.length > 0) {
       racing.forEach((id) => forced.add(id));
       continue;
     }
-    const over = overLimit(g, r, limit);
+    const over = overLimit(g, facts, r, limit);
     if (!over) {
       r.counters['split-for-buffer-limit'] = forced.size;
       return { kernel: r.kernel, inlined: r.inlined, counters: r.counters };
@@ -101,12 +102,9 @@ interface Assignment {
   counters: PassCounters;
 }
 
-function groupOnce(g: Graph, forced: Set<number>): Assignment {
+function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment {
   const n = g.nodes.length;
-  const live = liveNodes(g);
-  const consumers: number[][] = g.nodes.map(() => []);
-  for (const node of g.nodes) if (live[node.id]) for (const x of node.inputs) consumers[x].push(node.id);
-  const isOutput = new Set(g.outputs);
+  const { live, consumers, outputs: isOutput } = facts;
   const groupOf = new Int32Array(n).fill(-1);
   const inlined = new Uint8Array(n);
   const uses: Set<number>[] = new Array(n);
@@ -208,10 +206,9 @@ function groupOnce(g: Graph, forced: Set<number>): Assignment {
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
 /** The first kernel over the limit, and the member to write out to split it; undefined when all fit. */
-function overLimit(g: Graph, r: Assignment, limit: number): { root: number; split: number } | undefined {
+function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number): { root: number; split: number } | undefined {
   const members: number[][] = r.groups.map(() => []);
   for (let id = 0; id < g.nodes.length; id++) if (r.kernel[id] >= 0) members[r.kernel[id]].push(id);
-  const facts = graphFacts(g);
   const state = facts.state;
   for (let k = 0; k < r.groups.length; k++) {
     const { reads, writes } = kernelBuffers(g, facts, r.kernel, k, members[k]);

@@ -136,7 +136,7 @@ export class CompiledEngine implements TrainingEngine {
     add('idx', this.batchSize * this.seqLen);
     add('targets', this.batchSize * this.seqLen);
     add('idx1', this.seqLen);
-    add('logits', compiled.programs.logits.outputs[0].shape.reduce((a, b) => a * b, 1));
+    add('logits', numel(compiled.programs.logits.outputs[0].shape));
 
     const ext = Object.fromEntries(this.buffers) as Externals;
     // The programs never overlap (one ends before the next starts in the queue): one set of temporaries serves all.

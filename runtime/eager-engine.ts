@@ -8,7 +8,7 @@ import { numel } from '../compiler/ir.ts';
 import { ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
 import { Ops } from '../compiler/ops.ts';
 import { Tensor } from '../compiler/tensor.ts';
-import { sumAll } from '../compiler/train-step.ts';
+import { clipByGlobalNorm } from '../compiler/train-step.ts';
 import { UsageError } from '../compiler/load-model.ts';
 import type { GpuContext } from './device.ts';
 import { EagerBackend, type EagerValue } from './eager.ts';
@@ -119,16 +119,8 @@ export class EagerEngine implements TrainingEngine {
     }
     if (!grads || !lossSum) throw new Error('step() needs at least one micro-batch');
 
-    // Global norm and clip factor stay on the device: maxNorm / max(maxNorm, norm + 1e-6) equals
-    // torch's min(1, maxNorm / (norm + 1e-6)).
-    let sumSq: EagerValue | undefined;
-    for (const g of grads) {
-      const s = sumAll(o, o.mul(g, g));
-      sumSq = sumSq ? o.add(sumSq, s) : s;
-    }
-    const norm = o.sqrt(sumSq!);
-    const maxNorm = o.full(this.optimizer.maxGradNorm, [1]);
-    const clip = o.div(maxNorm, o.max(maxNorm, o.add(norm, o.full(1e-6, [1]))));
+    // Global norm and clip factor stay on the device.
+    const { norm, clip } = clipByGlobalNorm(o, grads, this.optimizer.maxGradNorm);
 
     this.optimizerStep++;
     const u = adamwUniforms({ ...this.optimizer, lr, step: this.optimizerStep });
