@@ -27,6 +27,8 @@ export interface CompileOptions extends ScheduleOptions {
   maxStorageBuffers?: number;
   batchSize?: number;
   seqLen?: number;
+  /** Fine-tuning: the gradient and evaluate programs take a `loss_mask` input (see TraceOptions.lossMask). */
+  lossMask?: boolean;
   onStage?(program: ProgramName, stage: string, graph: Graph, counters?: PassCounters): void;
 }
 
@@ -38,7 +40,7 @@ export interface CompiledTraining {
 }
 
 export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: CompileOptions): CompiledTraining {
-  const shape = { batchSize: opts.batchSize, seqLen: opts.seqLen };
+  const shape = { batchSize: opts.batchSize, seqLen: opts.seqLen, lossMask: opts.lossMask };
   const fuse = fuseElementwise({ maxStorageBuffers: opts.maxStorageBuffers });
   const counters = {} as CompiledTraining['counters'];
   const run = (program: ProgramName, g: Graph, passes: readonly Pass[]): Graph => {

@@ -101,6 +101,21 @@ export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
   return logSumExp.sub(targetLogit).mean();
 }
 
+/**
+ * Cross-entropy counted only where `mask` [N] is non-zero: Σ mask·nll / Σ mask. Fine-tuning puts the
+ * loss on the answer tokens this way; the mask is a graph input, so every batch runs the same graph.
+ */
+export function maskedCrossEntropy(logits: Tensor, targets: Tensor, mask: Tensor): Tensor {
+  const [n, v] = logits.shape;
+  const shifted = logits.sub(logits.max(1, true));
+  const logSumExp = shifted.exp().sum(1, true).log();
+  const vocabIndex = new Tensor(logits.backend, logits.ops.iota([n, v], 1));
+  const targetLogit = where(vocabIndex.eq(targets.reshape(n, 1)), shifted, 0).sum(1, true);
+  const weights = mask.reshape(n, 1);
+  // At least one counted position: a batch whose mask is all zero gives loss 0, not NaN.
+  return logSumExp.sub(targetLogit).mul(weights).sum().div(weights.sum().maximum(1));
+}
+
 /** What a language model built from a config offers: logits, and the loss when targets are given. */
 export interface LanguageModel {
   forward(idx: Tensor, targets?: Tensor): { logits: Tensor; loss?: Tensor };

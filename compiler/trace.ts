@@ -3,7 +3,7 @@
 
 import { GraphBuilder, type Graph } from './ir.ts';
 import { GraphOpBuilder } from './ops.ts';
-import { ParamScope, type ModelDefinition, type ModelShape, type ParamSpec } from './nn.ts';
+import { maskedCrossEntropy, ParamScope, type ModelDefinition, type ModelShape, type ParamSpec } from './nn.ts';
 import { callerLocation } from './source-loc.ts';
 import { Tensor, TraceError } from './tensor.ts';
 
@@ -18,6 +18,11 @@ export interface TraceOptions {
   batchSize?: number;
   /** Override the sequence length (defaults to the preset's context). */
   seqLen?: number;
+  /**
+   * Fine-tuning: a third input `loss_mask` (f32 [B, T]) and the loss Σ mask·nll / Σ mask over the
+   * model's logits, so only the masked positions (an answer) are learned. Off, the graph is unchanged.
+   */
+  lossMask?: boolean;
 }
 
 /** Trace the training forward pass: inputs `idx` and `targets` (i32 [B, T]) and parameters; output `loss`. */
@@ -46,7 +51,9 @@ function traceModel<C extends ModelShape>(def: ModelDefinition<C>, config: C, op
     return new Tensor(builder, builder.input(spec.name, [...spec.shape], 'f32', true));
   });
 
-  const { loss, logits } = def.create(scope, config).forward(idx, targets);
+  const lossMask = output === 'loss' && opts.lossMask ? new Tensor(builder, builder.input('loss_mask', [B, T], 'f32', false)) : undefined;
+  const model = def.create(scope, config);
+  const { loss, logits } = lossMask && targets ? maskedLoss(model.forward(idx).logits, targets, lossMask) : model.forward(idx, targets);
   if (output === 'logits') {
     graph.rename(logits.value as number, 'logits');
     return { graph: graph.build([logits.value as number]), params };
@@ -55,4 +62,9 @@ function traceModel<C extends ModelShape>(def: ModelDefinition<C>, config: C, op
   if (loss.size !== 1) throw new TraceError(`${def.name}: the loss must be a scalar, got shape [${loss.shape}]`);
   graph.rename(loss.value as number, 'loss');
   return { graph: graph.build([loss.value as number]), params };
+}
+
+function maskedLoss(logits: Tensor, targets: Tensor, mask: Tensor): { loss: Tensor; logits: Tensor } {
+  const [B, T, V] = logits.shape;
+  return { logits, loss: maskedCrossEntropy(logits.reshape(B * T, V), targets.reshape(B * T), mask.reshape(B * T)) };
 }

@@ -13,6 +13,7 @@ import { KernelProfiler } from './profiler.ts';
 import { formatCount } from './train/progress.ts';
 import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
 import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
+import { DEFAULT_FINETUNE_CONFIG, type FinetuneEngineFactory } from './finetune/finetune.ts';
 
 export { runCli };
 
@@ -34,10 +35,12 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command('train', 'train a model, or --resume a run', trainOptions, trainCommand)
     .command('sample', 'generate text from a trained checkpoint', sampleOptions, sampleCommand)
+    .command('finetune', 'fine-tune a pretrained checkpoint for a task (loss on the answer only)', finetuneOptions, finetuneCommand)
+    .command('eval', "a checkpoint's accuracy on a task's held-out split, or its perplexity on a text file", evalOptions, evalCommand)
     .example('$0 info', 'is there a GPU (or a software one)?')
     .example('$0 train --steps 100', 'train the tiny preset on the built-in corpus into runs/tiny')
     .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', 'text from it')
-    .demandCommand(1, 'name a command: info, data prepare, train or sample')
+    .demandCommand(1, 'name a command: info, data prepare, train, sample, finetune or eval')
     .epilogue(EPILOGUE)
     .strict()
     .help()
@@ -269,13 +272,90 @@ async function sampleCommand(args: {
   );
 }
 
+// --- finetune, eval ---------------------------------------------------------------------------
+
+function finetuneOptions(y: Argv) {
+  const d = DEFAULT_FINETUNE_CONFIG;
+  return y
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'the pretrained run folder (e.g. runs/wiki-tiny) or its checkpoint folder' })
+    .option('task', { type: 'string', demandOption: true, describe: 'imdb-sentiment, or jsonl:FILE with {"prompt","completion"} or {"text","label"} lines' })
+    .option('labels', { type: 'string', describe: 'jsonl {text, label}: the label set, comma-separated [default: the labels the file uses]' })
+    .option('baselines', { type: 'boolean', describe: 'also score majority class, bag of words, zero-shot and a random-init fine-tune: one report' })
+    .option('resume', { type: 'boolean', describe: 'continue the fine-tuning in --out from its checkpoint' })
+    .option('out', { type: 'string', describe: 'the run folder [default: runs/finetune-<task>]' })
+    .option('steps', { type: 'number', describe: `optimizer steps [default: ${d.steps}]` })
+    .option('max-lr', { type: 'number', describe: `peak learning rate [default: ${d.maxLr}]` })
+    .option('min-lr-ratio', { type: 'number', describe: `the cosine's floor as a fraction of --max-lr [default: ${d.minLrRatio}]` })
+    .option('warmup-steps', { type: 'number', describe: 'linear warmup [default: 10% of --steps]' })
+    .option('micro-batches', { type: 'number', describe: `micro-batches (of the checkpoint's batch size) per step [default: ${d.microBatches}]` })
+    .option('checkpoint-interval', { type: 'number', describe: `save every N steps [default: ${d.checkpointInterval}]` })
+    .option('eval-examples', { type: 'number', describe: `held-out examples scored, 0 for all [default: ${d.evalExamples}]` })
+    .option('seed', { type: 'number', describe: `example order, and the random-init baseline's weights [default: ${d.seed}]` })
+    .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
+    .example('$0 finetune --ckpt runs/wiki-tiny --task imdb-sentiment --baselines', 'movie-review sentiment, with all four baselines')
+    .example('$0 finetune --ckpt runs/wiki-tiny --task jsonl:qa.jsonl --steps 100', 'your own task')
+    .epilogue(EPILOGUE);
+}
+
+async function finetuneCommand(args: Record<string, unknown> & { ckpt: string; task: string; mode?: Mode }): Promise<void> {
+  const { finetune } = await import('./finetune/finetune.ts');
+  const result = await finetune(
+    {
+      ckpt: args.ckpt,
+      task: args.task,
+      labels: typeof args.labels === 'string' ? args.labels.split(',').map((l) => l.trim()) : undefined,
+      baselines: args.baselines as boolean | undefined,
+      resume: args.resume as boolean | undefined,
+      outDir: args.out as string | undefined,
+      steps: args.steps as number | undefined,
+      maxLr: args.maxLr as number | undefined,
+      minLrRatio: args.minLrRatio as number | undefined,
+      warmupSteps: args.warmupSteps as number | undefined,
+      microBatches: args.microBatches as number | undefined,
+      checkpointInterval: args.checkpointInterval as number | undefined,
+      evalExamples: args.evalExamples as number | undefined,
+      seed: args.seed as number | undefined,
+    },
+    engineFactoryFor(args.mode ?? 'compiled'),
+  );
+  if (!result.report) process.exitCode = 130;
+}
+
+function evalOptions(y: Argv) {
+  return y
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (pretrained or fine-tuned) or its checkpoint folder' })
+    .option('task', { type: 'string', describe: 'imdb-sentiment or jsonl:FILE: accuracy (or completion loss) on its held-out split' })
+    .option('labels', { type: 'string', describe: 'jsonl {text, label}: the label set, comma-separated' })
+    .option('text', { type: 'string', describe: 'a text file: perplexity' })
+    .option('eval-examples', { type: 'number', describe: `held-out examples (or, with --text, windows) scored, 0 for all [default: ${DEFAULT_FINETUNE_CONFIG.evalExamples}]` })
+    .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
+    .example('$0 eval --ckpt runs/finetune-imdb-sentiment --task imdb-sentiment', 'accuracy on the held-out reviews')
+    .example('$0 eval --ckpt runs/wiki-tiny --text ../shared/data/wikitext-2/test.txt', 'perplexity')
+    .epilogue(EPILOGUE);
+}
+
+async function evalCommand(args: Record<string, unknown> & { ckpt: string; mode?: Mode }): Promise<void> {
+  const { evaluateCheckpoint } = await import('./finetune/evaluate-checkpoint.ts');
+  const result = await evaluateCheckpoint(
+    {
+      ckpt: args.ckpt,
+      task: args.task as string | undefined,
+      text: args.text as string | undefined,
+      labels: typeof args.labels === 'string' ? args.labels.split(',').map((l) => l.trim()) : undefined,
+      evalExamples: args.evalExamples as number | undefined,
+    },
+    engineFactoryFor(args.mode ?? 'compiled'),
+  );
+  process.stdout.write(`${result.text}\n`);
+}
+
 // --- engines ----------------------------------------------------------------------------------
 
 /**
  * The seam between the CLI and the ways of running a model. Each engine module is imported only
  * when a command needs it, so `info` and `data` never load kernels.
  */
-function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): EngineFactory {
+function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): EngineFactory & FinetuneEngineFactory {
   switch (mode) {
     case 'eager':
       return async (ctx) => {
@@ -283,7 +363,7 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): Engine
         return createEagerEngine(ctx);
       };
     case 'compiled':
-      return async (ctx) => {
+      return async (ctx: Parameters<EngineFactory>[0] & { lossMask?: boolean }) => {
         const { createCompiledEngine } = await import('./compiled-engine.ts');
         const { MatmulTuner } = await import('./matmul-tuner.ts');
         return createCompiledEngine({

@@ -32,6 +32,8 @@ export interface CompiledEngineContext {
   tuner?: MatmulTuner;
   /** Progress lines (compile times, cache hits). */
   log?: (line: string) => void;
+  /** Fine-tuning: every batch carries a loss mask (an input of the programs, see TraceOptions.lossMask). */
+  lossMask?: boolean;
 }
 
 export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<CompiledEngine> {
@@ -39,7 +41,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   const log = ctx.log ?? (() => {});
   const maxStorageBuffers = ctx.gpu.device.limits.maxStorageBuffersPerShaderStage;
   const tiles = adapterMatmulDefault(ctx.gpu);
-  const options = { optimizer, maxStorageBuffers, matmulConfig: () => tiles };
+  const options = { optimizer, maxStorageBuffers, matmulConfig: () => tiles, lossMask: ctx.lossMask };
   const compile = async (): Promise<CompiledTraining> => {
     const tuner = ctx.tuner;
     if (!tuner) return compileTraining(ctx.def, ctx.config, options);
@@ -56,7 +58,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   let result: CacheResult<CompiledTraining>;
   if (ctx.cacheDir) {
     // What the model computes (both traced paths) and how its weights start: a change to either misses.
-    const training = traceForward(ctx.def, ctx.config);
+    const training = traceForward(ctx.def, ctx.config, { lossMask: ctx.lossMask });
     const inference = traceLogits(ctx.def, ctx.config, { batchSize: 1 });
     const key = cacheKey([
       printGraph(training.graph),
@@ -92,6 +94,13 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   return engine;
 }
 
+/** Upload buffers of one micro-batch: its tokens, and its loss mask when the engine has one. */
+interface TokenSlot {
+  idx: GPUBuffer;
+  targets: GPUBuffer;
+  lossMask?: GPUBuffer;
+}
+
 const fmtMiB = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
 export class CompiledEngine implements TrainingEngine {
@@ -113,7 +122,8 @@ export class CompiledEngine implements TrainingEngine {
   private readonly buffers = new Map<string, GPUBuffer>();
   private readonly programs: Record<ProgramName, Program>;
   /** Upload buffers for each micro-batch's tokens: a step copies them in as its programs need them. */
-  private readonly slots: { idx: GPUBuffer; targets: GPUBuffer }[] = [];
+  private readonly slots: TokenSlot[] = [];
+  private readonly lossMask: boolean;
   private optimizerStep = 0;
   private readonly errors: string[] = [];
 
@@ -123,6 +133,7 @@ export class CompiledEngine implements TrainingEngine {
     this.params = compiled.params;
     this.batchSize = ctx.config.batchSize;
     this.seqLen = ctx.config.blockSize;
+    this.lossMask = ctx.lossMask === true;
     this.pipelines = PipelineCache.of(this.device);
     this.device.addEventListener('uncapturederror', (e) => this.errors.push((e as GPUUncapturedErrorEvent).error.message));
 
@@ -135,6 +146,7 @@ export class CompiledEngine implements TrainingEngine {
     for (const name of ['loss_sum', 'scale', 'lr', 'step', 'grad_norm', 'loss']) add(name, 1);
     add('idx', this.batchSize * this.seqLen);
     add('targets', this.batchSize * this.seqLen);
+    if (this.lossMask) add('loss_mask', this.batchSize * this.seqLen);
     add('idx1', this.seqLen);
     add('logits', numel(compiled.programs.logits.outputs[0].shape));
 
@@ -168,16 +180,21 @@ export class CompiledEngine implements TrainingEngine {
     if (batch.idx.length !== elements || batch.targets.length !== elements) {
       throw new Error(`compiled engine: a batch must hold ${this.batchSize}×${this.seqLen} tokens, got ${batch.idx.length}`);
     }
+    if (this.lossMask !== (batch.lossMask !== undefined)) {
+      throw new Error(`compiled engine: ${this.lossMask ? 'built with a loss mask, every batch needs one' : 'a batch has a loss mask but the engine was built without one (lossMask)'}`);
+    }
+    if (batch.lossMask && batch.lossMask.length !== elements) throw new Error(`compiled engine: a loss mask must hold ${elements} values, got ${batch.lossMask.length}`);
   }
 
-  private slot(k: number, batch: Batch): { idx: GPUBuffer; targets: GPUBuffer } {
+  private slot(k: number, batch: Batch): TokenSlot {
     this.checkBatch(batch);
     const elements = this.batchSize * this.seqLen;
     while (this.slots.length <= k) {
       const make = () => this.device.createBuffer({ size: elements * 4, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-      this.slots.push({ idx: make(), targets: make() });
+      this.slots.push({ idx: make(), targets: make(), ...(this.lossMask ? { lossMask: make() } : {}) });
     }
     const s = this.slots[k];
+    if (s.lossMask && batch.lossMask) this.device.queue.writeBuffer(s.lossMask, 0, batch.lossMask.buffer as ArrayBuffer, batch.lossMask.byteOffset, batch.lossMask.byteLength);
     this.device.queue.writeBuffer(s.idx, 0, batch.idx.buffer as ArrayBuffer, batch.idx.byteOffset, batch.idx.byteLength);
     this.device.queue.writeBuffer(s.targets, 0, batch.targets.buffer as ArrayBuffer, batch.targets.byteOffset, batch.targets.byteLength);
     return s;
@@ -242,9 +259,10 @@ export class CompiledEngine implements TrainingEngine {
     return { loss, gradNorm };
   }
 
-  private copyTokens(encoder: GPUCommandEncoder, s: { idx: GPUBuffer; targets: GPUBuffer }): void {
+  private copyTokens(encoder: GPUCommandEncoder, s: TokenSlot): void {
     encoder.copyBufferToBuffer(s.idx, 0, this.buffer('idx'), 0, s.idx.size);
     encoder.copyBufferToBuffer(s.targets, 0, this.buffer('targets'), 0, s.targets.size);
+    if (s.lossMask) encoder.copyBufferToBuffer(s.lossMask, 0, this.buffer('loss_mask'), 0, s.lossMask.size);
   }
 
   async evaluate(batches: Batch[]): Promise<number> {
@@ -279,6 +297,21 @@ export class CompiledEngine implements TrainingEngine {
     const vocab = this.compiled.programs.logits.outputs[0].shape.at(-1)!;
     const [raw] = await this.submit(encoder, [{ name: 'logits', offset: (t - 1) * vocab * 4, bytes: vocab * 4 }]);
     return new Float32Array(raw);
+  }
+
+  /** Logits at each of `positions` of one sequence (1 to seqLen tokens), from one forward pass. */
+  async logitsAt(tokens: Int32Array, positions: readonly number[]): Promise<Float32Array[]> {
+    const t = tokens.length;
+    if (t < 1 || t > this.seqLen) throw new Error(`logitsAt needs 1 to ${this.seqLen} tokens, got ${t}`);
+    if (positions.some((p) => !Number.isInteger(p) || p < 0 || p >= t)) throw new Error(`logitsAt: positions must lie in 0..${t - 1}, got ${positions}`);
+    const window = new Int32Array(this.seqLen);
+    window.set(tokens);
+    this.write('idx1', window);
+    const encoder = this.device.createCommandEncoder();
+    this.run(encoder, 'logits');
+    const vocab = this.compiled.programs.logits.outputs[0].shape.at(-1)!;
+    const raw = await this.submit(encoder, positions.map((p) => ({ name: 'logits', offset: p * vocab * 4, bytes: vocab * 4 })));
+    return raw.map((r) => new Float32Array(r));
   }
 
   async exportState(): Promise<EngineState> {

@@ -5,7 +5,7 @@
 import { backprop } from '../compiler/autograd.ts';
 import { adamwKernel, adamwUniforms } from '../compiler/codegen/optimizer.ts';
 import { numel } from '../compiler/ir.ts';
-import { ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
+import { maskedCrossEntropy, ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
 import { Ops } from '../compiler/ops.ts';
 import { Tensor } from '../compiler/tensor.ts';
 import { clipByGlobalNorm } from '../compiler/train-step.ts';
@@ -95,6 +95,12 @@ export class EagerEngine implements TrainingEngine {
     const shape = [this.batchSize, batch.idx.length / this.batchSize];
     const idx = new Tensor(this.backend, this.backend.upload(batch.idx, shape, 'i32'));
     const targets = new Tensor(this.backend, this.backend.upload(batch.targets, shape, 'i32'));
+    if (batch.lossMask) {
+      const mask = new Tensor(this.backend, this.backend.upload(batch.lossMask, shape, 'f32'));
+      const { logits } = this.model.forward(idx);
+      const n = shape[0] * shape[1];
+      return maskedCrossEntropy(logits.reshape(n, -1), targets.reshape(n), mask.reshape(n));
+    }
     const { loss } = this.model.forward(idx, targets);
     if (!loss) throw new Error('the model returned no loss for (idx, targets)');
     return loss;

@@ -39,6 +39,8 @@ export interface TrainingEngine {
   evaluate(batches: Batch[]): Promise<number>;
   /** Logits (vocab entries) at the last position of `tokens` (1 to seqLen tokens), for sampling. */
   lastLogits(tokens: Int32Array): Promise<Float32Array>;
+  /** Logits at several positions of one sequence from one forward pass (where the engine offers it). */
+  logitsAt?(tokens: Int32Array, positions: readonly number[]): Promise<Float32Array[]>;
   exportState(): Promise<EngineState>;
   importState(state: EngineState): void;
   /** Kernel dispatches recorded so far (a measure of launch overhead). */

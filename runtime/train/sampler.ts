@@ -111,6 +111,8 @@ export interface Batch {
   idx: Int32Array;
   /** The next token after each input, [B, T] row-major. */
   targets: Int32Array;
+  /** Fine-tuning: 1 where a target counts towards the loss, 0 elsewhere, [B, T] (engines built with lossMask only). */
+  lossMask?: Float32Array;
 }
 
 /** Gathers the given windows of `tokens` into one batch of B = windows.length rows. */
