@@ -7,7 +7,7 @@ import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from './autograd.ts';
 import { choosePreset, loadModel, UsageError } from './load-model.ts';
 import { PROGRAMS, type ProgramName } from './compile-training.ts';
-import { compileWithStages, emitWgsl, findStage, printGraphStage, stepReport, writeDumpDir } from './compile-report.ts';
+import { compileWithStages, emitWgsl, findStage, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../passes/fuse-elementwise.ts';
@@ -122,6 +122,7 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(printStats(c, traced.graph, joint, traced.params, preset.config as unknown as Record<string, unknown>));
     const eager = eagerDispatchesPerStep(traced.graph, traced.params, { maxGradNorm: GPT3_ADAMW.maxGradNorm });
     process.stdout.write(stepReport(c, r, traced.params, eager, idxShape.join('×')));
+    process.stdout.write(optimizerReport(c, r, maxStorageBuffers));
   }
   if (args.dumpDir !== undefined) {
     const files = writeDumpDir(args.dumpDir, r);

@@ -13,6 +13,8 @@ import { printGraph, type PrintStyle } from './printer.ts';
 import { sharedTempSizes, tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from './schedule.ts';
 import { formatBytes, formatCount, type EagerDispatches } from './stats.ts';
 import { gradSumName, momentNames } from './train-step.ts';
+import { describeGroups, describeLayout } from './flat-layout.ts';
+import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 
 export interface Stage {
   /** `03-dce`: its position in the program's pipeline and its name, as the --dump-dir files are named. */
@@ -138,10 +140,14 @@ export function stepReport(c: ChalkInstance, r: CompiledWithStages, params: Para
   row('ratio', `${(eager.total / compiled).toFixed(2)}×`, 'eager dispatches per compiled kernel');
 
   const ext = externalBytes([gradient, update]);
+  // With fuse-optimizer, per-parameter values are views of flat buffers: count the buffers, not the views.
+  const layout = r.compiled.layout;
+  if (layout) for (const name of Object.keys(layout.views)) ext.delete(name);
+  const flat = (name: string) => (layout?.buffers.some((b) => b.name === name) ? (ext.get(name) ?? 0) : 0);
   const sumOf = (names: string[]) => names.reduce((s, n) => s + (ext.get(n) ?? 0), 0);
-  const weights = sumOf(params.map((p) => p.name));
-  const moments = sumOf(params.flatMap((p) => Object.values(momentNames(p.name))));
-  const accumulators = sumOf(params.map((p) => gradSumName(p.name)));
+  const weights = sumOf(params.map((p) => p.name)) + flat('params');
+  const moments = sumOf(params.flatMap((p) => Object.values(momentNames(p.name)))) + flat('adam_m') + flat('adam_v');
+  const accumulators = sumOf(params.map((p) => gradSumName(p.name))) + flat('grad_sum');
   const other = [...ext.values()].reduce((s, b) => s + b, 0) - weights - moments - accumulators;
   const shared = sharedTempSizes(PROGRAMS.map((p) => r.compiled.programs[p]));
   const temps = shared.reduce((s, b) => s + b, 0);
@@ -163,5 +169,32 @@ export function stepReport(c: ChalkInstance, r: CompiledWithStages, params: Para
   for (const program of PROGRAMS) {
     for (const s of r.stages[program]) out.push(`  ${program.padEnd(9)} ${String(s.graph.nodes.length).padStart(6)} nodes  ${s.counters ? stageHeader({ ...s, name: s.label }) : s.label}`);
   }
+  return out.join('\n') + '\n';
+}
+
+/**
+ * What fuse-optimizer made of the update program: the flat layout, the kernels that update the
+ * parameters (one: every AdamW update in a single dispatch), and the update program's kernels
+ * against the per-parameter form (the stage before the pass, fused as it would have been).
+ */
+export function optimizerReport(c: ChalkInstance, r: CompiledWithStages, maxStorageBuffers?: number): string {
+  const out = [c.bold('optimizer (fuse-optimizer, update program)')];
+  const stages = r.stages.update;
+  const at = stages.findIndex((s) => s.name === 'fuse-optimizer');
+  const layout = r.compiled.layout;
+  const plan = r.compiled.programs.update;
+  if (at < 1) return `${out[0]}\n  not in the pipeline: ${plan.kernels.length} update kernels, one buffer per parameter\n`;
+  if (!layout) return `${out[0]}\n  ${stageHeader(stages[at])}: one buffer per parameter, ${plan.kernels.length} update kernels\n`;
+  const flatNames = new Set(layout.buffers.map((b) => b.name));
+  const updating = plan.kernels.filter((k) => {
+    const written = writtenBindings(k);
+    return k.bindings.some((ref, i) => written.has(i) && 'input' in ref && flatNames.has(ref.input));
+  });
+  const perParam = fuseElementwise({ maxStorageBuffers }).run(stages[at - 1].graph).counters.kernels;
+  out.push(
+    `  fuse-optimizer: ${layout.params.length} parameters → ${updating.length} AdamW dispatch${updating.length === 1 ? '' : 'es'} over ${layout.elements.toLocaleString('en-US')} floats (flat, ${layout.alignment}-byte aligned views)`,
+    `  ${describeLayout(layout)}; by flat index: ${describeGroups(layout)}`,
+    `  update program: ${plan.kernels.length} kernels (${updating.map((k) => k.name).join(', ')} writes ${[...flatNames].filter((n) => updating.some((k) => k.bindings.some((b, i) => 'input' in b && b.input === n && writtenBindings(k).has(i)))).join(', ')}); per-parameter form: ${perParam} kernels`,
+  );
   return out.join('\n') + '\n';
 }

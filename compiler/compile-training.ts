@@ -17,6 +17,8 @@ import { traceForward, traceLogits } from './trace.ts';
 import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './train-step.ts';
 import { JOINT_CLEANUP } from '../passes/index.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
+import { fuseOptimizer } from '../passes/fuse-optimizer.ts';
+import { STORAGE_OFFSET_ALIGNMENT, type FlatLayout } from './flat-layout.ts';
 
 export const PROGRAMS = ['gradient', 'update', 'evaluate', 'logits'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
@@ -27,6 +29,8 @@ export interface CompileOptions extends ScheduleOptions {
   maxStorageBuffers?: number;
   batchSize?: number;
   seqLen?: number;
+  /** fuse-optimizer on the update program (default true): flat buffers, one AdamW kernel. False keeps one buffer per parameter. */
+  flatOptimizer?: boolean;
   /** Fine-tuning: the gradient and evaluate programs take a `loss_mask` input (see TraceOptions.lossMask). */
   lossMask?: boolean;
   onStage?(program: ProgramName, stage: string, graph: Graph, counters?: PassCounters): void;
@@ -35,6 +39,11 @@ export interface CompileOptions extends ScheduleOptions {
 export interface CompiledTraining {
   params: ParamSpec[];
   programs: Record<ProgramName, ProgramPlan>;
+  /**
+   * Where each parameter, AdamW moment and gradient accumulator lives when fuse-optimizer made them
+   * views of flat buffers (every program binds them by name, the update program the flat buffers).
+   */
+  layout?: FlatLayout;
   /** Each program's pass counters, by pass name. */
   counters: Record<ProgramName, Record<string, PassCounters>>;
 }
@@ -43,8 +52,10 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
   const shape = { batchSize: opts.batchSize, seqLen: opts.seqLen, lossMask: opts.lossMask };
   const fuse = fuseElementwise({ maxStorageBuffers: opts.maxStorageBuffers });
   const counters = {} as CompiledTraining['counters'];
+  let layout: FlatLayout | undefined;
   const run = (program: ProgramName, g: Graph, passes: readonly Pass[]): Graph => {
     const r = runPasses(g, passes, { onPass: (name, graph, c) => opts.onStage?.(program, name, graph, c) });
+    if (r.layout) layout = r.layout;
     const all = (counters[program] ??= {});
     for (const [name, c] of Object.entries(r.counters)) {
       const sum = (all[name] ??= {});
@@ -66,7 +77,7 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
   const update = run(
     'update',
     stage('update', 'build', buildUpdateGraph(`${def.name}_update`, traced.params.map((p) => ({ name: p.name, shape: [...p.shape], decay: p.shape.length >= 2 })), opts.optimizer)),
-    [...JOINT_CLEANUP, fuse],
+    [...JOINT_CLEANUP, ...(opts.flatOptimizer === false ? [] : [fuseOptimizer({ alignment: STORAGE_OFFSET_ALIGNMENT })]), fuse],
   );
   const evaluate = run('evaluate', stage('evaluate', 'trace', traced.graph), [...JOINT_CLEANUP, fuse]);
   const logitsTrace = traceLogits(def, config, { batchSize: 1, seqLen: opts.seqLen });
@@ -81,5 +92,6 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
       logits: schedule(logits, opts),
     },
     counters,
+    ...(layout ? { layout } : {}),
   };
 }

@@ -6,6 +6,7 @@
 // nodes, the signature or the name of an output fails at once with its own name in the message,
 // instead of three passes later inside codegen.
 
+import { flatSignatureProblem, type FlatLayout } from './flat-layout.ts';
 import { GraphBuilder, IRError, isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from './ir.ts';
 import { inferType } from './ops.ts';
 import { formatType } from './printer.ts';
@@ -15,12 +16,20 @@ export type PassCounters = Record<string, number>;
 export interface PassResult {
   graph: Graph;
   counters: PassCounters;
+  /** Only from a pass that `changesSignature`, when it did: where each per-parameter input went. */
+  layout?: FlatLayout;
 }
 
 export interface Pass {
   /** Kebab-case, as the CLI and `test/golden/<name>/` spell it. */
   name: string;
   run(g: Graph): PassResult;
+  /**
+   * The pass may replace per-parameter inputs and `next.` outputs by flat buffers (fuse-optimizer).
+   * When it does, it returns the layout, and the pass manager checks the new signature against it
+   * instead of requiring the old one; the caller must then bind values by that layout.
+   */
+  changesSignature?: boolean;
 }
 
 export interface RunPassesOptions {
@@ -45,10 +54,11 @@ export function formatCounters(name: string, counters: PassCounters): string {
  * Runs `passes` in order, validating the input graph and every pass's output. Returns the final
  * graph and each pass's counters, keyed by pass name (a pass that runs twice adds up).
  */
-export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOptions = {}): { graph: Graph; counters: Record<string, PassCounters> } {
+export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOptions = {}): { graph: Graph; counters: Record<string, PassCounters>; layout?: FlatLayout } {
   validateGraph(g, 'the input graph');
   const all: Record<string, PassCounters> = {};
   let graph = g;
+  let layout: FlatLayout | undefined;
   for (const pass of passes) {
     let result: PassResult;
     try {
@@ -58,13 +68,19 @@ export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOpti
       throw new PassError(`pass ${pass.name} failed on graph ${graph.name}: ${(e as Error).message}`, { cause: e });
     }
     validateGraph(result.graph, `pass ${pass.name}`);
-    checkSameSignature(graph, result.graph, `pass ${pass.name}`);
+    if (result.layout) {
+      if (!pass.changesSignature) throw new PassError(`pass ${pass.name} returned a layout but does not declare changesSignature`);
+      if (layout) throw new PassError(`pass ${pass.name} flattened graph ${graph.name}, which an earlier pass already flattened`);
+      const problem = flatSignatureProblem(graph, result.graph, result.layout);
+      if (problem) throw new PassError(`pass ${pass.name} changed the interface of graph ${graph.name} other than its layout says: ${problem}`);
+      layout = result.layout;
+    } else checkSameSignature(graph, result.graph, `pass ${pass.name}`);
     const sum = (all[pass.name] ??= {});
     for (const [k, v] of Object.entries(result.counters)) sum[k] = (sum[k] ?? 0) + v;
     opts.onPass?.(pass.name, result.graph, result.counters);
     graph = result.graph;
   }
-  return { graph, counters: all };
+  return { graph, counters: all, ...(layout ? { layout } : {}) };
 }
 
 /**

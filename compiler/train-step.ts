@@ -61,18 +61,20 @@ export function buildGradientGraph(joint: Graph): Graph {
 }
 
 /**
- * Σ x over every element, in two stages. One thread summing millions of f32 values in
- * a row (GPT-2's token embedding has 38.6M) would lose the small late terms and take long; rows of
- * 1024 first.
+ * Σ x over every element, in stages of rows of 1024: one thread summing millions of f32 values in
+ * a row (GPT-2's token embedding has 38.6M, its flat parameter buffer 124M) would lose the small
+ * late terms and take long. Up to 1024 elements: one sum; up to 1024²: two stages; beyond, three or more.
  */
 export function sumAll<V>(o: Ops<V>, x: V): V {
-  const n = numel(o.shape(x));
-  const flat = o.reshape(x, [n]);
   const row = 1024;
-  if (n <= row) return o.sum(flat, 0);
-  const padded = n % row === 0 ? flat : o.pad(flat, 0, 0, row - (n % row));
-  const partial = o.sum(o.reshape(padded, [Math.ceil(n / row), row]), 1);
-  return o.sum(o.reshape(partial, [Math.ceil(n / row)]), 0);
+  let n = numel(o.shape(x));
+  let flat = o.reshape(x, [n]);
+  while (n > row) {
+    const padded = n % row === 0 ? flat : o.pad(flat, 0, 0, row - (n % row));
+    n = Math.ceil(n / row);
+    flat = o.reshape(o.sum(o.reshape(padded, [n, row]), 1), [n]);
+  }
+  return o.sum(flat, 0);
 }
 
 /**

@@ -6,10 +6,12 @@ import { canonicalize } from './canonicalize.ts';
 import { cse } from './cse.ts';
 import { dce } from './dce.ts';
 import { fuseElementwiseDefault as fuseElementwise } from './fuse-elementwise.ts';
+import { fuseOptimizerDefault as fuseOptimizer } from './fuse-optimizer.ts';
 
 export { canonicalize, cse, dce, fuseElementwise };
+export { fuseOptimizer };
 
-export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseElementwise];
+export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseElementwise, fuseOptimizer];
 
 /**
  * Cleans up the joint graph autograd produces: canonicalize first (its folding and rewrites make

@@ -17,7 +17,7 @@ import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, 
 import { initParameters } from './init.ts';
 import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
-import { createBuffer, PipelineCache, Program, sharedTemps, type Externals } from './program.ts';
+import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from './program.ts';
 import type { Batch } from './train/sampler.ts';
 
 export interface CompiledEngineContext {
@@ -120,6 +120,8 @@ export class CompiledEngine implements TrainingEngine {
   private readonly device: GPUDevice;
   private readonly params: ParamSpec[];
   private readonly buffers = new Map<string, GPUBuffer>();
+  /** Parameters, moments and accumulators that are views of flat buffers (fuse-optimizer's layout), by name. */
+  private readonly views = new Map<string, BufferView>();
   private readonly programs: Record<ProgramName, Program>;
   /** Upload buffers for each micro-batch's tokens: a step copies them in as its programs need them. */
   private readonly slots: TokenSlot[] = [];
@@ -138,10 +140,18 @@ export class CompiledEngine implements TrainingEngine {
     this.device.addEventListener('uncapturederror', (e) => this.errors.push((e as GPUUncapturedErrorEvent).error.message));
 
     const add = (name: string, elements: number) => this.buffers.set(name, createBuffer(this.device, elements * 4, name));
+    // With fuse-optimizer's layout: one buffer per role (params, adam_m, adam_v, grad_sum), each value a
+    // view of it; new buffers are zero, so the gaps between views are too.
+    const layout = compiled.layout;
+    for (const b of layout?.buffers ?? []) add(b.name, layout!.elements);
     for (const p of this.params) {
       const n = numel(p.shape);
       const { m, v } = momentNames(p.name);
-      for (const name of [p.name, m, v, gradSumName(p.name)]) add(name, n);
+      for (const name of [p.name, m, v, gradSumName(p.name)]) {
+        const view = layout?.views[name];
+        if (view) this.views.set(name, { buffer: this.buffer(view.buffer), offset: view.offset * 4, size: view.elements * 4 });
+        else add(name, n);
+      }
     }
     for (const name of ['loss_sum', 'scale', 'lr', 'step', 'grad_norm', 'loss']) add(name, 1);
     add('idx', this.batchSize * this.seqLen);
@@ -150,7 +160,7 @@ export class CompiledEngine implements TrainingEngine {
     add('idx1', this.seqLen);
     add('logits', numel(compiled.programs.logits.outputs[0].shape));
 
-    const ext = Object.fromEntries(this.buffers) as Externals;
+    const ext: Externals = { ...Object.fromEntries(this.buffers), ...Object.fromEntries(this.views) };
     // The programs never overlap (one ends before the next starts in the queue): one set of temporaries serves all.
     const temps = sharedTemps(this.device, Object.values(compiled.programs));
     this.tempBytes = temps.reduce((s, b) => s + b.size, 0);
@@ -171,8 +181,15 @@ export class CompiledEngine implements TrainingEngine {
     return b;
   }
 
+  /** Where a named value lives: its own buffer, or its view of a flat one. */
+  private binding(name: string): BufferView {
+    return this.views.get(name) ?? asView(this.buffer(name));
+  }
+
   private write(name: string, data: Float32Array | Int32Array): void {
-    this.device.queue.writeBuffer(this.buffer(name), 0, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    const { buffer, offset, size } = this.binding(name);
+    if (data.byteLength > size) throw new Error(`compiled engine: ${data.byteLength} bytes do not fit %${name} (${size} bytes)`);
+    this.device.queue.writeBuffer(buffer, offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   }
 
   private checkBatch(batch: Batch): void {
@@ -210,7 +227,8 @@ export class CompiledEngine implements TrainingEngine {
     // One staging buffer per value, so reading a large model's state never needs one huge buffer.
     const staging = reads.map((r) => {
       const b = this.device.createBuffer({ size: Math.max(4, r.bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-      encoder.copyBufferToBuffer(this.buffer(r.name), r.offset ?? 0, b, 0, r.bytes);
+      const from = this.binding(r.name);
+      encoder.copyBufferToBuffer(from.buffer, from.offset + (r.offset ?? 0), b, 0, r.bytes);
       return b;
     });
     if (this.profiler) this.profiler.resolve(encoder);
@@ -243,7 +261,8 @@ export class CompiledEngine implements TrainingEngine {
     const slots = microBatches.map((b, k) => this.slot(k, b));
     const encoder = this.device.createCommandEncoder();
     encoder.clearBuffer(this.buffer('loss_sum'));
-    for (const p of this.params) encoder.clearBuffer(this.buffer(gradSumName(p.name)));
+    // Every buffer holding gradient accumulators, whole: one flat buffer (its gaps stay zero) or one per parameter.
+    for (const b of new Set(this.params.map((p) => this.binding(gradSumName(p.name)).buffer))) encoder.clearBuffer(b);
     for (const s of slots) {
       this.copyTokens(encoder, s);
       this.run(encoder, 'gradient');
@@ -321,7 +340,7 @@ export class CompiledEngine implements TrainingEngine {
     });
     const raw = await this.submit(
       this.device.createCommandEncoder(),
-      names.map((name) => ({ name, bytes: this.buffer(name).size })),
+      names.map((name) => ({ name, bytes: this.binding(name).size })),
     );
     const state: EngineState = { params: new Map(), m: new Map(), v: new Map(), step: this.optimizerStep };
     this.params.forEach((p, k) => {

@@ -50,8 +50,23 @@ export class PipelineCache {
   }
 }
 
-/** The device buffers a program's inputs and outputs are bound to, by name. */
-export type Externals = Record<string, GPUBuffer>;
+/** Part of a buffer: a parameter's view into the flat parameter buffer (compiler/flat-layout.ts). Bytes. */
+export interface BufferView {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
+/**
+ * What a program's inputs and outputs are bound to, by name: a whole buffer, or a view of one
+ * (whose offset is a multiple of the adapter's minStorageBufferOffsetAlignment).
+ */
+export type Externals = Record<string, GPUBuffer | BufferView>;
+
+/** A binding as a view: a whole buffer is the view of all of it. */
+export function asView(b: GPUBuffer | BufferView): BufferView {
+  return 'buffer' in b ? b : { buffer: b, offset: 0, size: b.size };
+}
 
 export function createBuffer(device: GPUDevice, bytes: number, label?: string): GPUBuffer {
   const limit = device.limits.maxStorageBufferBindingSize;
@@ -67,7 +82,7 @@ export function createBuffer(device: GPUDevice, bytes: number, label?: string): 
 export class Program {
   private readonly temps: GPUBuffer[];
 
-  private readonly steps: { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number]; clear?: GPUBuffer; name: string }[];
+  private readonly steps: { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number]; clear?: BufferView; name: string }[];
 
   constructor(
     readonly device: GPUDevice,
@@ -81,20 +96,25 @@ export class Program {
     plan.temps.forEach((bytes, i) => {
       if (!this.temps[i] || this.temps[i].size < bytes) throw new Error(`program ${plan.name}: temporary ${i} needs ${bytes} bytes`);
     });
-    const resolve = (ref: BufferRef): GPUBuffer => {
-      if ('temp' in ref) return this.temps[ref.temp];
+    const resolve = (ref: BufferRef): BufferView => {
+      if ('temp' in ref) return asView(this.temps[ref.temp]);
       const name = 'input' in ref ? ref.input : ref.output;
       const b = externals[name];
       if (!b) throw new Error(`program ${plan.name}: no buffer given for %${name}`);
-      return b;
+      return asView(b);
     };
+    const alignment = device.limits.minStorageBufferOffsetAlignment;
     for (const v of [...plan.inputs, ...plan.outputs.filter((o) => !o.inPlace)]) {
-      const b = externals[v.name];
+      const b = externals[v.name] && asView(externals[v.name]);
       if (b && b.size < numel(v.shape) * 4) throw new Error(`program ${plan.name}: buffer for %${v.name} has ${b.size} bytes, needs ${numel(v.shape) * 4}`);
+      if (b && b.offset % alignment !== 0) throw new Error(`program ${plan.name}: the view of %${v.name} starts at byte ${b.offset}, not a multiple of this adapter's ${alignment}`);
     }
     this.steps = plan.kernels.map((k) => {
       const pipeline = pipelines.get(k.wgsl, k.name);
-      const entries = k.bindings.map((ref, binding) => ({ binding, resource: { buffer: resolve(ref) } }));
+      const entries = k.bindings.map((ref, binding) => {
+        const { buffer, offset, size } = resolve(ref);
+        return { binding, resource: { buffer, offset, size } };
+      });
       const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: k.name });
       return { pipeline, bindGroup, workgroups: k.workgroups, name: `${plan.name.replace(/^.*_/, '')}/${k.name}`, ...(k.clear ? { clear: resolve(k.clear) } : {}) };
     });
@@ -112,7 +132,7 @@ export class Program {
         pass?.end();
         pass = undefined;
       }
-      if (s.clear) encoder.clearBuffer(s.clear);
+      if (s.clear) encoder.clearBuffer(s.clear.buffer, s.clear.offset, s.clear.size);
       pass ??= encoder.beginComputePass(profiler?.timestampWrites(s.name));
       pass.setPipeline(s.pipeline);
       pass.setBindGroup(0, s.bindGroup);

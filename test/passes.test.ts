@@ -9,7 +9,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { buildJointGraph } from '../compiler/autograd.ts';
-import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
+import type { FlatLayout } from '../compiler/flat-layout.ts';
+import { isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir.ts';
 import { formatCounters, GraphRewriter, runPasses, type Pass, type PassCounters } from '../compiler/pass.ts';
 import { parseGraph } from '../compiler/parser.ts';
 import { printGraph } from '../compiler/printer.ts';
@@ -85,6 +86,39 @@ function worstDifference(before: RefTensor[], after: RefTensor[]): { error: numb
   return worst;
 }
 
+/**
+ * Translation validation of a pass that flattened per-parameter values into `layout`
+ * (fuse-optimizer): the flat graph runs on the same values placed at their views (gaps zero), each
+ * per-parameter output is read back from its view, and the gaps of every flat output must stay zero.
+ */
+function flatDifference(before: Graph, after: Graph, layout: FlatLayout, random: Record<string, RefInput>): { error: number; where: string } {
+  // Non-negative values: AdamW's v is under a square root, and a NaN would compare equal to a NaN.
+  const inputs = Object.fromEntries(Object.entries(random).map(([k, v]) => [k, v instanceof Float64Array ? v.map(Math.abs) : v]));
+  const flat: Record<string, RefInput> = {};
+  for (const n of after.nodes.filter(isGraphInput)) flat[n.name!] = inputs[n.name!] ?? new Float64Array(layout.elements);
+  for (const [name, v] of Object.entries(layout.views)) (flat[v.buffer] as Float64Array).set(inputs[name] as Float64Array, v.offset);
+  const expected = evaluate(before, inputs);
+  const got = evaluate(after, flat);
+  const named = new Map(after.outputs.map((o, k) => [after.nodes[o].name, got[k]]));
+  const others = after.outputs.map((o, k) => ({ name: after.nodes[o].name, value: got[k] })).filter((x) => !x.name?.startsWith('next.') || !layout.buffers.some((b) => x.name === nextStateName(b.name)));
+  let other = 0;
+  const mapped = before.outputs.map((o, k) => {
+    const target = stateInputOf(before.nodes[o].name);
+    const view = target !== undefined ? layout.views[target] : undefined;
+    if (!view) return others[other++].value;
+    const whole = named.get(nextStateName(view.buffer))!;
+    return { shape: expected[k].shape, dtype: expected[k].dtype, data: whole.data.slice(view.offset, view.offset + view.elements) };
+  });
+  for (const b of layout.buffers) {
+    const whole = named.get(nextStateName(b.name));
+    if (!whole) continue;
+    const covered = new Uint8Array(layout.elements);
+    for (const v of Object.values(layout.views)) if (v.buffer === b.name) covered.fill(1, v.offset, v.offset + v.elements);
+    covered.forEach((inView, i) => expect(inView || whole.data[i] === 0, `${nextStateName(b.name)}[${i}] is a gap and must stay zero`).toBeTruthy());
+  }
+  return worstDifference(expected, mapped);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Golden cases
 
@@ -115,8 +149,8 @@ const goldenText = (pass: Pass, counters: PassCounters, g: Graph) => `# ${format
 function runGolden(c: GoldenCase) {
   const pass = passNamed(c.pass);
   const input = parseGraph(readFileSync(c.inPath, 'utf8'));
-  const { graph, counters } = runPasses(input, [pass]);
-  return { pass, input, output: graph, counters: counters[pass.name] };
+  const { graph, counters, layout } = runPasses(input, [pass]);
+  return { pass, input, output: graph, counters: counters[pass.name], layout };
 }
 
 const cases = goldenCases();
@@ -142,11 +176,11 @@ describe('golden IR cases', () => {
   });
 
   it.each(cases.map((c) => [`${c.pass}/${c.name}`, c] as const))('%s', (_, c) => {
-    const { pass, input, output, counters } = runGolden(c);
+    const { pass, input, output, counters, layout } = runGolden(c);
     // Translation validation, on a few random inputs; first, so a wrong pass never writes a golden.
     for (const seed of [1, 2, 3]) {
       const inputs = randomInputs(input, seed);
-      const worst = worstDifference(evaluate(input, inputs), evaluate(output, inputs));
+      const worst = layout ? flatDifference(input, output, layout, inputs) : worstDifference(evaluate(input, inputs), evaluate(output, inputs));
       expect(worst.error, worst.where).toBeLessThanOrEqual(TOLERANCE);
     }
     const text = goldenText(pass, counters, output);
@@ -201,6 +235,20 @@ graph sig(%x: f32[2], %unused: f32[2]) {
 }`);
     const dropUnused: Pass = { name: 'drop-unused', run: (x) => ({ graph: { ...x, nodes: [x.nodes[0], { ...x.nodes[2], id: 1, inputs: [0] }], outputs: [1] }, counters: {} }) };
     expect(() => runPasses(g, [dropUnused])).toThrow(/drop-unused changed the interface of graph sig: inputs were \(%x: f32\[2\], %unused: f32\[2\]\), now \(%x: f32\[2\]\)/);
+  });
+
+  it('a pass that flattens per-parameter values must declare it, and its graph must match its layout', () => {
+    const g = parseGraph(readFileSync(path.join(GOLDEN_DIR, 'fuse-optimizer', 'vectors-only.in.ir'), 'utf8'));
+    const flatten = passNamed('fuse-optimizer');
+    const { graph, layout } = runPasses(g, [flatten]);
+    expect(layout?.views['adam_v.b']).toEqual({ buffer: 'adam_v', offset: 64, elements: 7 });
+    const undeclared: Pass = { name: 'undeclared', run: (x) => flatten.run(x) };
+    expect(() => runPasses(g, [undeclared])).toThrow(/pass undeclared returned a layout but does not declare changesSignature/);
+    const shifted: Pass = { name: 'shifted', changesSignature: true, run: (x) => { const r = flatten.run(x); return { ...r, layout: { ...r.layout!, views: { ...r.layout!.views, b: { buffer: 'params', offset: 32, elements: 7 } } } }; } };
+    expect(() => runPasses(g, [shifted])).toThrow(/pass shifted changed the interface of graph vectors_update other than its layout says: view %b at \[32, 39\) is not an aligned part/);
+    const twice: Pass = { name: 'twice', changesSignature: true, run: (x) => ({ graph: x, counters: {}, layout }) };
+    expect(() => runPasses(g, [flatten, twice])).toThrow(/already flattened/);
+    expect(graph.nodes.filter(isGraphInput).map((n) => n.name)).toEqual(['params', 'adam_m', 'adam_v', 'grad_sum', 'lr', 'step']);
   });
 
   it('the rewriter moves an output name onto its replacement, and refuses when it cannot', () => {
