@@ -58,9 +58,14 @@ describe('chotta-compile', () => {
     expect(r.stdout).toMatch(/peak bytes\s+[\d.]+ MiB/);
     expect(r.stdout).toMatch(/params 5\.1 MiB \+ AdamW m, v 10\.2 MiB \+ gradient accumulators 5\.1 MiB/);
     expect(r.stdout).toMatch(/FLOPs\s+[\d.]+G\s+gradient [\d.]+G \+ update [\d.]+M/);
-    for (const program of ['gradient', 'update', 'evaluate', 'logits']) {
+    for (const program of ['gradient', 'evaluate', 'logits']) {
       expect(r.stdout).toMatch(new RegExp(`\\n  ${program} +\\d+ kernels from \\d+ nodes .*split-for-buffer-limit`));
     }
+    // fuse-optimizer: every parameter's AdamW update is one dispatch over the flat buffers.
+    expect(r.stdout).toMatch(/\n  update +\d+ kernels from \d+ nodes /);
+    expect(r.stdout).toContain('fuse-optimizer: 52 parameters → 1 AdamW dispatch over 1,334,016 floats (flat, 256-byte aligned views)');
+    expect(r.stdout).toMatch(/update program: (\d+) kernels \(k\d+_where_1334016 writes params, adam_m, adam_v\); per-parameter form: \d+ kernels/);
+    expect(update).toBeLessThanOrEqual(4);
   });
 
   it('--backward prints the final gradient program: forward, backward and accumulation, fused', () => {
@@ -85,7 +90,12 @@ describe('chotta-compile', () => {
       expect(r.stdout.split('\n')[0]).toBe(`graph ${name}(`);
       out[program] = r.stdout;
     }
-    expect(out.update).toMatch(/return %grad_norm,\n\s+%next\.wte\.weight,\n\s+%next\.adam_m\.wte\.weight,/);
+    // fuse-optimizer made the update program flat: one buffer per role, one AdamW kernel writing all three.
+    expect(out.update).toMatch(/^ {4}%params: f32\[1334016\] param,\n {4}%adam_m: f32\[1334016\],/m);
+    expect(out.update).toMatch(/return %grad_norm, %next\.params, %next\.adam_m, %next\.adam_v\n/);
+    const adamw = out.update.match(/^ {2}%next\.(params|adam_m|adam_v): f32\[1334016\] = \w+ .*\{kernel=(\d+)\}$/gm)!;
+    expect(adamw).toHaveLength(3);
+    expect(new Set(adamw.map((l) => l.match(/kernel=(\d+)/)![1])).size, 'one AdamW dispatch').toBe(1);
     const both = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--backward', '--program', 'update']);
     expect(both.code).toBe(1);
     expect(both.stderr).toBe('chotta-compile: --backward means --program gradient; it cannot go with --program update\n');
@@ -111,7 +121,7 @@ describe('chotta-compile', () => {
     const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-dump-')), 'debug');
     const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--dump-dir', dir, '--batch', '1', '--seq', '8']);
     expect(r.code, r.stderr).toBe(0);
-    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 13 stages, (\d+) kernels; update: 5 stages, \d+ kernels; evaluate: 5 stages, \d+ kernels; logits: 5 stages, \d+ kernels\)\n$/);
+    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 13 stages, (\d+) kernels; update: 6 stages, \d+ kernels; evaluate: 5 stages, \d+ kernels; logits: 5 stages, \d+ kernels\)\n$/);
     expect(written, r.stdout).not.toBeNull();
     expect(written![2]).toBe(dir);
     const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
@@ -219,7 +229,8 @@ describe('chotta-compile', () => {
     expect(stats.code, stats.stderr).toBe(0);
     expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}01-canonicalize: .*matmul-absorb-transpose/);
     expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}07-dce: \d+ removed/);
-    expect(stats.stdout).toMatch(/update +\d+ nodes {2}04-fuse-elementwise: .*\d+ kernels/);
+    expect(stats.stdout).toMatch(/update +\d+ nodes {2}04-fuse-optimizer: \d+ flat-floats, \d+ parameters-flattened, 2 variants/);
+    expect(stats.stdout).toMatch(/update +\d+ nodes {2}05-fuse-elementwise: .*\d+ kernels/);
   });
 
   it('--max-storage-buffers reaches fusion: a lower limit splits more kernels; a limit too small is one clear line', () => {
