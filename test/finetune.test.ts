@@ -47,8 +47,8 @@ class MaskedReferenceEngine implements TrainingEngine {
   private steps = 0;
   lossMasks: Float32Array[] = [];
 
-  constructor(private readonly def: ModelDefinition, private readonly config: ModelShape, seed: number) {
-    const traced = traceForward(def, config, { lossMask: true });
+  constructor(private readonly def: ModelDefinition, private readonly config: ModelShape, seed: number, private readonly masked = true) {
+    const traced = traceForward(def, config, { lossMask: masked });
     this.specs = traced.params;
     this.forward = traced.graph;
     this.joint = buildJointGraph(traced.graph);
@@ -63,8 +63,8 @@ class MaskedReferenceEngine implements TrainingEngine {
   }
 
   private inputs(b: Batch) {
-    if (!b.lossMask) throw new Error('a fine-tuning batch without a loss mask');
-    return { idx: b.idx, targets: b.targets, loss_mask: b.lossMask, ...Object.fromEntries(this.params) };
+    if (this.masked !== (b.lossMask !== undefined)) throw new Error(this.masked ? 'a fine-tuning batch without a loss mask' : 'a loss mask for an engine without one');
+    return { idx: b.idx, targets: b.targets, ...(b.lossMask ? { loss_mask: b.lossMask } : {}), ...Object.fromEntries(this.params) };
   }
 
   step(microBatches: Batch[], lr: number): StepResult {
@@ -134,8 +134,7 @@ let tokenizer: Tokenizer;
 let pretrained: string;
 const engines: MaskedReferenceEngine[] = [];
 const factory: FinetuneEngineFactory = async ({ def, config, seed, lossMask }) => {
-  expect(lossMask).toBe(true);
-  const engine = new MaskedReferenceEngine(def, config, seed);
+  const engine = new MaskedReferenceEngine(def, config, seed, lossMask);
   engines.push(engine);
   return engine;
 };
@@ -179,7 +178,7 @@ describe('tasks', () => {
     const task = loadTask('imdb-sentiment');
     expect(task.train.length).toBe(45_000);
     expect(task.test.length).toBe(5_000);
-    expect(task.labels!.map((l) => l.answer)).toEqual([' negative', ' positive']);
+    expect(task.labels!.map((l) => [l.label, l.answer])).toEqual([['negative', ' bad'], ['positive', ' good']]);
     expect(task.train.some((e) => /<br/i.test(e.body))).toBe(false);
     expect(loadTask('imdb-sentiment').test[0].body).toBe(task.test[0].body); // the split is a pure function of the seed
     const positives = task.test.filter((e) => e.label === 1).length;
@@ -335,6 +334,13 @@ describe('finetune and eval (reference engine)', () => {
     const evaluated = await evaluateCheckpoint({ ckpt: out, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, log: () => {} }, factory);
     expect(evaluated.accuracy).toBe(again.rows.at(-1)!.accuracy);
     expect(evaluated.text).toMatch(/accuracy \d+\.\d% on 2 held-out examples/);
+
+    // Perplexity of a text file: windows of T tokens, no mask.
+    const text = join(scratch, 'text.txt');
+    await writeFile(text, [...GOOD, ...BAD].join('. ').repeat(4));
+    const perplexity = await evaluateCheckpoint({ ckpt: out, text, def: toyModel, requestGpu: async () => NO_GPU, log: () => {} }, factory);
+    expect(perplexity.perplexity).toBeCloseTo(Math.exp(perplexity.loss!), 6);
+    expect(perplexity.text).toMatch(/perplexity \d+\.\d\d .* over \d+ windows of 24 tokens/);
   });
 
   it('jsonl {prompt, completion}: loss on the completion, reported as completion loss', async () => {

@@ -35,7 +35,7 @@ import { loadTask, type Task, type TaskExample } from './tasks.ts';
 // ---------------------------------------------------------------------------------------------
 // Configuration. Defaults are for the tiny preset on the software GPU, where one compiled step of
 // 8 sequences of 128 tokens takes about 3 s: 300 steps (2,400 examples) plus compiling fit in
-// about 20 minutes. Fine-tuning moves pretrained weights, so the peak rate is half pretraining's.
+// about 20 minutes. Fine-tuning moves pretrained weights, so the peak rate is below pretraining's 1e-3.
 
 export interface FinetuneConfig {
   /** The pretrained run folder (or its checkpoint folder). */
@@ -65,7 +65,7 @@ export interface FinetuneConfig {
 export const DEFAULT_FINETUNE_CONFIG: Omit<FinetuneConfig, 'ckpt' | 'task'> = {
   labels: null,
   steps: 300,
-  maxLr: 5e-4,
+  maxLr: 8e-4,
   minLrRatio: 0.1,
   warmupSteps: null,
   microBatches: 1,
