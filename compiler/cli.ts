@@ -7,7 +7,7 @@ import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from './autograd.ts';
 import { choosePreset, loadModel, UsageError } from './load-model.ts';
 import { PROGRAMS, type ProgramName } from './compile-training.ts';
-import { compileWithStages, emitWgsl, findStage, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
+import { compileWithStages, emitWgsl, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../passes/fuse-elementwise.ts';
@@ -123,6 +123,7 @@ export async function main(argv: string[]): Promise<void> {
     const eager = eagerDispatchesPerStep(traced.graph, traced.params, { maxGradNorm: GPT3_ADAMW.maxGradNorm });
     process.stdout.write(stepReport(c, r, traced.params, eager, idxShape.join('×')));
     process.stdout.write(optimizerReport(c, r, maxStorageBuffers));
+    process.stdout.write(paddingReport(c, r));
   }
   if (args.dumpDir !== undefined) {
     const files = writeDumpDir(args.dumpDir, r);

@@ -15,6 +15,7 @@ import { formatBytes, formatCount, type EagerDispatches } from './stats.ts';
 import { gradSumName, momentNames } from './train-step.ts';
 import { describeGroups, describeLayout } from './flat-layout.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
+import { padReport, TILE_GRANULE } from '../passes/pad-nice-numbers.ts';
 
 export interface Stage {
   /** `03-dce`: its position in the program's pipeline and its name, as the --dump-dir files are named. */
@@ -169,6 +170,20 @@ export function stepReport(c: ChalkInstance, r: CompiledWithStages, params: Para
   for (const program of PROGRAMS) {
     for (const s of r.stages[program]) out.push(`  ${program.padEnd(9)} ${String(s.graph.nodes.length).padStart(6)} nodes  ${s.counters ? stageHeader({ ...s, name: s.label }) : s.label}`);
   }
+  return out.join('\n') + '\n';
+}
+
+/**
+ * What pad-nice-numbers padded in the training step's forward graph, and why (its cost rule), and
+ * the awkward dims it left alone; one line when there was nothing awkward.
+ */
+export function paddingReport(c: ChalkInstance, r: CompiledWithStages): string {
+  const stages = r.stages.gradient;
+  const at = stages.findIndex((s) => s.name === 'pad-nice-numbers');
+  const out = [c.bold('padding (pad-nice-numbers, forward graph)')];
+  if (at < 1) return `${out[0]}\n  not in the pipeline\n`;
+  const lines = padReport(stages[at - 1].graph);
+  out.push(...(lines.length ? lines.map((l) => `  ${l}`) : [`  every matmul dim is already a multiple of ${TILE_GRANULE}: nothing to pad`]));
   return out.join('\n') + '\n';
 }
 

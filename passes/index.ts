@@ -7,11 +7,13 @@ import { cse } from './cse.ts';
 import { dce } from './dce.ts';
 import { fuseElementwiseDefault as fuseElementwise } from './fuse-elementwise.ts';
 import { fuseOptimizerDefault as fuseOptimizer } from './fuse-optimizer.ts';
+import { padNiceNumbersDefault as padNiceNumbers } from './pad-nice-numbers.ts';
 
 export { canonicalize, cse, dce, fuseElementwise };
+export { padNiceNumbers };
 export { fuseOptimizer };
 
-export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseElementwise, fuseOptimizer];
+export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseElementwise, fuseOptimizer, padNiceNumbers];
 
 /**
  * Cleans up the joint graph autograd produces: canonicalize first (its folding and rewrites make

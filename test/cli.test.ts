@@ -29,7 +29,8 @@ describe('chotta-compile', () => {
     for (const l of ops) expect(l).toMatch(/# models\/gpt\.ts:\d+$/);
     // After fuse-elementwise: most ops carry the kernel that computes them.
     expect(ops.filter((l) => /kernel=\d+/.test(l)).length).toBeGreaterThan(ops.length / 2);
-    expect(r.stdout).toMatch(/matmul %\d+, %wte\.weight \{kernel=\d+, transB\}/);
+    // pad-nice-numbers: the tied LM head reads the embedding padded to 50304 rows; the loss reads the real 50257 columns.
+    expect(r.stdout).toMatch(/%(\d+): f32\[50304,768\] = pad %wte\.weight \{after=47, axis=0, before=0, kernel=\d+\}[^\n]*\n {2}%(\d+): f32\[4096,50304\] = matmul %\d+, %\1 \{kernel=\d+, transB\}[^\n]*\n {2}%\d+: f32\[4096,50257\] = slice %\2 \{axis=1, end=50257, start=0\}/);
     expect(r.stdout).not.toMatch(/\x1b\[/);
   });
 
@@ -37,6 +38,7 @@ describe('chotta-compile', () => {
     const r = chottaCompile(['models/gpt.ts', '--stats']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('124,439,808 (124.44M)');
+    expect(r.stdout).toContain('%wte.weight rows 50257 → 50304 (N of the matmul at models/gpt.ts:105): multiple of 64, +0.09% FLOPs');
     expect(r.stdout).toMatch(/matmul\s+73/);
     expect(r.stdout).toMatch(/FLOPs per training step/);
     expect(r.stdout).toMatch(/compiled kernels\s+\d+\s+gradient \d+ \+ update \d+/);
@@ -121,7 +123,7 @@ describe('chotta-compile', () => {
     const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-dump-')), 'debug');
     const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--dump-dir', dir, '--batch', '1', '--seq', '8']);
     expect(r.code, r.stderr).toBe(0);
-    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 13 stages, (\d+) kernels; update: 6 stages, \d+ kernels; evaluate: 5 stages, \d+ kernels; logits: 5 stages, \d+ kernels\)\n$/);
+    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 14 stages, (\d+) kernels; update: 6 stages, \d+ kernels; evaluate: 6 stages, \d+ kernels; logits: 6 stages, \d+ kernels\)\n$/);
     expect(written, r.stdout).not.toBeNull();
     expect(written![2]).toBe(dir);
     const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
@@ -129,12 +131,12 @@ describe('chotta-compile', () => {
     expect(fs.readdirSync(dir).sort()).toEqual(['evaluate', 'gradient', 'logits', 'update']);
     const gradient = fs.readdirSync(path.join(dir, 'gradient')).filter((f) => f.endsWith('.ir'));
     expect(gradient).toEqual([
-      '00-trace.ir', '01-canonicalize.ir', '02-cse.ir', '03-dce.ir', '04-autograd.ir', '05-canonicalize.ir', '06-cse.ir',
-      '07-dce.ir', '08-accumulate.ir', '09-canonicalize.ir', '10-cse.ir', '11-dce.ir', '12-fuse-elementwise.ir',
+      '00-trace.ir', '01-canonicalize.ir', '02-cse.ir', '03-dce.ir', '04-pad-nice-numbers.ir', '05-autograd.ir', '06-canonicalize.ir',
+      '07-cse.ir', '08-dce.ir', '09-accumulate.ir', '10-canonicalize.ir', '11-cse.ir', '12-dce.ir', '13-fuse-elementwise.ir',
     ]);
     expect(fs.readFileSync(path.join(dir, 'gradient/02-cse.ir'), 'utf8')).toMatch(/^# cse: \d+ merged\ngraph gpt_forward\(/);
     expect(fs.readFileSync(path.join(dir, 'update/00-build.ir'), 'utf8')).toMatch(/^# build: \d+ nodes\ngraph gpt_update\(/);
-    expect(fs.readFileSync(path.join(dir, 'evaluate/04-fuse-elementwise.ir'), 'utf8')).toMatch(/^# fuse-elementwise: .*\d+ kernels/);
+    expect(fs.readFileSync(path.join(dir, 'evaluate/05-fuse-elementwise.ir'), 'utf8')).toMatch(/^# fuse-elementwise: .*\d+ kernels/);
     const kernels = fs.readdirSync(path.join(dir, 'gradient/kernels'));
     expect(kernels.length).toBe(Number(written![3]));
     expect(fs.readFileSync(path.join(dir, 'gradient/kernels', kernels[0]), 'utf8')).toMatch(/^\/\/ k\d+_\w+ · \w+ · workgroups [\s\S]*@compute/);
@@ -221,14 +223,14 @@ describe('chotta-compile', () => {
     expect(cleaned.stdout).not.toMatch(/kernel=/);
     const bad = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--after', 'fuse-everything', ...small]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toBe("chotta-compile: no stage 'fuse-everything' in the evaluate program; choose one of: trace, canonicalize, cse, dce, fuse-elementwise (or a numbered one, 00-trace to 04-fuse-elementwise)\n");
+    expect(bad.stderr).toBe("chotta-compile: no stage 'fuse-everything' in the evaluate program; choose one of: trace, canonicalize, cse, dce, pad-nice-numbers, fuse-elementwise (or a numbered one, 00-trace to 05-fuse-elementwise)\n");
   });
 
   it('--stats lists every stage of every program with its counters', () => {
     const stats = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--stats', '--batch', '1', '--seq', '8']);
     expect(stats.code, stats.stderr).toBe(0);
     expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}01-canonicalize: .*matmul-absorb-transpose/);
-    expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}07-dce: \d+ removed/);
+    expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}08-dce: \d+ removed/);
     expect(stats.stdout).toMatch(/update +\d+ nodes {2}04-fuse-optimizer: \d+ flat-floats, \d+ parameters-flattened, 2 variants/);
     expect(stats.stdout).toMatch(/update +\d+ nodes {2}05-fuse-elementwise: .*\d+ kernels/);
   });
