@@ -64,6 +64,14 @@ export const VJP: Record<string, VjpRule> = {
   },
   gather: (o, [table, idx], _, g) => [o.scatterAdd(idx, g, o.shape(table)), undefined],
   scatter_add: (o, [idx], _, g) => [undefined, o.gather(g, idx)],
+  // FlashAttention-2's backward: the row terms lse and delta = Σ dO·o, then one kernel per operand
+  // that recomputes P from lse (fuse-elementwise runs the dk and dv ones as one kernel).
+  flash_attention: (o, [q, k, v], out, g, attrs) => {
+    const same = { ...(attrs.causal ? { causal: true } : {}), scale: attrs.scale };
+    const lse = o.b.emit('flash_attention_lse', [q, k], same);
+    const delta = o.sum(o.mul(g, out), -1);
+    return [0, 1, 2].map((wrt) => o.b.emit('flash_attention_bwd', [q, k, v, g, lse, delta], { ...same, wrt }));
+  },
   cast: (o, [x], out, g) => (o.dtype(x) === 'f32' && o.dtype(out) === 'f32' ? [g] : [undefined]),
 };
 

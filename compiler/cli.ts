@@ -7,7 +7,7 @@ import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from './autograd.ts';
 import { choosePreset, loadModel, UsageError } from './load-model.ts';
 import { PROGRAMS, type ProgramName } from './compile-training.ts';
-import { compileWithStages, emitWgsl, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
+import { attentionReport, compileWithStages, emitWgsl, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../passes/fuse-elementwise.ts';
@@ -94,7 +94,8 @@ export async function main(argv: string[]): Promise<void> {
   }
   if (args.batch !== undefined && !(Number.isInteger(args.batch) && args.batch >= 1)) throw new UsageError('--batch must be a positive integer');
   const maxStorageBuffers = args.maxStorageBuffers;
-  if (!(Number.isInteger(maxStorageBuffers) && maxStorageBuffers >= 4)) throw new UsageError('--max-storage-buffers must be an integer of at least 4');
+  // WebGPU guarantees 8 per shader stage, and the attention kernels bind up to 8 (dk/dv: six operands, two results).
+  if (!(Number.isInteger(maxStorageBuffers) && maxStorageBuffers >= 8)) throw new UsageError('--max-storage-buffers must be an integer of at least 8 (what WebGPU guarantees)');
   if (args.backward && args.program !== undefined && args.program !== 'gradient') throw new UsageError(`--backward means --program gradient; it cannot go with --program ${args.program}`);
   const program: ProgramName = args.backward ? 'gradient' : (args.program ?? 'evaluate');
   const style = styleFor(c);
@@ -124,6 +125,7 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(stepReport(c, r, traced.params, eager, idxShape.join('×')));
     process.stdout.write(optimizerReport(c, r, maxStorageBuffers));
     process.stdout.write(paddingReport(c, r));
+    process.stdout.write(attentionReport(c, r, idxShape[1]));
   }
   if (args.dumpDir !== undefined) {
     const files = writeDumpDir(args.dumpDir, r);

@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { ChalkInstance } from 'chalk';
 import { compileTraining, PROGRAMS, type CompiledTraining, type CompileOptions, type ProgramName } from './compile-training.ts';
 import type { Graph } from './ir.ts';
+import { graphFacts, KERNEL_ATTR } from './kernel-io.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from './nn.ts';
 import { formatCounters, type PassCounters } from './pass.ts';
 import { printGraph, type PrintStyle } from './printer.ts';
@@ -184,6 +185,36 @@ export function paddingReport(c: ChalkInstance, r: CompiledWithStages): string {
   if (at < 1) return `${out[0]}\n  not in the pipeline\n`;
   const lines = padReport(stages[at - 1].graph);
   out.push(...(lines.length ? lines.map((l) => `  ${l}`) : [`  every matmul dim is already a multiple of ${TILE_GRANULE}: nothing to pad`]));
+  return out.join('\n') + '\n';
+}
+
+/**
+ * What fuse-attention did to the training step: attentions fused (one per layer in a GPT), their
+ * kernels in the gradient program, and every [batch, heads, T, T] value any program still writes to
+ * memory (there should be none: flash attention never forms the matrix).
+ */
+export function attentionReport(c: ChalkInstance, r: CompiledWithStages, seqLen: number): string {
+  const out = [c.bold('attention (fuse-attention)')];
+  const pass = r.stages.gradient.find((s) => s.name === 'fuse-attention');
+  if (!pass) return `${out[0]}\n  not in the pipeline\n`;
+  const fused = pass.counters?.['attention-fused'] ?? 0;
+  const kept = Object.entries(pass.counters ?? {}).filter(([k, v]) => k.startsWith('kept-') && v > 0).map(([k, v]) => `${v} ${k}`);
+  out.push(`  ${fused} attention${fused === 1 ? '' : 's'} fused into flash_attention${kept.length ? `; left unfused: ${kept.join(', ')}` : ''}`);
+  const kernels = r.compiled.programs.gradient.kernels.filter((k) => k.kind === 'attention');
+  const by = (part: string) => kernels.filter((k) => k.name.includes(part)).length;
+  out.push(`  gradient program: ${kernels.length} attention kernels (forward with log-sum-exp ${by('_fwd_')}, dq ${by('_dq_')}, dk+dv ${by('_dkdv_')})`);
+  const square: string[] = [];
+  for (const program of PROGRAMS) {
+    const final = r.stages[program].at(-1)!.graph;
+    const facts = graphFacts(final);
+    for (const n of final.nodes) {
+      const k = n.attrs[KERNEL_ATTR];
+      // Attention matrices are [batch, heads, T, T]: rank 4 tells them from [batch, T, C] activations when C = T.
+      if (typeof k !== 'number' || !facts.live[n.id] || n.shape.length < 4 || n.shape.at(-1) !== seqLen || n.shape.at(-2) !== seqLen) continue;
+      if (facts.outputs.has(n.id) || facts.consumers[n.id].some((x) => final.nodes[x].attrs[KERNEL_ATTR] !== k)) square.push(`${program} %${n.id} ${n.op} [${n.shape.join(',')}]`);
+    }
+  }
+  out.push(`  [batch, heads, ${seqLen}, ${seqLen}] attention matrices written to memory: ${square.length === 0 ? 'none' : `${square.length}: ${square.slice(0, 4).join('; ')}${square.length > 4 ? ' …' : ''}`}`);
   return out.join('\n') + '\n';
 }
 

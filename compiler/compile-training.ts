@@ -15,7 +15,7 @@ import { runPasses, type Pass, type PassCounters } from './pass.ts';
 import { schedule, type ProgramPlan, type ScheduleOptions } from './schedule.ts';
 import { traceForward, traceLogits } from './trace.ts';
 import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './train-step.ts';
-import { JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
+import { fuseAttention, JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { fuseOptimizer } from '../passes/fuse-optimizer.ts';
 import { STORAGE_OFFSET_ALIGNMENT, type FlatLayout } from './flat-layout.ts';
@@ -70,7 +70,7 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
 
   const traced = traceForward(def, config, shape);
   stage('gradient', 'trace', traced.graph);
-  const forward = run('gradient', traced.graph, [...JOINT_CLEANUP, padNiceNumbers]);
+  const forward = run('gradient', traced.graph, [...JOINT_CLEANUP, fuseAttention, padNiceNumbers]);
   const joint = run('gradient', stage('gradient', 'autograd', buildJointGraph(forward)), JOINT_CLEANUP);
   const gradient = run('gradient', stage('gradient', 'accumulate', buildGradientGraph(joint)), [...JOINT_CLEANUP, fuse]);
 
@@ -79,9 +79,9 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
     stage('update', 'build', buildUpdateGraph(`${def.name}_update`, traced.params.map((p) => ({ name: p.name, shape: [...p.shape], decay: p.shape.length >= 2 })), opts.optimizer)),
     [...JOINT_CLEANUP, ...(opts.flatOptimizer === false ? [] : [fuseOptimizer({ alignment: STORAGE_OFFSET_ALIGNMENT })]), fuse],
   );
-  const evaluate = run('evaluate', stage('evaluate', 'trace', traced.graph), [...JOINT_CLEANUP, padNiceNumbers, fuse]);
+  const evaluate = run('evaluate', stage('evaluate', 'trace', traced.graph), [...JOINT_CLEANUP, fuseAttention, padNiceNumbers, fuse]);
   const logitsTrace = traceLogits(def, config, { batchSize: 1, seqLen: opts.seqLen });
-  const logits = run('logits', stage('logits', 'trace', logitsTrace.graph), [...JOINT_CLEANUP, padNiceNumbers, fuse]);
+  const logits = run('logits', stage('logits', 'trace', logitsTrace.graph), [...JOINT_CLEANUP, fuseAttention, padNiceNumbers, fuse]);
 
   return {
     params: traced.params,

@@ -42,6 +42,18 @@ export const PRIMITIVES: Record<string, string> = {
   scatter_add: 'inverse of gather: out[idx[i...], :] += src[i..., :]',
 };
 
+/**
+ * Composite ops: only passes create them (fuse-attention), each with reference semantics in
+ * runtime/reference.ts and its own kernel. q, k, v are [..., T, D]; {causal} masks key j > query i.
+ */
+export const COMPOSITES: Record<string, string> = {
+  flash_attention: 'softmax(mask(q·kᵀ·{scale}))·v, never forming the T×T matrix',
+  flash_attention_lse: 'log Σ_j exp(mask(q·kᵀ·{scale})): the row log-sum-exp the backward recomputes P from',
+  flash_attention_bwd: 'gradient of flash_attention for operand {wrt} (0 q, 1 k, 2 v) from (q, k, v, dO, lse, delta = Σ dO·o)',
+};
+
+export const FLASH_OPS = new Set(Object.keys(COMPOSITES));
+
 const sameShape = (a: Shape, b: Shape) => a.length === b.length && a.every((d, i) => d === b[i]);
 const fmt = (s: Shape) => `[${s.join(',')}]`;
 
@@ -157,6 +169,8 @@ export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?:
     if (src.dtype !== 'f32') fail(op, 'src must be f32');
     if (!sameShape(src.shape, [...idx.shape, ...s.slice(1)])) fail(op, `src ${fmt(src.shape)} does not match indices ${fmt(idx.shape)} and rows of ${fmt(s)}`);
     out = { shape: s, dtype: src.dtype };
+  } else if (FLASH_OPS.has(op)) {
+    out = flashType(op, ins, attrs);
   } else {
     fail(op, 'unknown op');
   }
@@ -164,6 +178,35 @@ export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?:
     fail(op, `declared ${declared.dtype}${fmt(declared.shape)} but computes ${out.dtype}${fmt(out.shape)}`);
   }
   return out;
+}
+
+/** Result types of the attention composites; q, k, v share batch dims, k and v share T. */
+function flashType(op: string, ins: ValueType[], attrs: Attrs): ValueType {
+  const arity = { flash_attention: 3, flash_attention_lse: 2, flash_attention_bwd: 6 }[op]!;
+  if (ins.length !== arity) fail(op, `expects ${arity} inputs, got ${ins.length}`);
+  if (ins.some((t) => t.dtype !== 'f32')) fail(op, 'expects f32');
+  if ((attrs.causal !== undefined && attrs.causal !== true) || typeof attrs.scale !== 'number') fail(op, 'needs {scale}, and {causal} only when causal');
+  const [q, k] = ins;
+  const r = q.shape.length;
+  if (r < 2) fail(op, 'q needs rank >= 2');
+  const batch = q.shape.slice(0, r - 2);
+  for (const t of ins.slice(1, 4)) if (t.shape.length !== r || !sameShape(t.shape.slice(0, r - 2), batch)) fail(op, `operands ${ins.map((x) => fmt(x.shape)).join(', ')} differ in batch dims`);
+  const [T, D] = q.shape.slice(r - 2);
+  const Tk = k.shape[r - 2];
+  if (k.shape[r - 1] !== D) fail(op, `q ${fmt(q.shape)} and k ${fmt(k.shape)} differ in head dim`);
+  if (attrs.causal && Tk !== T) fail(op, 'causal attention needs as many keys as queries');
+  if (op === 'flash_attention_lse') return { shape: [...batch, T, 1], dtype: 'f32' };
+  const v = ins[2];
+  if (v.shape[r - 2] !== Tk) fail(op, `k ${fmt(k.shape)} and v ${fmt(v.shape)} differ in length`);
+  if (op === 'flash_attention') return { shape: [...batch, T, v.shape[r - 1]], dtype: 'f32' };
+  const [, , , dO, lse, delta] = ins;
+  const rows = [...batch, T, 1];
+  if (!sameShape(dO.shape, [...batch, T, v.shape[r - 1]]) || !sameShape(lse.shape, rows) || !sameShape(delta.shape, rows)) {
+    fail(op, `dO ${fmt(dO.shape)}, lse ${fmt(lse.shape)} or delta ${fmt(delta.shape)} does not match q ${fmt(q.shape)}`);
+  }
+  const wrt = attrs.wrt;
+  if (wrt !== 0 && wrt !== 1 && wrt !== 2) fail(op, '{wrt} must be 0 (q), 1 (k) or 2 (v)');
+  return { shape: [...ins[wrt].shape], dtype: 'f32' };
 }
 
 /** Anything that can create values by applying primitives: a graph builder, or eager execution. */
@@ -220,6 +263,8 @@ export class Ops<V> {
     return this.b.emit('matmul', [a, b], attrs);
   };
   gather = (table: V, idx: V): V => this.b.emit('gather', [table, idx]);
+  /** softmax(mask(q·kᵀ·scale))·v, fused; see COMPOSITES. */
+  flashAttention = (q: V, k: V, v: V, causal: boolean, scale: number): V => this.b.emit('flash_attention', [q, k, v], causal ? { causal, scale } : { scale });
   scatterAdd = (idx: V, src: V, shape: Shape): V => this.b.emit('scatter_add', [idx, src], {}, { shape, dtype: this.dtype(src) });
 
   /** Sum `x` down to `shape` (same rank; every axis of `shape` is 1 or equal): the VJP of broadcast. */

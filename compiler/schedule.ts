@@ -8,14 +8,19 @@ import { isGraphInput, numel, type DType, type Graph } from './ir.ts';
 import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './kernel-io.ts';
 import { fusedKernel, type FusedKernel, type FusedKind } from './codegen/fused.ts';
 import { matmulKeyOf, type MatmulConfig, type MatmulKey } from './codegen/primitives.ts';
+import { attentionKernel } from './codegen/attention.ts';
+import { FLASH_OPS } from './ops.ts';
 import { graphFlops } from './stats.ts';
 
 /** Where a kernel's binding points: a graph input's buffer, a graph output's, or a temporary. */
 export type BufferRef = { input: string } | { output: string } | { temp: number };
 
+/** A fused kernel's kind, or an attention composite's own kernel. */
+export type KernelKind = FusedKind | 'attention';
+
 export interface PlannedKernel {
   name: string;
-  kind: FusedKind;
+  kind: KernelKind;
   wgsl: string;
   workgroups: [number, number, number];
   bindings: BufferRef[];
@@ -90,19 +95,36 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
   const free: number[] = [];
   const temp = new Map<number, number>();
   const kernels: PlannedKernel[] = [];
+  // A temporary of `elements` values: the smallest free buffer that fits, or a new one.
+  const allocate = (elements: number): number => {
+    const bytes = bufferBytes(elements);
+    let best = -1;
+    for (let j = 0; j < free.length; j++) if (temps[free[j]] >= bytes && (best < 0 || temps[free[j]] < temps[free[best]])) best = j;
+    if (best >= 0 && temps[free[best]] <= 2 * bytes) return free.splice(best, 1)[0];
+    temps.push(bytes);
+    return temps.length - 1;
+  };
   for (let k = 0; k < count; k++) {
     const { reads, writes } = io[k];
-    // Temporaries for the values this kernel writes: the smallest free buffer that fits, or a new one.
+    // Temporaries for the values this kernel writes.
     for (const id of writes) {
       if (isGraphInput(g.nodes[id]) || outputNames.has(id)) continue;
-      const bytes = bufferBytes(numel(g.nodes[id].shape));
-      let best = -1;
-      for (let j = 0; j < free.length; j++) if (temps[free[j]] >= bytes && (best < 0 || temps[free[j]] < temps[free[best]])) best = j;
-      if (best >= 0 && temps[free[best]] <= 2 * bytes) temp.set(id, free.splice(best, 1)[0]);
-      else {
-        temp.set(id, temps.length);
-        temps.push(bytes);
-      }
+      temp.set(id, allocate(numel(g.nodes[id].shape)));
+    }
+    if (members[k].some((m) => FLASH_OPS.has(g.nodes[m].op))) {
+      // An attention kernel binds its operands and results by role; a result nobody reads (the
+      // log-sum-exp when no backward follows) goes to a scratch buffer free again right after.
+      const spec = attentionKernel(g, members[k], `k${k}`);
+      const scratch: number[] = [];
+      const bindings = [...spec.inputs, ...spec.outputs].map((id): BufferRef => {
+        if (typeof id === 'number') return refOf(id);
+        scratch.push(allocate(id.elements));
+        return { temp: scratch[scratch.length - 1] };
+      });
+      kernels.push({ name: spec.name, kind: 'attention', wgsl: spec.wgsl, workgroups: spec.workgroups, bindings, ops: members[k].length });
+      for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
+      free.push(...scratch);
+      continue;
     }
     const refs: BufferRef[] = [];
     const bindingOf = new Map<string, number>();

@@ -12,12 +12,14 @@
 //   - a matmul takes a pointwise epilogue over its result (bias, GELU, residual add, the scaled
 //     gradient accumulation), applied in registers before the store; its operands may be reshaped
 //     but are otherwise read from memory, as recomputing them per k step would cost more than it saves;
-//   - a value read by several kernels is written once, unless it is cheap to recompute.
+//   - a value read by several kernels is written once, unless it is cheap to recompute;
+//   - the attention composites (fuse-attention) are kernels of their own that read every operand
+//     from memory: the forward with its log-sum-exp, dq alone, dk with dv.
 // A kernel may bind at most `maxStorageBuffers` buffers (the adapter's
 // maxStorageBuffersPerShaderStage); one that would bind more is split by writing an inner value out.
 
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
+import { ARITH_OPS, COMPARE_OPS, FLASH_OPS, UNARY_OPS } from '../compiler/ops.ts';
 import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/kernel-io.ts';
 import type { Pass, PassCounters } from '../compiler/pass.ts';
 
@@ -30,11 +32,13 @@ const REDUCE = new Set(['sum', 'max_reduce']);
 /** Cheap enough to recompute in every kernel that reads it, rather than write out once. */
 const CHEAP = new Set<string>([...LAYOUT, 'gather', 'add', 'sub', 'mul', 'neg', 'max', 'where', 'cast', 'const', 'iota', ...COMPARE_OPS]);
 
-type Kind = 'elementwise' | 'matmul' | 'scatter';
+type Kind = 'elementwise' | 'matmul' | 'scatter' | 'attention';
 
 interface Group {
   kind: Kind;
   root: number;
+  /** Where the kernel runs, when not at its root: an attention kernel runs at its first member. */
+  first?: number;
   /** Threads of an elementwise kernel, elements of a matmul's result: every written value has this many. */
   size: number;
   matmul?: number;
@@ -109,6 +113,7 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
   const inlined = new Uint8Array(n);
   const uses: Set<number>[] = new Array(n);
   const groups: Group[] = [];
+  const attention = new Map<string, number>();
   const counters: PassCounters = { kernels: 0, 'ops-fused': 0, inlined: 0, 'matmul-epilogues': 0, 'reductions-fused': 0 };
 
   const usesOf = (id: number): Set<number> => {
@@ -149,6 +154,7 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
   };
   const accepts = (k: number, node: Node): boolean => {
     const grp = groups[k];
+    if (grp.kind === 'attention') return false;
     if (grp.kind !== 'matmul') return true;
     return !feedsOperand(node.id, k) || node.op === 'reshape';
   };
@@ -159,7 +165,17 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
     const u = usesOf(id);
     const escapes = isOutput.has(id) || forced.has(id);
     const only = u.size === 1 && !escapes ? [...u][0] : -1;
-    if (node.op === 'matmul') {
+    if (FLASH_OPS.has(node.op)) {
+      // Members of one attention kernel compute from the same operands (the forward's o and lse,
+      // the backward's dk and dv): the first one visited starts it, the others join.
+      const key = attentionKernelKey(node);
+      const k = attention.get(key);
+      if (k === undefined) {
+        attention.set(key, groups.length);
+        start(id, 'attention');
+      } else groupOf[id] = k;
+      groups[groupOf[id]].first = id;
+    } else if (node.op === 'matmul') {
       const grp = groups[only];
       if (only >= 0 && grp.kind === 'elementwise' && grp.size === numel(node.shape) && aligned(id, only)) {
         groupOf[id] = only;
@@ -182,7 +198,7 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
       else start(id, 'elementwise');
     } else if (only >= 0 && accepts(only, node)) {
       groupOf[id] = only;
-    } else if (u.size > 1 && CHEAP.has(node.op) && (node.inputs.length === 0 || [...u].every((k) => groups[k].kind !== 'matmul'))) {
+    } else if (u.size > 1 && CHEAP.has(node.op) && [...u].every((k) => groups[k].kind !== 'attention') && (node.inputs.length === 0 || [...u].every((k) => groups[k].kind !== 'matmul'))) {
       // (A constant or an iota is a literal or an index: cheap even inside a matmul's k loop.)
       inlined[id] = 1;
       uses[id] = u;
@@ -194,13 +210,21 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
   }
 
   // Kernels are numbered in the order they will run: by their root, the last node each computes.
-  const order = groups.map((_, k) => k).sort((a, b) => groups[a].root - groups[b].root);
+  const at = (k: number) => groups[k].first ?? groups[k].root;
+  const order = groups.map((_, k) => k).sort((a, b) => at(a) - at(b));
   const renumber = new Int32Array(groups.length);
   order.forEach((k, i) => (renumber[k] = i));
   const kernel = new Int32Array(n).fill(-1);
   for (let id = 0; id < n; id++) if (groupOf[id] >= 0) kernel[id] = renumber[groupOf[id]];
   counters.kernels = groups.length;
   return { kernel, inlined, groups: order.map((k) => groups[k]), counters };
+}
+
+/** Attention members with equal keys share a kernel. */
+function attentionKernelKey(n: Node): string {
+  const { causal = false, scale, wrt } = n.attrs;
+  if (n.op === 'flash_attention_bwd') return `bwd ${wrt === 0 ? 'q' : 'kv'} ${n.inputs.join(',')} ${causal} ${scale}`;
+  return `fwd ${n.inputs.slice(0, 2).join(',')} ${causal} ${scale}`;
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);

@@ -5,15 +5,16 @@ import type { Pass } from '../compiler/pass.ts';
 import { canonicalize } from './canonicalize.ts';
 import { cse } from './cse.ts';
 import { dce } from './dce.ts';
+import { fuseAttention } from './fuse-attention.ts';
 import { fuseElementwiseDefault as fuseElementwise } from './fuse-elementwise.ts';
 import { fuseOptimizerDefault as fuseOptimizer } from './fuse-optimizer.ts';
 import { padNiceNumbersDefault as padNiceNumbers } from './pad-nice-numbers.ts';
 
-export { canonicalize, cse, dce, fuseElementwise };
+export { canonicalize, cse, dce, fuseAttention, fuseElementwise };
 export { padNiceNumbers };
 export { fuseOptimizer };
 
-export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseElementwise, fuseOptimizer, padNiceNumbers];
+export const ALL_PASSES: readonly Pass[] = [canonicalize, cse, dce, fuseAttention, fuseElementwise, fuseOptimizer, padNiceNumbers];
 
 /**
  * Cleans up the joint graph autograd produces: canonicalize first (its folding and rewrites make

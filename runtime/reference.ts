@@ -3,6 +3,7 @@
 // must also be quick enough to run a small GPT forward and backward inside a unit test.
 
 import { isGraphInput, numel, type Attrs, type DType, type Graph, type Node } from '../compiler/ir.ts';
+import { attention, attentionBackward, attentionLogSumExp } from './reference-attention.ts';
 
 /** f32 values are held as float64 (the oracle is more precise than the device); bool as 0/1. */
 export type RefData = Float64Array | Int32Array | Uint8Array;
@@ -463,6 +464,12 @@ export function applyOp(op: string, attrs: Attrs, ins: RefTensor[], out: { shape
       return make(gather(ins[0], ins[1], out));
     case 'scatter_add':
       return make(scatterAdd(ins[0], ins[1], out));
+    case 'flash_attention':
+      return make(attention(ins[0], ins[1], ins[2], attrs));
+    case 'flash_attention_lse':
+      return make(attentionLogSumExp(ins[0], ins[1], attrs));
+    case 'flash_attention_bwd':
+      return make(attentionBackward(ins, attrs));
     default:
       throw new Error(`reference interpreter: no rule for op '${op}'`);
   }

@@ -6,6 +6,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { buildJointGraph } from '../compiler/autograd.ts';
 import { numel, type Graph } from '../compiler/ir.ts';
 import { parseGraph } from '../compiler/parser.ts';
 import { schedule } from '../compiler/schedule.ts';
@@ -107,5 +108,43 @@ describe('fused kernels on the device equal the reference interpreter', () => {
       expect(readers.length).toBeGreaterThan(0);
       for (const r of readers) expect(r.attrs.kernel, `${fused.name}: %${r.id} ${r.op}`).not.toBe(out.attrs.kernel);
     }
+  });
+});
+
+/** A loss over flash_attention(q, k, v) whose gradients reach all three operands: Σ y·w. */
+const attentionLoss = (shape: number[], causal: boolean) => {
+  const s = `[${shape.join(',')}]`;
+  const [B, H, T] = shape;
+  return `graph attention_loss(%q: f32${s} param, %k: f32${s} param, %v: f32${s} param, %w: f32${s}) {
+  %0: f32${s} = flash_attention %q, %k, %v {${causal ? 'causal, ' : ''}scale=0.35355339059327373}
+  %1: f32${s} = mul %0, %w
+  %2: f32[${B},${H},${T},1] = sum %1 {axis=3}
+  %3: f32[${B},${H},1,1] = sum %2 {axis=2}
+  %4: f32[${B},1,1,1] = sum %3 {axis=1}
+  %loss: f32[1,1,1,1] = sum %4 {axis=0}
+  return %loss
+}`;
+};
+
+describe('attention kernels on the device equal the reference interpreter, forward and backward', () => {
+  // T = 13 is no multiple of anything, so row loops and the grid's tail are exercised.
+  it.for([
+    ['causal, T 13', [2, 2, 13, 8], true],
+    ['not causal, T 16', [1, 3, 16, 12], false],
+  ] as const)('%s', async ([, shape, causal], t) => {
+    const gpu = await gpuOrSkip(t);
+    const joint = buildJointGraph(parseGraph(attentionLoss([...shape], causal)));
+    const rng = mulberry32(11);
+    const inputs: Record<string, Float32Array> = {};
+    for (const n of joint.nodes.filter((x) => x.op === 'input' || x.op === 'param')) inputs[n.name!] = Float32Array.from({ length: numel(n.shape) }, () => rng() * 2 - 1);
+    const expected = evaluate(joint, inputs);
+    const actual = await runOnDevice(gpu, joint, inputs);
+    const plan = schedule(fuseElementwise().run(joint).graph);
+    expect(plan.kernels.filter((k) => k.kind === 'attention').map((k) => k.name.replace(/^k\d+_/, '').replace(/_\d.*$/, ''))).toEqual(['flash_attention_fwd', 'flash_attention_dq', 'flash_attention_dkdv']);
+    expect(joint.outputs.map((o) => joint.nodes[o].name)).toEqual(['loss', 'grad.q', 'grad.k', 'grad.v']);
+    expected.forEach((e, k) => {
+      const worst = Math.max(...Array.from(e.data as Float64Array, (x, i) => Math.abs(x - actual[k][i]) / (1 + Math.abs(x))));
+      expect(worst, `output ${joint.nodes[joint.outputs[k]].name}`).toBeLessThan(1e-4);
+    });
   });
 });

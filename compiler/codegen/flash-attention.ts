@@ -35,6 +35,9 @@ export interface FlashKernelSpec {
 
 const MAX_HEAD_DIM = 64;
 
+/** Whether the kernels take attention of T rows with head dim D (fuse-attention leaves other shapes unfused). */
+export const flashAttentionSupports = (T: number, D: number): boolean => T >= 1 && D % 4 === 0 && D >= 4 && D <= MAX_HEAD_DIM;
+
 function check(BH: number, T: number, D: number): void {
   for (const [k, v] of Object.entries({ BH, T, D })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`flash attention: ${k} must be a positive integer, got ${v}`);
