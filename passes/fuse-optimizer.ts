@@ -254,13 +254,45 @@ function flatten(g: Graph, roles: Roles, alignment: number): { graph: Graph; lay
     if (v === undefined) byKey.set(key, (v = make()));
     return v;
   };
+  // Values uniform over the flat index (the clip factor, lr over the bias correction, the decay
+  // factor) are computed once, not by each of the update's threads: they are gathered into one
+  // small vector whose sum over a unit axis is a kernel of its own (fuse-elementwise never puts a
+  // reduction in a kernel that runs over another size), and the update reads each from it. Values
+  // the global sums themselves read stay inline, as the vector is computed after those sums.
+  const inSums = new Set<number>();
+  const inUpdates = new Set<number>();
+  const collect = (id: number, into: Set<number>, seen = new Set<number>()): void => {
+    if (seen.has(id)) return;
+    seen.add(id);
+    const n = g.nodes[id];
+    if (kinds[id].kind !== 'elem') {
+      const one = n.op === 'const' ? undefined : uniformSource(n);
+      if (one !== undefined && g.nodes[one].dtype === 'f32') into.add(one);
+    } else if (!viewed.has(id)) n.inputs.forEach((x) => collect(x, into, seen));
+  };
+  for (const s of kinds) if (s.kind === 'sum') collect(s.of[0], inSums);
+  for (const out of outputs.values()) collect(out, inUpdates);
+  const tabled = [...inUpdates].filter((x) => !inSums.has(x));
+  const table = () =>
+    memo('uniform-values', () => {
+      let vector: number | undefined;
+      tabled.forEach((x, i) => {
+        const one = o.reshape(sharedValue(x), [1]);
+        const placed = tabled.length === 1 ? one : o.pad(one, 0, i, tabled.length - 1 - i);
+        vector = vector === undefined ? placed : o.add(vector, placed);
+      });
+      return o.reshape(o.sum(o.reshape(vector!, [tabled.length, 1]), 1), [tabled.length]);
+    });
   /** Elementwise value `id` (of any parameter) as the same function over the flat buffers. */
   const flat = (id: number): number => {
     const n = g.nodes[id];
     const kind = kinds[id];
     if (kind.kind !== 'elem') {
       const uk = uniformKey(n)!;
-      return memo(uk, () => (n.op === 'const' ? o.full(n.attrs.value as number, [N], n.dtype) : o.broadcast(o.reshape(sharedValue(uniformSource(n)!), [1]), [N])));
+      if (n.op === 'const') return memo(uk, () => o.full(n.attrs.value as number, [N], n.dtype));
+      const one = uniformSource(n)!;
+      const at = tabled.indexOf(one);
+      return memo(uk, () => o.broadcast(at < 0 ? o.reshape(sharedValue(one), [1]) : o.slice(table(), 0, at, at + 1), [N]));
     }
     const at = viewed.get(id);
     if (at) return flatInput[at[1]];
