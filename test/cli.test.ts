@@ -109,7 +109,7 @@ describe('chotta-compile', () => {
   it('--emit wgsl prints every kernel of the program, each after a comment with its name, kind, workgroups and bindings', () => {
     const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--emit', 'wgsl', '--batch', '1', '--seq', '8']);
     expect(r.code, r.stderr).toBe(0);
-    const headers = [...r.stdout.matchAll(/^\/\/ (k\d+_\w+) · (elementwise|matmul|scatter) · workgroups \[\d+,\d+,\d+\] · \d+ ops.*\n\/\/ bindings: (.*)\n/gm)];
+    const headers = [...r.stdout.matchAll(/^\/\/ (k\d+_\w+) · (elementwise|matmul|scatter|attention) · workgroups \[\d+,\d+,\d+\] · \d+ ops.*\n\/\/ bindings: (.*)\n/gm)];
     expect(headers.length).toBeGreaterThan(10);
     expect(headers.map((h) => h[1])).toEqual(headers.map((_, k) => expect.stringMatching(new RegExp(`^k${k}_`))));
     expect(r.stdout.match(/@compute @workgroup_size/g)!.length).toBe(headers.length);
@@ -123,7 +123,7 @@ describe('chotta-compile', () => {
     const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-dump-')), 'debug');
     const r = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--dump-dir', dir, '--batch', '1', '--seq', '8']);
     expect(r.code, r.stderr).toBe(0);
-    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 14 stages, (\d+) kernels; update: 6 stages, \d+ kernels; evaluate: 6 stages, \d+ kernels; logits: 6 stages, \d+ kernels\)\n$/);
+    const written = r.stdout.match(/^wrote (\d+) files to (.*) \(gradient: 15 stages, (\d+) kernels; update: 6 stages, \d+ kernels; evaluate: 7 stages, \d+ kernels; logits: 7 stages, \d+ kernels\)\n$/);
     expect(written, r.stdout).not.toBeNull();
     expect(written![2]).toBe(dir);
     const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
@@ -131,19 +131,19 @@ describe('chotta-compile', () => {
     expect(fs.readdirSync(dir).sort()).toEqual(['evaluate', 'gradient', 'logits', 'update']);
     const gradient = fs.readdirSync(path.join(dir, 'gradient')).filter((f) => f.endsWith('.ir'));
     expect(gradient).toEqual([
-      '00-trace.ir', '01-canonicalize.ir', '02-cse.ir', '03-dce.ir', '04-pad-nice-numbers.ir', '05-autograd.ir', '06-canonicalize.ir',
-      '07-cse.ir', '08-dce.ir', '09-accumulate.ir', '10-canonicalize.ir', '11-cse.ir', '12-dce.ir', '13-fuse-elementwise.ir',
+      '00-trace.ir', '01-canonicalize.ir', '02-cse.ir', '03-dce.ir', '04-fuse-attention.ir', '05-pad-nice-numbers.ir', '06-autograd.ir',
+      '07-canonicalize.ir', '08-cse.ir', '09-dce.ir', '10-accumulate.ir', '11-canonicalize.ir', '12-cse.ir', '13-dce.ir', '14-fuse-elementwise.ir',
     ]);
     expect(fs.readFileSync(path.join(dir, 'gradient/02-cse.ir'), 'utf8')).toMatch(/^# cse: \d+ merged\ngraph gpt_forward\(/);
     expect(fs.readFileSync(path.join(dir, 'update/00-build.ir'), 'utf8')).toMatch(/^# build: \d+ nodes\ngraph gpt_update\(/);
-    expect(fs.readFileSync(path.join(dir, 'evaluate/05-fuse-elementwise.ir'), 'utf8')).toMatch(/^# fuse-elementwise: .*\d+ kernels/);
+    expect(fs.readFileSync(path.join(dir, 'evaluate/06-fuse-elementwise.ir'), 'utf8')).toMatch(/^# fuse-elementwise: .*\d+ kernels/);
     const kernels = fs.readdirSync(path.join(dir, 'gradient/kernels'));
     expect(kernels.length).toBe(Number(written![3]));
     expect(fs.readFileSync(path.join(dir, 'gradient/kernels', kernels[0]), 'utf8')).toMatch(/^\/\/ k\d+_\w+ · \w+ · workgroups [\s\S]*@compute/);
     const plan = fs.readFileSync(path.join(dir, 'gradient/plan.txt'), 'utf8');
     expect(plan).toMatch(/^program gpt_gradient: \d+ kernels/);
     expect(plan).toMatch(/next\.grad_sum\.wte\.weight: f32\[4096,128\] \(in place of grad_sum\.wte\.weight\)/);
-    expect(plan).toMatch(/^ +0 {2}k0_\w+ +(elementwise|matmul|scatter) +\[\d+,\d+,\d+\] {2}\d+ ops {2}0=/m);
+    expect(plan).toMatch(/^ +0 {2}k0_\w+ +(elementwise|matmul|scatter|attention) +\[\d+,\d+,\d+\] {2}\d+ ops {2}0=/m);
     expect(plan).toMatch(/temporaries after liveness reuse: \d+ buffers, \d+ bytes \([\d.]+ [KM]iB\) in all\n {2}temp0 {2}\d+ bytes/);
   });
 
@@ -223,14 +223,14 @@ describe('chotta-compile', () => {
     expect(cleaned.stdout).not.toMatch(/kernel=/);
     const bad = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--after', 'fuse-everything', ...small]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toBe("chotta-compile: no stage 'fuse-everything' in the evaluate program; choose one of: trace, canonicalize, cse, dce, pad-nice-numbers, fuse-elementwise (or a numbered one, 00-trace to 05-fuse-elementwise)\n");
+    expect(bad.stderr).toBe("chotta-compile: no stage 'fuse-everything' in the evaluate program; choose one of: trace, canonicalize, cse, dce, fuse-attention, pad-nice-numbers, fuse-elementwise (or a numbered one, 00-trace to 06-fuse-elementwise)\n");
   });
 
   it('--stats lists every stage of every program with its counters', () => {
     const stats = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--stats', '--batch', '1', '--seq', '8']);
     expect(stats.code, stats.stderr).toBe(0);
     expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}01-canonicalize: .*matmul-absorb-transpose/);
-    expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}08-dce: \d+ removed/);
+    expect(stats.stdout).toMatch(/gradient +\d+ nodes {2}09-dce: \d+ removed/);
     expect(stats.stdout).toMatch(/update +\d+ nodes {2}04-fuse-optimizer: \d+ flat-floats, \d+ parameters-flattened, 2 variants/);
     expect(stats.stdout).toMatch(/update +\d+ nodes {2}05-fuse-elementwise: .*\d+ kernels/);
   });
@@ -241,9 +241,9 @@ describe('chotta-compile', () => {
       expect(r.code, r.stderr).toBe(0);
       return Number(r.stdout.match(/(\d+) kernels/)![1]);
     };
-    expect(kernels('5')).toBeGreaterThan(kernels('16'));
+    expect(kernels('8')).toBeGreaterThan(kernels('16'));
     const bad = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--max-storage-buffers', '2']);
-    expect(bad.stderr).toBe('chotta-compile: --max-storage-buffers must be an integer of at least 4\n');
+    expect(bad.stderr).toBe('chotta-compile: --max-storage-buffers must be an integer of at least 8 (what WebGPU guarantees)\n');
   });
 
   it('--help describes the options', () => {
