@@ -288,6 +288,7 @@ function finetuneOptions(y: Argv) {
     .option('min-lr-ratio', { type: 'number', describe: `the cosine's floor as a fraction of --max-lr [default: ${d.minLrRatio}]` })
     .option('warmup-steps', { type: 'number', describe: 'linear warmup [default: 10% of --steps]' })
     .option('micro-batches', { type: 'number', describe: `micro-batches (of the checkpoint's batch size) per step [default: ${d.microBatches}]` })
+    .option('context', { type: 'number', describe: "tokens per example, below the checkpoint's context: faster steps, shorter reviews [default: the checkpoint's]" })
     .option('checkpoint-interval', { type: 'number', describe: `save every N steps [default: ${d.checkpointInterval}]` })
     .option('eval-examples', { type: 'number', describe: `held-out examples scored, 0 for all [default: ${d.evalExamples}]` })
     .option('seed', { type: 'number', describe: `example order, and the random-init baseline's weights [default: ${d.seed}]` })
@@ -312,6 +313,7 @@ async function finetuneCommand(args: Record<string, unknown> & { ckpt: string; t
       minLrRatio: args.minLrRatio as number | undefined,
       warmupSteps: args.warmupSteps as number | undefined,
       microBatches: args.microBatches as number | undefined,
+      context: args.context as number | undefined,
       checkpointInterval: args.checkpointInterval as number | undefined,
       evalExamples: args.evalExamples as number | undefined,
       seed: args.seed as number | undefined,

@@ -345,8 +345,13 @@ describe('finetune and eval (reference engine)', () => {
 
   it('jsonl {prompt, completion}: loss on the completion, reported as completion loss', async () => {
     const file = await writeLines('qa.jsonl', [...GOOD, ...BAD].map((g, i) => ({ prompt: `Q: ${g}?\nA:`, completion: i < 4 ? ' yes' : ' no' })));
-    const result = await finetune({ ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, steps: 3, maxLr: 1e-2, outDir: join(scratch, 'ft-qa') }, factory);
+    const out = join(scratch, 'ft-qa');
+    const result = await finetune({ ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, steps: 3, maxLr: 1e-2, context: 16, outDir: out }, factory);
     expect(result.rows).toHaveLength(1);
+    // --context 16: the engine's rows are 16 tokens, the position table its first 16 rows, and the checkpoint says so.
+    expect(engines.at(-1)!.seqLen).toBe(16);
+    expect(engines.at(-1)!.params.get('wpe.weight')!.length).toBe(16 * TOY.nEmbd);
+    expect((await loadCheckpoint(join(out, 'checkpoint'))).state.config.modelConfig).toMatchObject({ blockSize: 16 });
     expect(result.rows[0].completionLoss).toBeGreaterThan(0);
     expect(result.report).toContain('completion loss');
   });
