@@ -2,7 +2,8 @@
 // eager engine runs for models/gpt.ts today, op by op: q·kᵀ, scale, causal where, softmax (max,
 // sub, exp, sum, div), ·v, then the VJP rules of every op replayed from the tape. Flash is the four
 // kernels of compiler/codegen/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
-// q, k, v and upstream gradient; the dq they produce is compared as a sanity check.
+// q, k, v and upstream gradient; the dq, dk and dv each produces are compared with the reference
+// interpreter's (runtime/reference-attention.ts, float64) in the last column.
 //
 //   npx tsx bench/attention.mts                    # T = 128, 256, 512; BH = 32, D = 32; causal
 //   npx tsx bench/attention.mts --T 128 --reps 5 --no-causal
@@ -20,6 +21,7 @@ import { causalMask, Tensor, where } from '../compiler/tensor.ts';
 import { requestDevice } from '../runtime/device.ts';
 import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
 import { mulberry32 } from '../runtime/init.ts';
+import { attention, attentionBackward, attentionLogSumExp } from '../runtime/reference-attention.ts';
 
 const { values } = parseArgs({
   options: {
@@ -42,8 +44,8 @@ log(`adapter: ${gpu.info.vendor} · ${gpu.info.architecture} · ${gpu.info.descr
 log(`BH ${BH}, D ${D}, ${causal ? 'causal' : 'not causal'}; 1 warm-up (compiles the shaders) + ${reps} timed fwd+bwd per variant, median shown\n`);
 
 type Inputs = { q: EagerValue; k: EagerValue; v: EagerValue; dO: EagerValue };
-/** Records one fwd+bwd and returns dq (left unread). */
-type Variant = (be: EagerBackend, x: Inputs, T: number) => EagerValue;
+/** Records one fwd+bwd and returns dq, dk, dv (left unread). */
+type Variant = (be: EagerBackend, x: Inputs, T: number) => EagerValue[];
 
 const unfused: Variant = (be, x) => {
   const o = new Ops(be);
@@ -56,7 +58,7 @@ const unfused: Variant = (be, x) => {
   const tape = be.tape;
   be.tape = undefined;
   const grads = backprop(o, tape, y, x.dO);
-  return grads.get(x.q)!;
+  return [x.q, x.k, x.v].map((p) => grads.get(p)!);
 };
 
 function runFlash(be: EagerBackend, spec: FlashKernelSpec, tensors: Record<string, EagerValue>): void {
@@ -69,7 +71,7 @@ const flash: Variant = (be, x, T) => {
   const rows = () => be.allocate([BH, T, D], 'f32');
   const tensors = { ...x, o: rows(), lse: be.allocate([BH, T], 'f32'), delta: be.allocate([BH, T], 'f32'), dq: rows(), dk: rows(), dv: rows() };
   for (const spec of [flashAttentionForward(BH, T, D, opts), ...flashAttentionBackward(BH, T, D, opts)]) runFlash(be, spec, tensors);
-  return tensors.dq;
+  return [tensors.dq, tensors.dk, tensors.dv];
 };
 
 async function measure(variant: Variant, T: number, data: Float32Array[]) {
@@ -78,7 +80,8 @@ async function measure(variant: Variant, T: number, data: Float32Array[]) {
   const x = { q, k, v, dO };
   const inputBytes = be.allocatedBytes;
   const started = performance.now();
-  const dq = await be.read(variant(be, x, T));
+  const grads = variant(be, x, T);
+  const dq = await Promise.all(grads.map((g) => be.read(g)));
   const warmupMs = performance.now() - started;
   const allocated = be.allocatedBytes - inputBytes;
   const dispatchesPerStep = be.dispatches;
@@ -94,7 +97,30 @@ async function measure(variant: Variant, T: number, data: Float32Array[]) {
   }
   await be.checkErrors();
   ms.sort((a, b) => a - b);
-  return { ms: ms[Math.floor(ms.length / 2)], warmupMs, allocated, dispatches: dispatchesPerStep, dq: dq as Float32Array };
+  return { ms: ms[Math.floor(ms.length / 2)], warmupMs, allocated, dispatches: dispatchesPerStep, grads: dq as Float32Array[] };
+}
+
+/** dq, dk, dv from the reference interpreter's attention composites, in float64. */
+function referenceGradients([q, k, v, dO]: Float32Array[], T: number): Float64Array[] {
+  const t = (data: ArrayLike<number>, last = D) => ({ shape: [BH, T, last], data });
+  const attrs = { ...(causal ? { causal: true } : {}), scale };
+  const o = attention(t(q), t(k), t(v), attrs);
+  const lse = attentionLogSumExp(t(q), t(k), attrs);
+  const delta = new Float64Array(BH * T);
+  for (let r = 0; r < BH * T; r++) for (let d = 0; d < D; d++) delta[r] += dO[r * D + d] * o[r * D + d];
+  const ins = [t(q), t(k), t(v), t(dO), t(lse, 1), t(delta, 1)];
+  return [0, 1, 2].map((wrt) => attentionBackward(ins, { ...attrs, wrt }));
+}
+
+/** The worst of dq, dk, dv: max |device − reference| over max |reference|. */
+function worstError(expected: Float64Array[], actual: Float32Array[]): string {
+  return expected
+    .map((e, g) => {
+      let diff = 0, mag = 0;
+      for (let i = 0; i < e.length; i++) { diff = Math.max(diff, Math.abs(e[i] - actual[g][i])); mag = Math.max(mag, Math.abs(e[i])); }
+      return (diff / mag).toExponential(1);
+    })
+    .join(', ');
 }
 
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
@@ -104,12 +130,11 @@ for (const T of Ts) {
   const data = Array.from({ length: 4 }, () => Float32Array.from({ length: BH * T * D }, () => rng() * 2 - 1));
   const u = await measure(unfused, T, data);
   const f = await measure(flash, T, data);
-  let diff = 0, mag = 0;
-  for (let i = 0; i < u.dq.length; i++) { diff = Math.max(diff, Math.abs(u.dq[i] - f.dq[i])); mag = Math.max(mag, Math.abs(u.dq[i])); }
+  const expected = referenceGradients(data, T);
   for (const [name, r] of [['unfused', u], ['flash', f]] as const) {
-    rows.push(`| ${T} | ${name} | ${r.ms.toFixed(1)} | ${(r.warmupMs / 1000).toFixed(1)} s | ${r.dispatches} | ${mib(r.allocated)} |`);
+    rows.push(`| ${T} | ${name} | ${r.ms.toFixed(1)} | ${(r.warmupMs / 1000).toFixed(1)} s | ${r.dispatches} | ${mib(r.allocated)} | ${worstError(expected, r.grads)} |`);
   }
-  rows.push(`| ${T} | speedup ×${(u.ms / f.ms).toFixed(2)}, memory ÷${(u.allocated / f.allocated).toFixed(1)} | | | | max|Δdq|/max|dq| ${(diff / mag).toExponential(1)} |`);
+  rows.push(`| ${T} | speedup ×${(u.ms / f.ms).toFixed(2)}, memory ÷${(u.allocated / f.allocated).toFixed(1)} | | | | | |`);
   log(`T=${T} done`);
 }
-console.log(`| T | variant | ms fwd+bwd | first run (compile) | dispatches | allocated |\n| --- | --- | --- | --- | --- | --- |\n${rows.join('\n')}`);
+console.log(`| T | variant | ms fwd+bwd | first run (compile) | dispatches | allocated | max |Δ| / max |ref| of dq, dk, dv vs the reference |\n| --- | --- | --- | --- | --- | --- | --- |\n${rows.join('\n')}`);
