@@ -87,7 +87,7 @@ describe.concurrent('chotta', () => {
   });
 
   it.for([
-    [[], /^chotta: name a command: info, data prepare, train or sample \(see --help\)\n$/],
+    [[], /^chotta: name a command: info, data prepare, train, sample, finetune or eval \(see --help\)\n$/],
     [['bogus'], /^chotta: Unknown argument: bogus \(see --help\)\n$/],
     [['data'], /^chotta: name a data command: prepare \(see --help\)\n$/],
     [['train', '--bogus'], /^chotta: Unknown argument: bogus \(see --help\)\n$/],
