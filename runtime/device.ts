@@ -54,6 +54,11 @@ export async function requestDevice(): Promise<GpuContext> {
   return cached;
 }
 
+/** The Dawn instance behind requestDevice() (after it resolved): bench/peers gives it to TF.js and jax-js as navigator.gpu. */
+export function dawnInstance(): GPU | undefined {
+  return gpuInstance;
+}
+
 async function acquire(): Promise<GpuContext> {
   // Mesa's drivers warn on stderr without XDG_RUNTIME_DIR. Set it before dawn.node loads (the
   // reason for the dynamic import below: a static import would load it before this line runs).
