@@ -58,6 +58,8 @@ async function load(variant: JaxVariant): Promise<typeof JaxModule> {
   // A fresh copy per process, so its module URL differs from the installed package's.
   const copy = join(tmpdir(), `chotta-jax-threads-${jaxVersion()}-${process.pid}`);
   cpSync(packageDir(), copy, { recursive: true });
+  // Installed before the copy is even imported: with it installed only afterwards, its Wasm kernels
+  // were compiled for unshared memory and failed to link ("memory import 0 has no maximum limit").
   installWorkerShim();
   const jax = (await import(pathToFileURL(join(copy, 'dist', 'index.js')).href)) as typeof JaxModule;
   const ok = await jax.init('wasm');
