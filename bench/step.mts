@@ -2,8 +2,10 @@
 // same adapter, from the same initial weights and the same batches; the ratio is measured here,
 // in this run. `--profile` adds each engine's kernel-by-kernel breakdown (timestamp queries).
 //
-//   npm run bench -- --quick            tiny preset, 3 timed steps per engine
-//   npm run bench -- --steps 10 --profile
+//   npx tsx bench/step.mts --quick            tiny preset, 3 timed steps per engine
+//   npx tsx bench/step.mts --steps 10 --profile
+//
+// (`npm run bench` is bench/bench.mts: these two engines and the peers, with a report.)
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -17,7 +19,7 @@ import { mulberry32 } from '../runtime/init.ts';
 import { MatmulTuner } from '../runtime/matmul-tuner.ts';
 
 const args = await yargs(hideBin(process.argv))
-  .scriptName('npm run bench --')
+  .scriptName('npx tsx bench/step.mts')
   .usage('$0 [options]\n\nEager vs compiled training step, measured in one run on this adapter.')
   .option('quick', { type: 'boolean', describe: 'tiny preset, 1 warm-up and 3 timed steps per engine' })
   .option('preset', { type: 'string', default: 'tiny' })
