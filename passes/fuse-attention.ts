@@ -18,6 +18,7 @@
 import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
 import { GraphRewriter, readerOps, type Pass, type PassCounters } from '../compiler/pass.ts';
 import { flashAttentionSupports } from '../compiler/codegen/flash-attention.ts';
+import { stridesOf } from '../compiler/codegen/wgsl.ts';
 
 interface AttentionMatch {
   q: number;
@@ -196,16 +197,6 @@ function maskPattern(g: Graph, id: number, T: number, keep: (x: number) => boole
   }
   return causal ? 'causal' : all ? 'all' : undefined;
 }
-
-const stridesOf = (shape: readonly number[]) => {
-  const st = new Array<number>(shape.length);
-  let s = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    st[d] = s;
-    s *= shape[d];
-  }
-  return st;
-};
 
 /** Every element of a constant-only value, as numbers (bool as 0/1), evaluated element by element. */
 function evaluate(g: Graph, root: number): Float64Array {

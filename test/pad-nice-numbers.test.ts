@@ -6,22 +6,19 @@
 import { describe, expect, it } from 'vitest';
 import { buildJointGraph } from '../compiler/autograd.ts';
 import { DEFAULT_MATMUL } from '../compiler/codegen/primitives.ts';
-import { numel, type Graph } from '../compiler/ir.ts';
+import { type Graph } from '../compiler/ir.ts';
 import { parseGraph } from '../compiler/parser.ts';
 import { runPasses } from '../compiler/pass.ts';
 import { printGraph } from '../compiler/printer.ts';
-import { schedule } from '../compiler/schedule.ts';
 import { traceForward } from '../compiler/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
-import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { padRecords, padReport, TILE_GRANULE } from '../passes/pad-nice-numbers.ts';
-import type { GpuContext } from '../runtime/device.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { createBuffer, PipelineCache, Program } from '../runtime/program.ts';
 import { evaluate, type RefInput, type RefTensor } from '../runtime/reference.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
+import { runOnDevice } from './support/run-graph.ts';
 
 const forwardOf = (config: GPTConfig) => {
   const traced = traceForward(model, config);
@@ -181,35 +178,3 @@ describe('loss and gradients with and without the pass, compiled and run on the 
     expect(dRef.abs, dRef.where).toBeLessThan(1e-4);
   });
 });
-
-/** Runs `g` fused and scheduled on the device; returns each output as it computed it. */
-async function runOnDevice(gpu: GpuContext, g: Graph, inputs: Record<string, Float32Array | Int32Array>): Promise<Float32Array[]> {
-  const plan = schedule(fuseElementwise().run(g).graph);
-  const device = gpu.device;
-  const buffers: Record<string, GPUBuffer> = {};
-  for (const v of plan.inputs) {
-    buffers[v.name] = createBuffer(device, numel(v.shape) * 4, v.name);
-    const data = inputs[v.name];
-    device.queue.writeBuffer(buffers[v.name], 0, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
-  }
-  for (const v of plan.outputs) if (!v.inPlace) buffers[v.name] = createBuffer(device, numel(v.shape) * 4, v.name);
-  const program = new Program(device, plan, PipelineCache.of(device), buffers);
-  const encoder = device.createCommandEncoder();
-  program.record(encoder);
-  const reads = plan.outputs.map((v) => {
-    const bytes = numel(v.shape) * 4;
-    const staging = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    encoder.copyBufferToBuffer(buffers[v.inPlace ?? v.name], 0, staging, 0, bytes);
-    return staging;
-  });
-  device.queue.submit([encoder.finish()]);
-  await PipelineCache.of(device).check();
-  return Promise.all(
-    reads.map(async (staging) => {
-      await staging.mapAsync(GPUMapMode.READ);
-      const data = new Float32Array(staging.getMappedRange().slice(0));
-      staging.destroy();
-      return data;
-    }),
-  );
-}
