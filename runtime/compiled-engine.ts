@@ -305,17 +305,8 @@ export class CompiledEngine implements TrainingEngine {
   }
 
   async lastLogits(tokens: Int32Array): Promise<Float32Array> {
-    const t = tokens.length;
-    if (t < 1 || t > this.seqLen) throw new Error(`lastLogits needs 1 to ${this.seqLen} tokens, got ${t}`);
-    // A full window padded on the right: attention is causal, so the padding cannot change position t-1.
-    const window = new Int32Array(this.seqLen);
-    window.set(tokens);
-    this.write('idx1', window);
-    const encoder = this.device.createCommandEncoder();
-    this.run(encoder, 'logits');
-    const vocab = this.compiled.programs.logits.outputs[0].shape.at(-1)!;
-    const [raw] = await this.submit(encoder, [{ name: 'logits', offset: (t - 1) * vocab * 4, bytes: vocab * 4 }]);
-    return new Float32Array(raw);
+    const [logits] = await this.logitsAt(tokens, [tokens.length - 1]);
+    return logits;
   }
 
   /** Logits at each of `positions` of one sequence (1 to seqLen tokens), from one forward pass. */
@@ -323,6 +314,7 @@ export class CompiledEngine implements TrainingEngine {
     const t = tokens.length;
     if (t < 1 || t > this.seqLen) throw new Error(`logitsAt needs 1 to ${this.seqLen} tokens, got ${t}`);
     if (positions.some((p) => !Number.isInteger(p) || p < 0 || p >= t)) throw new Error(`logitsAt: positions must lie in 0..${t - 1}, got ${positions}`);
+    // A full window padded on the right: attention is causal, so the padding cannot change positions < t.
     const window = new Int32Array(this.seqLen);
     window.set(tokens);
     this.write('idx1', window);
