@@ -556,7 +556,7 @@ describe('graphs and inputs', () => {
   });
 
   it('an op without a rule says so', () => {
-    expect(() => applyOp('flash_attention', {}, [], { shape: [1], dtype: 'f32' })).toThrow("reference interpreter: no rule for op 'flash_attention'");
+    expect(() => applyOp('attention_v2', {}, [], { shape: [1], dtype: 'f32' })).toThrow("reference interpreter: no rule for op 'attention_v2'");
     const gb = new GraphBuilder('c');
     const x = new GraphOpBuilder(gb).input('x', [2], 'f32', false);
     const k = gb.add({ op: 'kernel', inputs: [x], shape: [2], dtype: 'f32', attrs: {} });

@@ -28,7 +28,19 @@ const binary = (op: 'add' | 'sub' | 'mul' | 'div' | 'max', positiveB = false): C
   build: (o, [a, b]) => o.binary(op, a, b),
 });
 
+/** flash_attention's VJP (lse, delta, then dq, dk, dv) through the reference composites, causal and not. */
+const flash = (causal: boolean): Case => ({
+  op: 'flash_attention',
+  params: [
+    { name: 'q', shape: [2, 5, 4] },
+    { name: 'k', shape: [2, 5, 4] },
+    { name: 'v', shape: [2, 5, 4] },
+  ],
+  build: (o, [q, k, v]) => o.flashAttention(q, k, v, causal, 0.7),
+});
+
 const CASES: Case[] = [
+  flash(true), flash(false),
   unary('neg'), unary('exp'), unary('log', true), unary('tanh'), unary('sqrt', true), unary('rsqrt', true),
   binary('add'), binary('sub'), binary('mul'), binary('div', true), binary('max'),
   {
