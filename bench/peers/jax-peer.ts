@@ -24,6 +24,7 @@
 import type * as JaxModule from '@jax-js/jax';
 import { adamwScalars, checkWeights, DEFAULT_ADAMW, type PeerOptions, type PeerStep } from './peer.ts';
 import { loadJax, type JaxVariant } from './jax-module.ts';
+import { withoutWorker } from './worker-shim.ts';
 
 type Jax = typeof JaxModule;
 type Arr = JaxModule.Array;
@@ -84,7 +85,22 @@ function causalMaskAdd(T: number): Float32Array {
   return m;
 }
 
+/**
+ * The 'wasm' variant shares the installed module, which compiles kernels lazily and looks for a
+ * global Worker when it does: once 'wasm-threads' has installed the shim, a new kernel would be built
+ * for shared memory and fail to link ("memory import 0 has no maximum limit"). So everything the
+ * single-threaded peer does runs with the shim out of sight.
+ */
 export async function createJaxPeer(opts: PeerOptions, device: JaxDevice): Promise<PeerStep> {
+  if (device !== 'wasm') return createJaxPeerOn(opts, device);
+  const peer = await withoutWorker(() => createJaxPeerOn(opts, device));
+  const { step, params } = peer;
+  peer.step = (idx, targets) => withoutWorker(() => step(idx, targets));
+  peer.params = () => withoutWorker(() => params());
+  return peer;
+}
+
+async function createJaxPeerOn(opts: PeerOptions, device: JaxDevice): Promise<PeerStep> {
   const shapes = checkWeights(opts.config, opts.weights);
   const o = { ...DEFAULT_ADAMW, ...opts.adamw };
   const { jax, version } = await loadJax(device);
