@@ -12,7 +12,7 @@ export type MatmulPeer = 'tfjs-webgpu' | 'jax-webgpu' | 'jax-wasm' | 'jax-wasm-t
 
 export async function peerMatmulMs(peer: MatmulPeer, M: number, N: number, K: number, reps = 5): Promise<number> {
   const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => ((i * 2654435761) % 1000) / 1000 - 0.5);
-  const times: number[] = [];
+  let times: number[] = [];
   if (peer === 'tfjs-webgpu') {
     const tf = await loadTfjsWebGpu();
     const a = tf.tensor(rand(M * K), [M, K], 'float32');
@@ -24,12 +24,7 @@ export async function peerMatmulMs(peer: MatmulPeer, M: number, N: number, K: nu
       c.dispose();
       corner.dispose();
     };
-    await once();
-    for (let r = 0; r < reps; r++) {
-      const t0 = performance.now();
-      await once();
-      times.push(performance.now() - t0);
-    }
+    times = await timed(once, reps);
     a.dispose();
     b.dispose();
   } else {
@@ -45,16 +40,23 @@ export async function peerMatmulMs(peer: MatmulPeer, M: number, N: number, K: nu
       await c.blockUntilReady();
       c.dispose();
     };
-    await once();
-    for (let r = 0; r < reps; r++) {
-      const t0 = performance.now();
-      await once();
-      times.push(performance.now() - t0);
-    }
+    times = await timed(once, reps);
     a.dispose();
     b.dispose();
   }
   return median(times);
+}
+
+/** Wall times of `reps` runs of `once`, after one untimed run (which compiles the shaders). */
+async function timed(once: () => Promise<void>, reps: number): Promise<number[]> {
+  await once();
+  let times: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    await once();
+    times.push(performance.now() - t0);
+  }
+  return times;
 }
 
 /** GFLOP/s of an [M, K]·[K, N] matmul taking `ms`. */
