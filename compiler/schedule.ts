@@ -111,21 +111,28 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
       if (isGraphInput(g.nodes[id]) || outputNames.has(id)) continue;
       temp.set(id, allocate(numel(g.nodes[id].shape)));
     }
-    if (members[k].some((m) => FLASH_OPS.has(g.nodes[m].op))) {
-      // An attention kernel binds its operands and results by role; a result nobody reads (the
-      // log-sum-exp when no backward follows) goes to a scratch buffer free again right after.
-      const spec = attentionKernel(g, members[k], `k${k}`);
-      const scratch: number[] = [];
-      const bindings = [...spec.inputs, ...spec.outputs].map((id): BufferRef => {
-        if (typeof id === 'number') return refOf(id);
-        scratch.push(allocate(id.elements));
-        return { temp: scratch[scratch.length - 1] };
-      });
-      kernels.push({ name: spec.name, kind: 'attention', wgsl: spec.wgsl, workgroups: spec.workgroups, bindings, ops: members[k].length });
-      for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
-      free.push(...scratch);
-      continue;
-    }
+    // Scratch buffers a kernel writes and nobody reads: free again as soon as it has run.
+    const scratch: number[] = [];
+    kernels.push(members[k].some((m) => FLASH_OPS.has(g.nodes[m].op)) ? planAttention(k, scratch) : planFused(k));
+    // Buffers whose last reader was this kernel are free for the next kernels' outputs.
+    for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
+    free.push(...scratch);
+  }
+
+  // An attention kernel binds its operands and results by role; a result nobody reads (the
+  // log-sum-exp when no backward follows) goes to a scratch buffer.
+  function planAttention(k: number, scratch: number[]): PlannedKernel {
+    const spec = attentionKernel(g, members[k], `k${k}`);
+    const bindings = [...spec.inputs, ...spec.outputs].map((id): BufferRef => {
+      if (typeof id === 'number') return refOf(id);
+      scratch.push(allocate(id.elements));
+      return { temp: scratch[scratch.length - 1] };
+    });
+    return { name: spec.name, kind: 'attention', wgsl: spec.wgsl, workgroups: spec.workgroups, bindings, ops: members[k].length };
+  }
+
+  function planFused(k: number): PlannedKernel {
+    const { reads } = io[k];
     const refs: BufferRef[] = [];
     const bindingOf = new Map<string, number>();
     const bind = (id: number, writable: boolean, atomic: boolean, decl: FusedKernel['bindings']) => {
@@ -156,7 +163,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
       cfg = opts.matmulConfig?.(key);
     }
     const spec = fusedKernel(g, kernelOf, { kind, members: members[k], writes: writeList, reads: readMap, bindings: decl }, name, cfg);
-    kernels.push({
+    return {
       name,
       kind,
       wgsl: spec.wgsl,
@@ -164,9 +171,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
       bindings: refs,
       ...(kind === 'scatter' ? { clear: refs[writeList[0].binding] } : {}),
       ops: members[k].length,
-    });
-    // Buffers whose last reader was this kernel are free for the next kernels' outputs.
-    for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
+    };
   }
 
   // Largest temporaries first: programs that share temporaries by index then pair large with large.
