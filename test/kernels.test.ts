@@ -65,6 +65,13 @@ const CASES: Case[] = [
   { op: 'max_reduce', ins: [f(odd)], attrs: { axis: 2 } },
   { op: 'max_reduce', ins: [f([6, 9], { dtype: 'i32', ints: 1000 })], attrs: { axis: 1 } },
   { op: 'scatter_add', ins: [f([7, 3], { dtype: 'i32', ints: 4 }), f([7, 3, 5])], out: { shape: [4, 5], dtype: 'f32' } },
+  // Past 131,072 elements each thread takes several, a grid's width apart (codegen/wgsl.ts
+  // elementsPerThread): sizes that end mid-stride, the vec4 path, an indexed copy and a scatter.
+  { op: 'exp', ins: [f([3, 100003])] },
+  { op: 'where', ins: [f([1009, 1031], { dtype: 'bool' }), f([1009, 1031]), f([1009, 1031])] },
+  { op: 'add', ins: [f([8, 100000]), f([8, 100000])] },
+  { op: 'permute', ins: [f([301, 7, 97])], attrs: { perm: [2, 0, 1] } },
+  { op: 'scatter_add', ins: [f([701, 3], { dtype: 'i32', ints: 50 }), f([701, 3, 97])], out: { shape: [50, 97], dtype: 'f32' } },
 ];
 
 function randomInput(x: In, seed: number): RefTensor {
@@ -91,7 +98,7 @@ describe('primitive kernels vs the reference interpreter', () => {
       const got = await eager.read(eager.emit(c.op, gpuIns, attrs, c.out));
       expect(got.length).toBe(expected.data.length);
       // f32 against float64: relative to the output's scale (sums over K terms round at that scale).
-      const scale = Math.max(1, ...Array.from(expected.data, (v) => (Number.isFinite(v) ? Math.abs(v) : 0)));
+      const scale = Array.from(expected.data).reduce((m, v) => (Number.isFinite(v) ? Math.max(m, Math.abs(v)) : m), 1);
       for (let i = 0; i < got.length; i++) {
         const want = expected.data[i];
         const tol = outType.dtype === 'f32' ? 2e-6 * scale : 0;

@@ -12,7 +12,7 @@
 // Every array is read as vec4s, so D must be a multiple of 4; D ≤ 64 keeps a row's accumulators
 // (up to four rows of D floats in the dK/dV kernel) in registers.
 
-import { flatGrid, flatKernel, literal } from './wgsl.ts';
+import { flatKernelGrid, flatKernel, literal } from './wgsl.ts';
 
 export interface FlashAttentionOptions {
   causal: boolean;
@@ -113,7 +113,7 @@ export function flashAttentionForward(BH: number, T: number, D: number, opts: Fl
     wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -135,7 +135,7 @@ export function flashAttentionDelta(BH: number, T: number, D: number): FlashKern
     wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -177,7 +177,7 @@ export function flashAttentionBackwardQuery(BH: number, T: number, D: number, op
     wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -226,7 +226,7 @@ export function flashAttentionBackwardKeyValue(BH: number, T: number, D: number,
     wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 

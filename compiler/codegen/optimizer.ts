@@ -7,7 +7,7 @@
 // and the clip factor in a one-element storage buffer computed on the device, so one pipeline serves
 // every step and the host never reads the gradient norm.
 
-import { flatGrid, WORKGROUP_SIZE } from './wgsl.ts';
+import { flatKernel, flatKernelGrid } from './wgsl.ts';
 
 /** Layout of the uniform buffer, in f32 slots. */
 export const ADAMW_UNIFORMS = ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'stepSize', 'biasCorrection2Sqrt', 'unused'] as const;
@@ -21,27 +21,20 @@ export function adamwUniforms(u: { lr: number; beta1: number; beta2: number; eps
  * (one f32), 5 uniforms. `decay` is baked in: weight decay applies only to tensors of rank ≥ 2.
  */
 export function adamwKernel(n: number, decay: boolean): { wgsl: string; workgroups: [number, number, number] } {
-  const [x] = flatGrid(n);
-  const wgsl = `struct AdamW { lr: f32, beta1: f32, beta2: f32, eps: f32, weightDecay: f32, stepSize: f32, biasCorrection2Sqrt: f32, unused: f32 }
+  const decls = `struct AdamW { lr: f32, beta1: f32, beta2: f32, eps: f32, weightDecay: f32, stepSize: f32, biasCorrection2Sqrt: f32, unused: f32 }
 @group(0) @binding(0) var<storage, read_write> param: array<f32>;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> m: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
 @group(0) @binding(4) var<storage, read> clip: array<f32>;
 @group(0) @binding(5) var<uniform> u: AdamW;
-
-@compute @workgroup_size(${WORKGROUP_SIZE})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * ${x}u + wid.x) * ${WORKGROUP_SIZE}u + lid;
-  if (i >= ${n}u) { return; }
-  let g = grad[i] * clip[0];
+`;
+  const body = `  let g = grad[i] * clip[0];
   let mi = u.beta1 * m[i] + (1.0f - u.beta1) * g;
   let vi = u.beta2 * v[i] + (1.0f - u.beta2) * g * g;
   m[i] = mi;
   v[i] = vi;
   let decayed = ${decay ? 'param[i] * (1.0f - u.lr * u.weightDecay)' : 'param[i]'};
-  param[i] = decayed - u.stepSize * mi / (sqrt(vi) / u.biasCorrection2Sqrt + u.eps);
-}
-`;
-  return { wgsl, workgroups: flatGrid(n) };
+  param[i] = decayed - u.stepSize * mi / (sqrt(vi) / u.biasCorrection2Sqrt + u.eps);`;
+  return { wgsl: flatKernel(decls, n, body), workgroups: flatKernelGrid(n) };
 }

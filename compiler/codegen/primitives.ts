@@ -5,7 +5,7 @@
 
 import { numel, type Attrs, type DType } from '../ir.ts';
 import type { ValueType } from '../ops.ts';
-import { bindings, flatGrid, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
+import { bindings, flatKernelGrid, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
 
@@ -69,7 +69,7 @@ function pointwise(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): 
     name: `${op}_${shapeName(out.shape)}`,
     wgsl: flatKernel(bindings(ins.map((t) => t.dtype), out.dtype, false, vec4), threads, `${loads}\n  out[i] = ${expr};`),
     inputCount: ins.length,
-    workgroups: flatGrid(threads),
+    workgroups: flatKernelGrid(threads),
   };
 }
 
@@ -123,7 +123,7 @@ function layout(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): Ker
     name: `${op}_${shapeName(x)}_to_${shapeName(out.shape)}`,
     wgsl: flatKernel(bindings([ins[0].dtype], out.dtype), n, lines.join('\n')),
     inputCount: 1,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -154,7 +154,7 @@ function reduce(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): Ker
     name: `${op}_${shapeName(x)}_axis${axis}`,
     wgsl: flatKernel(bindings([ins[0].dtype], out.dtype), n, body),
     inputCount: 1,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -333,7 +333,7 @@ function gather(ins: ValueType[], out: ValueType): KernelSpec {
     name: `gather_${shapeName(ins[0].shape)}_by_${shapeName(ins[1].shape)}`,
     wgsl: flatKernel(bindings([ins[0].dtype, 'i32'], out.dtype), n, body),
     inputCount: 2,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -359,7 +359,7 @@ function scatterAdd(ins: ValueType[], out: ValueType): KernelSpec {
     name: `scatter_add_${shapeName(ins[1].shape)}_to_${shapeName(out.shape)}`,
     wgsl: flatKernel(bindings(['i32', 'f32'], 'f32', true), n, body),
     inputCount: 2,
-    workgroups: flatGrid(n),
+    workgroups: flatKernelGrid(n),
     zeroOutput: true,
   };
 }
