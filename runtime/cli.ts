@@ -288,7 +288,7 @@ function finetuneOptions(y: Argv) {
     .option('min-lr-ratio', { type: 'number', describe: `the cosine's floor as a fraction of --max-lr [default: ${d.minLrRatio}]` })
     .option('warmup-steps', { type: 'number', describe: 'linear warmup [default: 10% of --steps]' })
     .option('micro-batches', { type: 'number', describe: `micro-batches (of the checkpoint's batch size) per step [default: ${d.microBatches}]` })
-    .option('context', { type: 'number', describe: "tokens per example, below the checkpoint's context: faster steps, shorter reviews [default: the checkpoint's]" })
+    .option('context', { type: 'number', describe: `tokens per example, at most the checkpoint's context: shorter is faster per step, and long reviews lose more of their start [default: ${d.context}, or the checkpoint's if shorter]` })
     .option('checkpoint-interval', { type: 'number', describe: `save every N steps [default: ${d.checkpointInterval}]` })
     .option('eval-examples', { type: 'number', describe: `held-out examples scored, 0 for all [default: ${d.evalExamples}]` })
     .option('seed', { type: 'number', describe: `example order, and the random-init baseline's weights [default: ${d.seed}]` })
