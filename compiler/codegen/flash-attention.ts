@@ -12,7 +12,7 @@
 // Every array is read as vec4s, so D must be a multiple of 4; D ≤ 64 keeps a row's accumulators
 // (up to four rows of D floats in the dK/dV kernel) in registers.
 
-import { flatKernelGrid, flatKernel, literal } from './wgsl.ts';
+import { flatKernel, literal } from './wgsl.ts';
 
 export interface FlashAttentionOptions {
   causal: boolean;
@@ -110,10 +110,9 @@ export function flashAttentionForward(BH: number, T: number, D: number, opts: Fl
   lse[i] = m + log(l);`;
   return {
     name: `flash_attention_fwd_${tag(BH, T, D, opts)}`,
-    wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
+    ...flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -132,10 +131,9 @@ export function flashAttentionDelta(BH: number, T: number, D: number): FlashKern
   delta[i] = s;`;
   return {
     name: `flash_attention_delta_${BH}x${T}x${D}`,
-    wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
+    ...flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -174,10 +172,9 @@ export function flashAttentionBackwardQuery(BH: number, T: number, D: number, op
   for (var d = 0u; d < D4; d++) { dq[i * D4 + d] = acc[d] * scale; }`;
   return {
     name: `flash_attention_dq_${tag(BH, T, D, opts)}`,
-    wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
+    ...flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -223,10 +220,9 @@ export function flashAttentionBackwardKeyValue(BH: number, T: number, D: number,
   }`;
   return {
     name: `flash_attention_dkdv_${tag(BH, T, D, opts)}`,
-    wgsl: flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
+    ...flatKernel(declare(inputs, outputs, ROW_TYPES), n, body),
     inputs,
     outputs,
-    workgroups: flatKernelGrid(n),
   };
 }
 

@@ -7,7 +7,7 @@
 
 import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir.ts';
 import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, reductionLoop, type MatmulConfig } from './primitives.ts';
-import { flatKernelGrid, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
+import { flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
 
 export type FusedKind = 'elementwise' | 'matmul' | 'scatter';
 
@@ -97,11 +97,11 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
     if (swapped.exchanged) { break; }
     old = swapped.old_value;
   }`;
-    return { name, wgsl: flatKernel(decls, numel(src.shape), body), inputCount: 0, workgroups: flatKernelGrid(numel(src.shape)), zeroOutput: true };
+    return { name, ...flatKernel(decls, numel(src.shape), body), inputCount: 0, zeroOutput: true };
   }
 
   const n = numel(g.nodes[k.writes[0].node].shape);
-  return { name, wgsl: flatKernel(decls, n, `  ${store('i')}`), inputCount: 0, workgroups: flatKernelGrid(n) };
+  return { name, ...flatKernel(decls, n, `  ${store('i')}`), inputCount: 0 };
 }
 
 /** Body lines of the function computing `node` at flat index `i` from its inputs' functions. */

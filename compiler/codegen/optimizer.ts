@@ -7,7 +7,7 @@
 // and the clip factor in a one-element storage buffer computed on the device, so one pipeline serves
 // every step and the host never reads the gradient norm.
 
-import { flatKernel, flatKernelGrid } from './wgsl.ts';
+import { flatKernel } from './wgsl.ts';
 
 /** Layout of the uniform buffer, in f32 slots. */
 export const ADAMW_UNIFORMS = ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'stepSize', 'biasCorrection2Sqrt', 'unused'] as const;
@@ -36,5 +36,5 @@ export function adamwKernel(n: number, decay: boolean): { wgsl: string; workgrou
   v[i] = vi;
   let decayed = ${decay ? 'param[i] * (1.0f - u.lr * u.weightDecay)' : 'param[i]'};
   param[i] = decayed - u.stepSize * mi / (sqrt(vi) / u.biasCorrection2Sqrt + u.eps);`;
-  return { wgsl: flatKernel(decls, n, body), workgroups: flatKernelGrid(n) };
+  return flatKernel(decls, n, body);
 }

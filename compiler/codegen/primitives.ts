@@ -5,7 +5,7 @@
 
 import { numel, type Attrs, type DType } from '../ir.ts';
 import type { ValueType } from '../ops.ts';
-import { bindings, flatKernelGrid, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
+import { bindings, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
 
@@ -67,9 +67,8 @@ function pointwise(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): 
   } else expr = pointwiseExpr(op, ins[0]?.dtype ?? out.dtype, attrs, vec4);
   return {
     name: `${op}_${shapeName(out.shape)}`,
-    wgsl: flatKernel(bindings(ins.map((t) => t.dtype), out.dtype, false, vec4), threads, `${loads}\n  out[i] = ${expr};`),
+    ...flatKernel(bindings(ins.map((t) => t.dtype), out.dtype, false, vec4), threads, `${loads}\n  out[i] = ${expr};`),
     inputCount: ins.length,
-    workgroups: flatKernelGrid(threads),
   };
 }
 
@@ -121,9 +120,8 @@ function layout(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): Ker
   else lines.push(`  out[i] = in0[${src.index}];`);
   return {
     name: `${op}_${shapeName(x)}_to_${shapeName(out.shape)}`,
-    wgsl: flatKernel(bindings([ins[0].dtype], out.dtype), n, lines.join('\n')),
+    ...flatKernel(bindings([ins[0].dtype], out.dtype), n, lines.join('\n')),
     inputCount: 1,
-    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -152,9 +150,8 @@ function reduce(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): Ker
   const body = [...reductionLoop(op, out.dtype, x, axis, (index) => `in0[${index}]`), 'out[i] = acc;'].map((l) => `  ${l}`).join('\n');
   return {
     name: `${op}_${shapeName(x)}_axis${axis}`,
-    wgsl: flatKernel(bindings([ins[0].dtype], out.dtype), n, body),
+    ...flatKernel(bindings([ins[0].dtype], out.dtype), n, body),
     inputCount: 1,
-    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -331,9 +328,8 @@ function gather(ins: ValueType[], out: ValueType): KernelSpec {
   out[i] = in0[row * ${rowSize}u + i % ${rowSize}u];`;
   return {
     name: `gather_${shapeName(ins[0].shape)}_by_${shapeName(ins[1].shape)}`,
-    wgsl: flatKernel(bindings([ins[0].dtype, 'i32'], out.dtype), n, body),
+    ...flatKernel(bindings([ins[0].dtype, 'i32'], out.dtype), n, body),
     inputCount: 2,
-    workgroups: flatKernelGrid(n),
   };
 }
 
@@ -357,9 +353,8 @@ function scatterAdd(ins: ValueType[], out: ValueType): KernelSpec {
   }`;
   return {
     name: `scatter_add_${shapeName(ins[1].shape)}_to_${shapeName(out.shape)}`,
-    wgsl: flatKernel(bindings(['i32', 'f32'], 'f32', true), n, body),
+    ...flatKernel(bindings(['i32', 'f32'], 'f32', true), n, body),
     inputCount: 2,
-    workgroups: flatKernelGrid(n),
     zeroOutput: true,
   };
 }

@@ -44,7 +44,7 @@ export const WORKGROUP_SIZE = 64;
 const MAX_GROUPS_PER_DIM = 65535;
 
 /** Enough workgroups of WORKGROUP_SIZE threads for `n` threads, folded into 2-D past the per-dimension limit. */
-export function flatGrid(n: number): [number, number, number] {
+function flatGrid(n: number): [number, number, number] {
   const groups = Math.max(1, Math.ceil(n / WORKGROUP_SIZE));
   const x = Math.min(groups, MAX_GROUPS_PER_DIM);
   return [x, Math.ceil(groups / x), 1];
@@ -68,27 +68,23 @@ export function bindings(inputs: DType[], output: DType, outputAtomic = false, v
  * 115 ms where 8 per thread took 38 ms (512K floats: 26.7 → 4.9 ms at 4). Large kernels aim at 2,048
  * workgroups, at most 8 elements per thread: still 131K threads, plenty for a real GPU.
  */
-export function elementsPerThread(n: number): number {
+function elementsPerThread(n: number): number {
   return Math.min(8, Math.max(1, Math.ceil(n / (WORKGROUP_SIZE * 2048))));
-}
-
-/** The workgroups of `flatKernel(decls, n, body)`. */
-export function flatKernelGrid(n: number): [number, number, number] {
-  return flatGrid(Math.ceil(n / elementsPerThread(n)));
 }
 
 /**
  * A kernel over the elements `i` in [0, n): the body sees `i` (and may `return` to skip one). Each
  * thread takes elementsPerThread(n) of them, a grid's width apart, so neighbouring threads still touch
- * neighbouring elements. Launch it with flatKernelGrid(n).
+ * neighbouring elements. Returns the WGSL with the workgroups to launch it on.
  */
-export function flatKernel(decls: string, n: number, body: string): string {
+export function flatKernel(decls: string, n: number, body: string): { wgsl: string; workgroups: [number, number, number] } {
   const per = elementsPerThread(n);
-  const [x, y] = flatKernelGrid(n);
+  const workgroups = flatGrid(Math.ceil(n / per));
+  const [x, y] = workgroups;
   const head = `${decls}
 `;
   if (per === 1) {
-    return `${head}
+    const wgsl = `${head}
 @compute @workgroup_size(${WORKGROUP_SIZE})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = (wid.y * ${x}u + wid.x) * ${WORKGROUP_SIZE}u + lid;
@@ -96,8 +92,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${body}
 }
 `;
+    return { wgsl, workgroups };
   }
-  return `${head}
+  const wgsl = `${head}
 fn element(i: u32) {
 ${body}
 }
@@ -112,6 +109,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 }
 `;
+  return { wgsl, workgroups };
 }
 
 export function stridesOf(shape: readonly number[]): number[] {
