@@ -39,6 +39,7 @@ import { adapterMatmulDefault, matmulKernelFor } from '../runtime/matmul-tuner.t
 import type { Program } from '../runtime/program.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { measureAttention } from './attention.mts';
+import { median, timed } from './peers/peer.ts';
 import { measureDevicePeak } from './report/device-peak.ts';
 import { installGpuCounters, type GpuCounters } from './report/instrument.ts';
 import { adapterSlug, renderReport, reportStem } from './report/markdown.ts';
@@ -79,10 +80,6 @@ const tinySteps = values.steps ? Number(values.steps) : quick ? 2 : 9;
 const smallSteps = 3;
 const log = (line: string) => process.stderr.write(`[${((performance.now() - T0) / 1000).toFixed(0).padStart(4)} s] ${line}\n`);
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).split('\n')[0].slice(0, 300);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const T0 = performance.now();
 const loadStart = loadavg();
@@ -348,14 +345,7 @@ async function ourMatmulMs(M: number, N: number, K: number, reps: number): Promi
     staging.destroy();
   };
   try {
-    await once();
-    const times: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      const t0 = performance.now();
-      await once();
-      times.push(performance.now() - t0);
-    }
-    return median(times);
+    return median(await timed(once, reps));
   } finally {
     made.forEach((x) => x.destroy());
   }

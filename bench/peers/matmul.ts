@@ -5,7 +5,7 @@
 // queue). Inputs are uniform random, made once on the device.
 
 import { loadJax, type JaxVariant } from './jax-module.ts';
-import { median } from './peer.ts';
+import { median, timed } from './peer.ts';
 import { loadTfjsWebGpu } from './tfjs-module.ts';
 
 export type MatmulPeer = 'tfjs-webgpu' | 'jax-webgpu' | 'jax-wasm' | 'jax-wasm-threads';
@@ -45,18 +45,6 @@ export async function peerMatmulMs(peer: MatmulPeer, M: number, N: number, K: nu
     b.dispose();
   }
   return median(times);
-}
-
-/** Wall times of `reps` runs of `once`, after one untimed run (which compiles the shaders). */
-async function timed(once: () => Promise<void>, reps: number): Promise<number[]> {
-  await once();
-  let times: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    await once();
-    times.push(performance.now() - t0);
-  }
-  return times;
 }
 
 /** GFLOP/s of an [M, K]·[K, N] matmul taking `ms`. */

@@ -98,3 +98,15 @@ export const median = (xs: readonly number[]): number => {
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 };
+
+/** Wall times of `reps` runs of `once`, after one untimed run (which compiles the shaders). */
+export async function timed(once: () => Promise<void>, reps: number): Promise<number[]> {
+  await once();
+  const times: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    await once();
+    times.push(performance.now() - t0);
+  }
+  return times;
+}
