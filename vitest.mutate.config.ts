@@ -1,0 +1,24 @@
+// The tests Stryker runs against each mutant (npm run mutate): the ones that cover the mutated
+// folders in-process. Tests that spawn the CLI are left out: a child process does not report which
+// mutant it ran, so it cannot kill one.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: [
+      'test/passes.test.ts',
+      'test/pad-nice-numbers.test.ts',
+      'test/reference.test.ts',
+      'test/vjp.test.ts',
+      'test/ir.test.ts',
+      'test/gpt.test.ts',
+      'test/fused-kernels.test.ts',
+      'test/train-recipe.test.ts',
+      'test/train-loop.test.ts',
+      'test/train-checkpoint.test.ts',
+      'test/train-report.test.ts',
+    ],
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+  },
+});
