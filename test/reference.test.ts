@@ -2,6 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { GraphBuilder, numel, type Graph } from '../compiler/ir.ts';
 import { GraphOpBuilder, Ops } from '../compiler/ops.ts';
 import { applyOp, evaluate, evaluateNodes, type RefTensor } from '../runtime/reference.ts';
+import { assertClose, type Tolerance } from './support/compare.ts';
 
 function graph(fn: (b: GraphOpBuilder, o: Ops<number>) => number[]): Graph {
   const gb = new GraphBuilder('t');
@@ -42,13 +43,16 @@ function* indices(shape: number[]): Generator<number[]> {
   }
 }
 
-function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol = 1e-12) {
+/**
+ * The interpreter computes in float64, as these oracles do: they may differ only in the order they
+ * round in (a sum's, a matmul's k loop) or by an ulp of a libm call, so per element 1e-13 of the
+ * value (~450 ulps) and 1e-15 where terms cancel to ~0 (at most a few dozen terms of magnitude ≤ 1).
+ */
+const F64_TOL: Tolerance = { rtol: 1e-13, atol: 1e-15 };
+
+function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: Tolerance = F64_TOL) {
   expect(actual.length).toBe(expected.length);
-  for (let i = 0; i < expected.length; i++) {
-    if (Math.abs(actual[i] - expected[i]) > tol * (1 + Math.abs(expected[i]))) {
-      throw new Error(`element ${i}: ${actual[i]} != ${expected[i]}`);
-    }
-  }
+  assertClose(actual, expected, tol);
 }
 
 /** One op on one or more inputs, evaluated through a whole graph. */
