@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Summarises a Stryker run (npm run mutate): reads reports/mutation/mutation.json, prints the
-// mutation score per scoped folder, and writes reports/mutation/summary.json.
+// Summarises Stryker runs (npm run mutate): reads each scope's reports/mutation/<scope>/mutation.json,
+// prints the mutation score per scope, and writes reports/mutation/summary.json.
 //
 // Every surviving mutant must be either killed by a test or listed in mutation/equivalent.json as
 // equivalent to the original code, with the reason. A listed mutant is matched by file, mutator,
@@ -8,21 +8,23 @@
 // script exits 1 when a survivor is unlisted or a listed entry no longer survives (stale), so the
 // list stays true.
 //
-//   node scripts/mutation-summary.mjs [report.json]
+//   node scripts/mutation-summary.mjs [report.json...]   (default: every scope's report that exists)
 
 import { readFileSync, writeFileSync, mkdirSync, existsSync } from 'node:fs';
 import path from 'node:path';
 
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const reportPath = path.resolve(process.argv[2] ?? path.join(ROOT, 'reports/mutation/mutation.json'));
+const SCOPE_NAMES = ['passes', 'ir', 'schedule', 'train'];
+const reportPaths = (process.argv.length > 2 ? process.argv.slice(2) : SCOPE_NAMES.map((s) => `reports/mutation/${s}/mutation.json`).filter((p) => existsSync(path.join(ROOT, p)))).map((p) => path.resolve(ROOT, p));
 const equivalentPath = path.join(ROOT, 'mutation/equivalent.json');
-const summaryPath = path.join(path.dirname(reportPath), 'summary.json');
+const summaryPath = path.join(ROOT, 'reports/mutation/summary.json');
 
-if (!existsSync(reportPath)) {
-  console.error(`mutation-summary: ${reportPath} not found; run npm run mutate first`);
+const missing = reportPaths.filter((p) => !existsSync(p));
+if (!reportPaths.length || missing.length) {
+  console.error(`mutation-summary: ${missing.length ? missing.join(', ') : 'no report'} not found; run npm run mutate first`);
   process.exit(2);
 }
-const report = JSON.parse(readFileSync(reportPath, 'utf8'));
+const files = Object.assign({}, ...reportPaths.map((p) => JSON.parse(readFileSync(p, 'utf8')).files));
 const equivalents = existsSync(equivalentPath) ? JSON.parse(readFileSync(equivalentPath, 'utf8')) : [];
 
 /** The folder a mutated file is scored under (the issue's scopes). */
@@ -48,7 +50,7 @@ const usedListed = new Set();
 
 const scopes = new Map();
 const unlisted = [];
-for (const [file, { source, mutants }] of Object.entries(report.files)) {
+for (const [file, { source, mutants }] of Object.entries(files)) {
   const rel = path.isAbsolute(file) ? path.relative(ROOT, file) : file;
   const scope = scopeOf(rel);
   const s = scopes.get(scope) ?? { Killed: 0, Timeout: 0, Survived: 0, NoCoverage: 0, CompileError: 0, RuntimeError: 0, Ignored: 0, equivalent: 0 };
@@ -81,7 +83,8 @@ const rows = [...scopes.entries()].sort().map(([scope, s]) => {
     scoreTotal: detected / (covered + s.NoCoverage),
   };
 });
-const stale = equivalents.filter((e) => !usedListed.has(keyOf(e)));
+const summarised = new Set(Object.keys(files).map((f) => (path.isAbsolute(f) ? path.relative(ROOT, f) : f)));
+const stale = equivalents.filter((e) => summarised.has(e.file) && !usedListed.has(keyOf(e)));
 
 console.log('\nmutation score (Stryker), per scope:');
 console.log('scope'.padEnd(56), 'covered'.padStart(8), 'total'.padStart(8), 'killed'.padStart(7), 'timeout'.padStart(8), 'survived'.padStart(9), 'no-cov'.padStart(7), 'listed'.padStart(7));
@@ -89,8 +92,8 @@ for (const r of rows) {
   console.log(r.scope.padEnd(56), pct(r.scoreCovered).padStart(8), pct(r.scoreTotal).padStart(8), String(r.killed).padStart(7), String(r.timeout).padStart(8), String(r.survived).padStart(9), String(r.noCoverage).padStart(7), String(r.listedEquivalent).padStart(7));
 }
 mkdirSync(path.dirname(summaryPath), { recursive: true });
-writeFileSync(summaryPath, JSON.stringify({ report: path.relative(ROOT, reportPath), scopes: rows, unlisted, stale }, null, 2) + '\n');
-console.log(`\nwrote ${path.relative(ROOT, summaryPath)}; HTML report: ${path.relative(ROOT, path.join(path.dirname(reportPath), 'index.html'))}`);
+writeFileSync(summaryPath, JSON.stringify({ reports: reportPaths.map((p) => path.relative(ROOT, p)), scopes: rows, unlisted, stale }, null, 2) + '\n');
+console.log(`\nwrote ${path.relative(ROOT, summaryPath)}; HTML reports: ${reportPaths.map((p) => path.relative(ROOT, path.join(path.dirname(p), 'index.html'))).join(', ')}`);
 if (unlisted.length) console.log(`${unlisted.length} surviving or uncovered mutant(s) are neither killed nor listed in mutation/equivalent.json (see summary.json "unlisted")`);
 if (stale.length) console.log(`${stale.length} entr(y/ies) of mutation/equivalent.json no longer survive; remove them:\n${stale.map((e) => `  ${e.file}:${e.line} ${e.mutator} ${e.original} → ${e.replacement}`).join('\n')}`);
 process.exit(unlisted.length || stale.length ? 1 : 0);
