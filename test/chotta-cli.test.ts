@@ -1,4 +1,5 @@
-// chotta as a user runs it: a real process, real exit codes, what lands on stdout and stderr.
+// chotta as a user runs it: a real process, real exit codes, what lands on stdout and stderr. And,
+// in this process with the trainer and the fine-tuner stubbed, that every flag reaches them.
 
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -6,7 +7,27 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../runtime/cli.ts';
+import type { FinetuneOptions, FinetuneResult } from '../runtime/finetune/finetune.ts';
+import type { TrainOptions, TrainResult } from '../runtime/train/trainer.ts';
+
+// Only this file's in-process calls of main() see these stubs; the chotta processes below are real.
+const received = vi.hoisted(() => ({ train: [] as unknown[], finetune: [] as unknown[] }));
+vi.mock(import('../runtime/train/trainer.ts'), async (importOriginal) => ({
+  ...(await importOriginal()),
+  train: async (options: TrainOptions) => {
+    received.train.push(options);
+    return { finished: true, outDir: 'stub' } as TrainResult;
+  },
+}));
+vi.mock(import('../runtime/finetune/finetune.ts'), async (importOriginal) => ({
+  ...(await importOriginal()),
+  finetune: async (options: FinetuneOptions) => {
+    received.finetune.push(options);
+    return { report: 'stub' } as FinetuneResult;
+  },
+}));
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const fixture = 'test/fixtures/data/wikitext-sample.txt';
@@ -151,5 +172,53 @@ describe.concurrent('chotta', () => {
     const sampled = await chotta(['sample', '--mode', 'eager', '--ckpt', out, '--prompt', 'The', '--tokens', '5', '--temperature', '0']);
     expect(sampled.code, sampled.stderr).toBe(0);
     expect(sampled.stdout.startsWith('The')).toBe(true);
+  });
+});
+
+describe('chotta flags reach the trainer and the fine-tuner (in process, both stubbed)', () => {
+  const run = async (argv: string[]) => {
+    const write = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      await main(argv);
+    } finally {
+      write.mockRestore();
+    }
+  };
+  /** The given options only: a flag left out must be left out of the call, not passed as undefined-by-default. */
+  const given = (options: unknown) => Object.fromEntries(Object.entries(options as object).filter(([, value]) => value !== undefined));
+
+  it('train: every schedule, run and model flag, none a default', async () => {
+    await run([
+      'train', '--mode', 'eager', '--steps', '7', '--max-lr', '0.004', '--min-lr-ratio', '0.35', '--warmup-steps', '3',
+      '--start-micro-batches', '2', '--full-micro-batches', '3', '--ramp-steps', '4', '--eval-interval', '5', '--eval-batches', '6',
+      '--checkpoint-interval', '9', '--seed', '11', '--out', 'runs/o', '--model', 'm.ts', '--preset', 'p', '--data', 'd.txt',
+      '--eval-data', 'e.txt', '--tokenizer', 'bpe:300', '--cache-dir', 'c', '--n-layer', '2', '--n-head', '4', '--n-embd', '64',
+      '--block-size', '32', '--batch-size', '3', '--vocab-size', '320', '--resume',
+    ]);
+    expect(given(received.train.at(-1))).toEqual({
+      steps: 7, maxLr: 0.004, minLrRatio: 0.35, warmupSteps: 3, startMicroBatches: 2, fullMicroBatches: 3, rampSteps: 4,
+      evalInterval: 5, evalBatches: 6, checkpointInterval: 9, seed: 11, outDir: 'runs/o', modelFile: 'm.ts', preset: 'p',
+      data: 'd.txt', evalData: 'e.txt', tokenizer: 'bpe:300', cacheDir: 'c', resume: true,
+      modelOverrides: { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, batchSize: 3, vocabSize: 320 },
+    });
+  });
+
+  it('train: flags left out are left out, so the trainer (or the resumed run) decides', async () => {
+    await run(['train']);
+    expect(given(received.train.at(-1))).toEqual({});
+  });
+
+  it('finetune: every schedule and run flag', async () => {
+    await run([
+      'finetune', '--ckpt', 'runs/pre', '--task', 'jsonl:t.jsonl', '--labels', 'good, bad', '--baselines', '--out', 'runs/ft',
+      '--steps', '12', '--max-lr', '0.002', '--min-lr-ratio', '0.4', '--warmup-steps', '2', '--micro-batches', '3', '--context', '48',
+      '--checkpoint-interval', '5', '--eval-examples', '20', '--seed', '9', '--mode', 'eager', '--resume',
+    ]);
+    expect(given(received.finetune.at(-1))).toEqual({
+      ckpt: 'runs/pre', task: 'jsonl:t.jsonl', labels: ['good', 'bad'], baselines: true, outDir: 'runs/ft', steps: 12, maxLr: 0.002,
+      minLrRatio: 0.4, warmupSteps: 2, microBatches: 3, context: 48, checkpointInterval: 5, evalExamples: 20, seed: 9, resume: true,
+    });
+    await run(['finetune', '--ckpt', 'runs/pre', '--task', 'imdb-sentiment']);
+    expect(given(received.finetune.at(-1))).toEqual({ ckpt: 'runs/pre', task: 'imdb-sentiment' });
   });
 });

@@ -1,5 +1,6 @@
 // prepareData / loadPreparedData: the cache, the split by document, the token files' layout,
-// atomic writes, and end-to-end runs on the embedded corpus and (where present) WikiText-2.
+// atomic writes, and end-to-end runs on the embedded corpus and WikiText-2 (where present;
+// required under CI, see test/support/data.ts).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
@@ -17,8 +18,8 @@ import {
 } from '../runtime/data/index.ts';
 import { readTokenFile, TokenFileWriter, tokenDtypeFor } from '../runtime/data/token-files.ts';
 import { mulberry32 } from '../runtime/init.ts';
+import { wikitext2OrSkip } from './support/data.ts';
 
-const wikitext2 = resolve(import.meta.dirname, '../../shared/data/wikitext-2');
 const WORDS = 'river stone lamp orchard violet engine harbor quiet copper window meadow signal ember lantern atlas'.split(' ');
 
 let scratch: string;
@@ -240,7 +241,7 @@ describe('the embedded default corpus', () => {
 
 describe('WikiText-2 end to end', () => {
   it('prepares valid.txt for training with test.txt for evaluation', async (t) => {
-    if (!existsSync(wikitext2)) return t.skip(`skipped: ${wikitext2} not found (WikiText-2 is not shipped with the project)`);
+    const wikitext2 = wikitext2OrSkip(t);
     const started = performance.now();
     const { meta } = await prepareData({
       source: join(wikitext2, 'valid.txt'),

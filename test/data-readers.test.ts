@@ -1,16 +1,16 @@
 // Corpus readers: each format on a small synthetic fixture, format detection and its errors,
-// and WikiText article splitting on the real WikiText-2 file where ../shared has it.
+// and WikiText article splitting on the real WikiText-2 file in ../shared (skipped where absent,
+// except under CI, where a missing data set fails: test/support/data.ts).
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
 import { detectCorpusFormat, isWikiTextArticleHeading, readDocuments, wikiMarkupToPlainText } from '../runtime/data/index.ts';
+import { dataOrSkip, WIKITEXT2_DIR, wikitext2OrSkip } from './support/data.ts';
 
 const fixtures = resolve(import.meta.dirname, 'fixtures/data');
-const wikitext2 = resolve(import.meta.dirname, '../../shared/data/wikitext-2');
 const fixture = (name: string) => join(fixtures, name);
 
 async function documentsOf(source: string): Promise<string[]> {
@@ -71,8 +71,31 @@ describe('WikiText', () => {
     expect(documents[0].endsWith('shops . ')).toBe(true);
   });
 
+  it('a missing data set skips locally and fails under CI, saying where it is expected', () => {
+    const absent = join(fixtures, 'no-such-data-set');
+    const skipped: string[] = [];
+    const context = { skip: (note?: string) => void skipped.push(note ?? '') } as unknown as TestContext;
+    const ci = process.env.CI;
+    try {
+      delete process.env.CI;
+      dataOrSkip(context, absent, 'a data set', ['train.txt']);
+      expect(skipped).toHaveLength(1);
+      expect(skipped[0]).toContain(`a data set is expected at ${absent} (with train.txt)`);
+      process.env.CI = '1';
+      expect(() => dataOrSkip(context, absent, 'a data set', ['train.txt'])).toThrow(`CI is set, so the data set is required: a data set is expected at ${absent}`);
+      expect(skipped).toHaveLength(1);
+      // A folder that exists but lacks the files is missing too; one that holds them is returned.
+      expect(() => dataOrSkip(context, fixtures, 'fixtures', ['no-such-file.txt'])).toThrow(/missing: .*no-such-file\.txt/);
+      expect(dataOrSkip(context, fixtures, 'fixtures', ['wikitext-sample.txt'])).toBe(fixtures);
+      expect(WIKITEXT2_DIR).toBe(resolve(import.meta.dirname, '../../shared/data/wikitext-2'));
+    } finally {
+      if (ci === undefined) delete process.env.CI;
+      else process.env.CI = ci;
+    }
+  });
+
   it('splits the real valid.txt into its 60 articles, losing no text', async (t) => {
-    if (!existsSync(wikitext2)) return t.skip(`skipped: ${wikitext2} not found (WikiText-2 is not shipped with the project)`);
+    const wikitext2 = wikitext2OrSkip(t);
     const path = join(wikitext2, 'valid.txt');
     expect(await detectCorpusFormat(path)).toBe('wikitext');
     const documents = await documentsOf(path);
@@ -88,7 +111,7 @@ describe('WikiText', () => {
   });
 
   it('splits the real test.txt into 62 articles', async (t) => {
-    if (!existsSync(wikitext2)) return t.skip(`skipped: ${wikitext2} not found (WikiText-2 is not shipped with the project)`);
+    const wikitext2 = wikitext2OrSkip(t);
     const documents = await documentsOf(join(wikitext2, 'test.txt'));
     expect(documents).toHaveLength(62);
     expect(documents[0]).toMatch(/^ = Robert .* = \n/);

@@ -1,16 +1,15 @@
 // Tokenizers: GPT-2's known ids, and the byte-level BPE: exact vocabulary size, exact round trips
 // on any Unicode, the incremental trainer agreeing with the textbook one, save and load.
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ByteBpeTokenizer, defaultCorpusFiles, loadGpt2Tokenizer, readDocuments, tokenizerFromJson, trainByteBpe } from '../runtime/data/index.ts';
 import { pairKey } from '../runtime/data/byte-bpe.ts';
 import { WordCounts } from '../runtime/data/bpe-trainer.ts';
 import { GPT2_SPLIT_PATTERN, MAX_WORD_LENGTH, preTokenize, splitPattern } from '../runtime/data/pretokenize.ts';
 import { mulberry32 } from '../runtime/init.ts';
+import { wikitext2OrSkip } from './support/data.ts';
 
-const wikitext2 = resolve(import.meta.dirname, '../../shared/data/wikitext-2');
 const utf8 = new TextEncoder();
 
 const SAMPLE_TEXT = [
@@ -152,7 +151,7 @@ describe('byte-level BPE', () => {
   });
 
   it('trains 4096 tokens on WikiText-2 valid.txt in seconds and round-trips it', async (t) => {
-    if (!existsSync(wikitext2)) return t.skip(`skipped: ${wikitext2} not found (WikiText-2 is not shipped with the project)`);
+    const wikitext2 = wikitext2OrSkip(t);
     const path = join(wikitext2, 'valid.txt');
     const started = performance.now();
     const bpe = await trainByteBpe(readDocuments(path), { vocabSize: 4096 });

@@ -26,6 +26,7 @@ import { evaluate } from '../runtime/reference.ts';
 import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
 import { loadCheckpoint, saveCheckpoint } from '../runtime/train/checkpoint.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
+import { learningRate } from '../runtime/train/schedule.ts';
 
 const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 24, vocabSize: 300, bias: true, batchSize: 2 };
 const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, defaultPreset: 'toy' };
@@ -300,7 +301,9 @@ describe('finetune and eval (reference engine)', () => {
   });
 
   it('jsonl {text, label}: fine-tunes with baselines into one report, checkpoints, resumes, and chotta eval reads it', async () => {
-    const lines = [...GOOD, ...GOOD.map((g) => `${g}!`)].map((text) => ({ text, label: 'good' })).concat([...BAD, ...BAD.map((b) => `${b}!`)].map((text) => ({ text, label: 'bad' })));
+    // Four spellings of each review: whichever are held out, their words are in training three times.
+    const spellings = (texts: string[], label: string) => ['', '!', '?', '.'].flatMap((end) => texts.map((text) => ({ text: `${text}${end}`, label })));
+    const lines = [...spellings(GOOD, 'good'), ...spellings(BAD, 'bad')];
     const file = await writeLines('sentiment.jsonl', lines);
     const out = join(scratch, 'ft-labels');
     const common = { ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, steps: 4, maxLr: 1e-2, checkpointInterval: 2, outDir: out };
@@ -313,7 +316,55 @@ describe('finetune and eval (reference engine)', () => {
       'pretrained, fine-tuned',
       'random init, fine-tuned',
     ]);
-    for (const row of result.rows) expect(row.accuracy).toBeGreaterThanOrEqual(0);
+    // Each row's accuracy, worked out here from the held-out split itself. 32 examples, a tenth held
+    // out: 3, so every accuracy is 0, ⅓, ⅔ or 1.
+    const task = loadTask(`jsonl:${file}`);
+    const heldOut = task.test;
+    expect(heldOut.map((e) => e.label)).toEqual([0, 0, 1]); // two "bad", one "good"
+    for (const row of result.rows) {
+      expect(row.accuracy, row.model).toBeGreaterThanOrEqual(0);
+      expect(row.accuracy, row.model).toBeLessThanOrEqual(1);
+      expect(Number.isInteger(row.accuracy! * heldOut.length), `${row.model}: ${row.accuracy} of ${heldOut.length} examples`).toBe(true);
+    }
+    const accuracyOfRow = (model: string) => result.rows.find((r) => r.model === model)!.accuracy;
+    // Majority class: the training split's commonest label (ties go to the first of the label set),
+    // scored by its share of the held-out examples, exactly.
+    const counts = task.labels!.map((_, k) => task.train.filter((e) => e.label === k).length);
+    const commonest = counts.indexOf(Math.max(...counts));
+    expect(accuracyOfRow('majority class')).toBe(heldOut.filter((e) => e.label === commonest).length / heldOut.length);
+    // Here: training keeps 15 "good" and 14 "bad", so always "good", right on 1 of the 3.
+    expect(counts).toEqual([14, 15]);
+    expect(accuracyOfRow('majority class')).toBe(1 / 3);
+    expect(result.rows[0].note).toBe(`always "${task.labels![commonest].label}"`);
+    // Bag of words: fit on all 29 training examples, and on the 4 steps × 2 rows = 8 that fine-tuning sees.
+    const bowAccuracy = (train: TaskExample[]) => {
+      const bow = new BagOfWordsClassifier(2).fit(train);
+      return heldOut.filter((e) => bow.predict(e) === e.label).length / heldOut.length;
+    };
+    expect(accuracyOfRow('bag-of-words logistic regression')).toBe(bowAccuracy(task.train));
+    // Each held-out review's other three spellings are in training, and its telling words ("dull",
+    // "boring", "joy") occur in one label's reviews only: the full bag of words gets all 3 right.
+    expect(accuracyOfRow('bag-of-words logistic regression')).toBe(1);
+    expect(accuracyOfRow('bag-of-words logistic regression, fine-tuning budget')).toBe(bowAccuracy(task.train.slice(0, 8)));
+    // The model rows: the share of held-out examples whose own answer is the likelier one after the
+    // prompt, under the weights each row names (the pretrained ones; each fine-tuned checkpoint).
+    const reserve = Math.max(...task.labels!.map((l) => tokenizer.encode(l.answer).length));
+    const encoder = new ExampleEncoder(tokenizer, TOY.blockSize, reserve);
+    const answers = task.labels!.map((l) => encoder.answer(l.answer));
+    const accuracyUnder = async (weights: Map<string, Float32Array>) => {
+      const scorer = new MaskedReferenceEngine(toyModel, TOY, 0);
+      scorer.params = new Map([...weights].map(([name, data]) => [name, Float32Array.from(data)]));
+      let correct = 0;
+      for (const e of heldOut) {
+        const scores = await answerLogProbs(scorer, encoder.encode(e).prompt, answers);
+        if (scores.indexOf(Math.max(...scores)) === e.label) correct++;
+      }
+      return correct / heldOut.length;
+    };
+    const weightsOf = async (dir: string) => new Map([...(await loadCheckpoint(join(dir, 'checkpoint'))).parameters].map(([name, p]) => [name, p.data]));
+    expect(accuracyOfRow('pretrained, zero-shot')).toBe(await accuracyUnder(await weightsOf(pretrained)));
+    expect(accuracyOfRow('pretrained, fine-tuned')).toBe(await accuracyUnder(await weightsOf(out)));
+    expect(accuracyOfRow('random init, fine-tuned')).toBe(await accuracyUnder(await weightsOf(join(out, 'random-init'))));
     const report = await readFile(join(out, 'report.md'), 'utf8');
     expect(report).toContain('| pretrained, fine-tuned |');
     expect(report).toContain('| random init, fine-tuned |');
@@ -333,7 +384,7 @@ describe('finetune and eval (reference engine)', () => {
 
     const evaluated = await evaluateCheckpoint({ ckpt: out, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, log: () => {} }, factory);
     expect(evaluated.accuracy).toBe(again.rows.at(-1)!.accuracy);
-    expect(evaluated.text).toMatch(/accuracy \d+\.\d% on 2 held-out examples/);
+    expect(evaluated.text).toMatch(/accuracy \d+\.\d% on 3 held-out examples/);
 
     // Perplexity of a text file: windows of T tokens, no mask.
     const text = join(scratch, 'text.txt');
@@ -343,15 +394,22 @@ describe('finetune and eval (reference engine)', () => {
     expect(perplexity.text).toMatch(/perplexity \d+\.\d\d .* over \d+ windows of 24 tokens/);
   });
 
-  it('jsonl {prompt, completion}: loss on the completion, reported as completion loss', async () => {
+  it('jsonl {prompt, completion}: loss on the completion, reported as completion loss, with the schedule given', async () => {
     const file = await writeLines('qa.jsonl', [...GOOD, ...BAD].map((g, i) => ({ prompt: `Q: ${g}?\nA:`, completion: i < 4 ? ' yes' : ' no' })));
     const out = join(scratch, 'ft-qa');
-    const result = await finetune({ ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, steps: 3, maxLr: 1e-2, context: 16, outDir: out }, factory);
+    const schedule = { steps: 3, maxLr: 1e-2, minLrRatio: 0.5, warmupSteps: 1 };
+    const result = await finetune({ ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, ...schedule, context: 16, outDir: out }, factory);
     expect(result.rows).toHaveLength(1);
     // --context 16: the engine's rows are 16 tokens, the position table its first 16 rows, and the checkpoint says so.
     expect(engines.at(-1)!.seqLen).toBe(16);
     expect(engines.at(-1)!.params.get('wpe.weight')!.length).toBe(16 * TOY.nEmbd);
-    expect((await loadCheckpoint(join(out, 'checkpoint'))).state.config.modelConfig).toMatchObject({ blockSize: 16 });
+    const saved = await loadCheckpoint(join(out, 'checkpoint'));
+    expect(saved.state.config.modelConfig).toMatchObject({ blockSize: 16 });
+    // A non-default schedule is the one trained with: warmup 1 step, then the cosine to a floor of 50% (not 10%).
+    expect(saved.state.config).toMatchObject(schedule);
+    const lrAt = (step: number) => learningRate(step, { maxLr: 1e-2, warmupSteps: 1, maxSteps: 3, minLrRatio: 0.5 });
+    expect(saved.state.lossHistory.map((row) => [row.step, row.lr])).toEqual([0, 1, 2].map((s) => [s, lrAt(s)]));
+    expect(saved.state.lossHistory[2].lr).toBeCloseTo(0.75e-2, 15); // half way down from 1e-2 to 0.5e-2
     expect(result.rows[0].completionLoss).toBeGreaterThan(0);
     expect(result.report).toContain('completion loss');
   });

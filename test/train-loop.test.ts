@@ -1,186 +1,30 @@
 // The training loop (runtime/train/trainer.ts) and sampling (sample.ts), run on a real engine that
-// needs no GPU: a toy GPT evaluated by the float64 reference interpreter, with gradients from the
-// joint graph and the host AdamW. Real arithmetic, so "resume continues exactly" means identical
-// weights, moments and losses, not identical calls to a mock.
+// needs no GPU (test/support/reference-engine.ts): a toy GPT evaluated by the float64 reference
+// interpreter, with gradients from the joint graph and the host AdamW. Real arithmetic, so "resume
+// continues exactly" means identical weights, moments and losses, not identical calls to a mock.
 
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildJointGraph } from '../compiler/autograd.ts';
-import { GraphBuilder, type Graph } from '../compiler/ir.ts';
-import { ParamScope, Tensor, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
-import { GraphOpBuilder } from '../compiler/ops.ts';
-import { traceForward } from '../compiler/trace.ts';
+import type { ModelDefinition } from '../compiler/nn.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { loadPreparedData, prepareData } from '../runtime/data/index.ts';
 import type { GpuContext } from '../runtime/device.ts';
-import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../runtime/engine.ts';
 import { createEagerEngine } from '../runtime/eager-engine.ts';
-import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
-import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
+import { mulberry32 } from '../runtime/init.ts';
 import { loadCheckpoint, type LoadedCheckpoint } from '../runtime/train/checkpoint.ts';
-import { engineStateOf, train, type EngineFactory, type TrainOptions, type TrainResult } from '../runtime/train/trainer.ts';
+import { engineStateOf, train, type TrainOptions, type TrainResult } from '../runtime/train/trainer.ts';
 import { sample, sampleToken } from '../runtime/train/sample.ts';
-import { fillBatch, windowCount, type Batch } from '../runtime/train/sampler.ts';
-import { learningRate } from '../runtime/train/schedule.ts';
+import { fillBatch, windowCount } from '../runtime/train/sampler.ts';
+import { accumulationSteps, learningRate } from '../runtime/train/schedule.ts';
 import { gpuOrSkip } from './support/gpu.ts';
+import { ReferenceEngine, referenceEngines, type EngineLog } from './support/reference-engine.ts';
 
 const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 512, bias: true, batchSize: 2 };
 const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, defaultPreset: 'toy' };
 /** The reference engine runs on the CPU and never touches a device. */
 const NO_GPU = {} as GpuContext;
-
-/** A resolved promise that notes when someone awaits it, so the tests can see when losses are read. */
-function observed<T>(value: T, onRead: () => void): Promise<T> {
-  const settled = Promise.resolve(value);
-  return {
-    then: (onValue, onError) => {
-      onRead();
-      return settled.then(onValue, onError);
-    },
-    catch: (onError) => settled.catch(onError),
-    finally: (onFinally) => settled.finally(onFinally),
-    [Symbol.toStringTag]: 'Promise',
-  } as Promise<T>;
-}
-
-interface EngineLog {
-  /** 'step k' when step k is queued, 'read k' when its loss is awaited, 'evaluate' per evaluation. */
-  events: string[];
-  lrs: number[];
-  microBatchCounts: number[];
-  /** Every training input row the engine was given, in order. */
-  rows: string[];
-}
-
-class ReferenceEngine implements TrainingEngine {
-  readonly mode = 'eager' as const;
-  readonly batchSize: number;
-  readonly seqLen: number;
-  readonly dispatches = 0;
-  private readonly specs: ParamSpec[];
-  private readonly forward: Graph;
-  private readonly joint: Graph;
-  private readonly logitsGraphs = new Map<number, Graph>();
-  private params = new Map<string, Float32Array>();
-  private m = new Map<string, Float32Array>();
-  private v = new Map<string, Float32Array>();
-  private optimizerSteps = 0;
-  private queued = 0;
-
-  constructor(
-    private readonly def: ModelDefinition,
-    private readonly config: ModelShape,
-    seed: number,
-    private readonly log: EngineLog,
-    private readonly beforeStep?: (index: number) => void,
-  ) {
-    const traced = traceForward(def, config);
-    this.specs = traced.params;
-    this.forward = traced.graph;
-    this.joint = buildJointGraph(traced.graph);
-    this.batchSize = config.batchSize;
-    this.seqLen = config.blockSize;
-    this.params = initParameters(this.specs, seed);
-    for (const [name, data] of this.params) {
-      this.m.set(name, new Float32Array(data.length));
-      this.v.set(name, new Float32Array(data.length));
-    }
-  }
-
-  step(microBatches: Batch[], lr: number): StepResult {
-    const index = this.queued++;
-    this.beforeStep?.(index);
-    this.log.events.push(`step ${index}`);
-    this.log.lrs.push(lr);
-    this.log.microBatchCounts.push(microBatches.length);
-    const grads = this.specs.map((p) => new Float64Array(this.params.get(p.name)!.length));
-    let loss = 0;
-    for (const batch of microBatches) {
-      for (let r = 0; r < this.batchSize; r++) this.log.rows.push(batch.idx.slice(r * this.seqLen, (r + 1) * this.seqLen).join(','));
-      const [batchLoss, ...batchGrads] = evaluate(this.joint, { idx: batch.idx, targets: batch.targets, ...Object.fromEntries(this.params) });
-      loss += batchLoss.data[0] / microBatches.length;
-      batchGrads.forEach((g, i) => {
-        for (let j = 0; j < g.data.length; j++) grads[i][j] += g.data[j] / microBatches.length;
-      });
-    }
-    const grads32 = grads.map((g) => Float32Array.from(g));
-    const norm = globalNorm(grads32);
-    const gradScale = clipFactor(norm, GPT3_ADAMW.maxGradNorm);
-    this.optimizerSteps++;
-    this.specs.forEach((p, i) => {
-      adamwUpdate(this.params.get(p.name)!, grads32[i], this.m.get(p.name)!, this.v.get(p.name)!, {
-        lr,
-        step: this.optimizerSteps,
-        gradScale,
-        beta1: GPT3_ADAMW.beta1,
-        beta2: GPT3_ADAMW.beta2,
-        eps: GPT3_ADAMW.eps,
-        weightDecay: decays(p.name, p.shape) ? GPT3_ADAMW.weightDecay : 0,
-      });
-    });
-    return { loss: observed(loss, () => this.log.events.push(`read ${index}`)), gradNorm: Promise.resolve(norm) };
-  }
-
-  async evaluate(batches: Batch[]): Promise<number> {
-    this.log.events.push('evaluate');
-    let sum = 0;
-    for (const batch of batches) sum += evaluate(this.forward, { idx: batch.idx, targets: batch.targets, ...Object.fromEntries(this.params) })[0].data[0];
-    return sum / batches.length;
-  }
-
-  async lastLogits(tokens: Int32Array): Promise<Float32Array> {
-    const graph = this.logitsGraphs.get(tokens.length) ?? traceLogits(this.def, this.config, tokens.length);
-    this.logitsGraphs.set(tokens.length, graph);
-    const [logits] = evaluate(graph, { idx: tokens, ...Object.fromEntries(this.params) });
-    const vocab = this.config.vocabSize;
-    return Float32Array.from(logits.data.subarray(logits.data.length - vocab));
-  }
-
-  async exportState(): Promise<EngineState> {
-    const copy = (map: Map<string, Float32Array>) => new Map([...map].map(([name, data]) => [name, Float32Array.from(data)]));
-    const shapes = new Map(this.specs.map((p) => [p.name, [...p.shape]]));
-    return {
-      params: new Map([...this.params].map(([name, data]) => [name, { shape: shapes.get(name)!, data: Float32Array.from(data) }])),
-      m: copy(this.m),
-      v: copy(this.v),
-      step: this.optimizerSteps,
-    };
-  }
-
-  importState(state: EngineState): void {
-    for (const p of this.specs) {
-      const saved = state.params.get(p.name);
-      if (!saved || saved.shape.join() !== p.shape.join()) throw new Error(`importState: ${p.name} missing or of another shape`);
-      this.params.set(p.name, Float32Array.from(saved.data));
-      this.m.set(p.name, Float32Array.from(state.m.get(p.name)!));
-      this.v.set(p.name, Float32Array.from(state.v.get(p.name)!));
-    }
-    this.optimizerSteps = state.step;
-  }
-}
-
-/** The forward pass returning logits for one sequence of `length` tokens (traceForward returns the loss). */
-function traceLogits(def: ModelDefinition, config: ModelShape, length: number): Graph {
-  const graph = new GraphBuilder('logits');
-  const builder = new GraphOpBuilder(graph);
-  const idx = new Tensor(builder, builder.input('idx', [1, length], 'i32', false));
-  const scope = new ParamScope((spec) => new Tensor(builder, builder.input(spec.name, [...spec.shape], 'f32', true)));
-  const { logits } = def.create(scope, config).forward(idx);
-  return graph.build([logits.value as number]);
-}
-
-function referenceEngines(hooks: { failAtStep?: number; onStep?: (index: number) => void } = {}) {
-  const log: EngineLog = { events: [], lrs: [], microBatchCounts: [], rows: [] };
-  const factory: EngineFactory = async ({ def, config, seed }) =>
-    new ReferenceEngine(def, config, seed, log, (index) => {
-      if (index === hooks.failAtStep) throw new Error(`simulated crash at step ${index}`);
-      hooks.onStep?.(index);
-    });
-  return { log, factory };
-}
 
 const WORDS = 'river stone lamp orchard violet engine harbor quiet copper window meadow signal ember lantern atlas'.split(' ');
 
@@ -264,6 +108,32 @@ describe('train', () => {
     expect(result.lossHistory[0].tokensPerSecond).toBeUndefined();
     expect(result.tokensPerSecond).toBeGreaterThan(0);
     expect(output.text).toMatch(/trained 6 steps/);
+  });
+
+  it('trains with the schedule options it is given: every lr and micro-batch count follows them, and the run records them', async () => {
+    // None of these is a default: floor 35% (not 10%), warmup 3 steps (not 10% of 7), a ramp from
+    // 2 to 3 micro-batches over 4 steps (not 1 → 2 over 20%).
+    const schedule = { steps: 7, maxLr: 4e-3, minLrRatio: 0.35, warmupSteps: 3, startMicroBatches: 2, fullMicroBatches: 3, rampSteps: 4 };
+    const { log, factory } = referenceEngines();
+    const result = await train(options('schedule', { ...schedule, evalInterval: 100, evalBatches: 1 }), factory);
+    const lrAt = (step: number) => learningRate(step, { maxLr: 4e-3, warmupSteps: 3, maxSteps: 7, minLrRatio: 0.35 });
+    const steps = [0, 1, 2, 3, 4, 5, 6];
+    expect(log.lrs).toEqual(steps.map(lrAt));
+    // By hand: warmup 4e-3·(s+1)/3; half way down the cosine (step 5) 1.4e-3 + ½·2.6e-3; the floor 0.35·4e-3.
+    expect(log.lrs[0]).toBeCloseTo(4e-3 / 3, 15);
+    expect(log.lrs[3]).toBeCloseTo(4e-3, 15);
+    expect(log.lrs[5]).toBeCloseTo(2.7e-3, 15);
+    // Every row records the rate of its step; the row after the last step has the floor.
+    expect(result.lossHistory.map((row) => [row.step, row.lr])).toEqual([...steps, 7].map((s) => [s, lrAt(s)]));
+    expect(result.lossHistory.at(-1)!.lr).toBeCloseTo(1.4e-3, 15);
+    expect(log.microBatchCounts).toEqual(steps.map((s) => accumulationSteps(s, { startMicroBatches: 2, fullMicroBatches: 3, rampSteps: 4 })));
+    expect(log.microBatchCounts).toEqual([2, 2, 2, 2, 3, 3, 3]);
+    const checkpoint = await loadCheckpoint(join(scratch, 'schedule', 'checkpoint'));
+    expect(checkpoint.state.config).toMatchObject(schedule);
+    expect(checkpoint.state.tokensSeen).toBe(17 * TOY.batchSize * TOY.blockSize);
+    const csv = (await readFile(join(scratch, 'schedule', 'loss.csv'), 'utf8')).trim().split('\n').slice(1);
+    expect(csv.map((line) => Number(line.split(',')[3]))).toEqual([...steps, 7].map(lrAt));
+    expect(output.text).toMatch(/7 steps · lr 0\.004 \(warmup 3, cosine to 0\.0014\) · 2→3 micro-batches of 2×8 over 4 steps/);
   });
 
   it("reads each step's loss only after queueing the next step", () => {
@@ -394,7 +264,7 @@ describe('sample', () => {
 
     // The first greedy token is the argmax of the logits after end-of-text and the prompt.
     const data = await loadPreparedData((await prepareData({ source: corpusPath, tokenizer: { bpe: 300 }, cacheDir: join(scratch, 'cache') })).dir);
-    const engine = new ReferenceEngine(toyModel, { ...TOY, vocabSize: 300, batchSize: 1 }, 0, { events: [], lrs: [], microBatchCounts: [], rows: [] });
+    const engine = new ReferenceEngine(toyModel, { ...TOY, vocabSize: 300, batchSize: 1 }, 0);
     engine.importState(engineStateOf(straight.checkpoint));
     const logits = await engine.lastLogits(Int32Array.from([data.tokenizer.eotId, ...data.tokenizer.encode('the river')]));
     expect(greedy.generated[0]).toBe(logits.indexOf(Math.max(...logits)));

@@ -103,6 +103,47 @@ describe('EpochSampler', () => {
     expect(() => EpochSampler.fromState(saved, 11)).toThrow(/10 windows but the data has 11/);
   });
 
+  // Pearson's chi-square statistic Σ (observed − expected)² / expected over cells of equal expectation.
+  const chiSquare = (counts: number[], expected: number) => counts.reduce((s, c) => s + (c - expected) ** 2 / expected, 0);
+
+  it('shuffles uniformly: each of the 24 orders of 4 windows equally often (chi-square, 23 degrees of freedom)', () => {
+    // 24,000 epochs of one seeded sampler, each epoch's order counted among the 4! = 24 permutations,
+    // expected 1,000 times each. Uniform: χ² ~ χ²(23), whose 1e-6 upper quantile is 70.55; the seed is
+    // fixed, so the statistic is one number and a correct Fisher–Yates passes every run. Sattolo's
+    // algorithm (j < i: only the 6 cyclic orders) gives χ² = 72,000; drawing j from all n positions
+    // (4³ = 64 equally likely paths onto 24 orders) gives 5,800. This seed's Fisher–Yates gives 25.1.
+    const epochs = 24_000;
+    const sampler = new EpochSampler(4, 2024);
+    const counts = new Map<string, number>();
+    for (let e = 0; e < epochs; e++) {
+      const key = sampler.nextWindows(4).join('');
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+    const permutations = (items: number[]): number[][] =>
+      items.length <= 1 ? [items] : items.flatMap((x, i) => permutations(items.filter((_, k) => k !== i)).map((rest) => [x, ...rest]));
+    const all = permutations([0, 1, 2, 3]).map((p) => p.join(''));
+    expect(all).toHaveLength(24);
+    expect([...counts.keys()].filter((k) => !all.includes(k))).toEqual([]);
+    const statistic = chiSquare(all.map((p) => counts.get(p) ?? 0), epochs / 24);
+    expect(statistic, `chi-square over the 24 orders of 4: ${statistic.toFixed(2)}`).toBeLessThan(70.55);
+  });
+
+  it('shuffles uniformly: every window equally often at every position (chi-square, 81 degrees of freedom)', () => {
+    // 10 windows, 10,000 epochs: the 10×10 table of (position, window) counts, 1,000 expected in each
+    // cell. Rows and columns each sum to 10,000 by construction, so under uniformity χ² ~ χ²((10−1)²)
+    // = χ²(81), whose 1e-6 upper quantile is 156.45. Sattolo never leaves a window in place (the
+    // diagonal is empty: χ² ≥ 10·1,000 = 10,000; it gives 11,204), j drawn from all n gives 11,493 and
+    // any bias of a few percent per cell shows too. This seed's Fisher–Yates gives 92.8.
+    const n = 10;
+    const epochs = 10_000;
+    const sampler = new EpochSampler(n, 77);
+    const counts = new Array<number>(n * n).fill(0);
+    for (let e = 0; e < epochs; e++) sampler.nextWindows(n).forEach((window, position) => counts[position * n + window]++);
+    const diagonal = Array.from({ length: n }, (_, i) => counts[i * n + i]);
+    const statistic = chiSquare(counts, epochs / n);
+    expect(statistic, `chi-square over positions × windows: ${statistic.toFixed(2)}; windows left in place ${diagonal.join(', ')}`).toBeLessThan(156.45);
+  });
+
   it('fills a batch of inputs and shifted targets', () => {
     const tokens = Uint16Array.from({ length: 33 }, (_, i) => 100 + i);
     const { idx, targets } = fillBatch(tokens, [2, 0], 8);
