@@ -18,7 +18,9 @@ export const SCOPES = {
 const scope = process.env.MUTATE_SCOPE ?? 'all';
 const mutate = scope === 'all' ? Object.values(SCOPES).flat() : SCOPES[scope];
 if (!mutate) throw new Error(`MUTATE_SCOPE=${scope} is not one of: all, ${Object.keys(SCOPES).join(', ')}`);
-const dir = `reports/mutation/${scope}`;
+// MUTATE_DIR: another report folder, for a run of your own beside a full one (e.g. one file, with
+// --mutate FILE and a copy of the scope's incremental file).
+const dir = process.env.MUTATE_DIR ?? `reports/mutation/${scope}`;
 
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
@@ -40,6 +42,6 @@ export default {
   jsonReporter: { fileName: `${dir}/mutation.json` },
   // Only the mutated folders get a '// @ts-nocheck' line: it would shift models/gpt.ts's lines, which tests quote.
   disableTypeChecks: '{passes,compiler,runtime}/**/*.ts',
-  tempDirName: '.stryker-tmp',
+  tempDirName: process.env.MUTATE_DIR ? `${process.env.MUTATE_DIR}/.stryker-tmp` : '.stryker-tmp',
   cleanTempDir: 'always',
 };

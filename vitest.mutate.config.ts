@@ -17,6 +17,7 @@ export default defineConfig({
       'test/train-loop.test.ts',
       'test/train-checkpoint.test.ts',
       'test/train-report.test.ts',
+      'test/compiled-reference.test.ts',
     ],
     testTimeout: 120_000,
     hookTimeout: 120_000,

@@ -57,7 +57,7 @@ for (const [file, { source, mutants }] of Object.entries(files)) {
   scopes.set(scope, s);
   for (const m of mutants) {
     s[m.status] = (s[m.status] ?? 0) + 1;
-    if (m.status !== 'Survived' && m.status !== 'NoCoverage') continue;
+    if (m.status !== 'Survived') continue;
     const entry = { file: rel, line: m.location.start.line, mutator: m.mutatorName, original: originalText(source, m.location), replacement: m.replacement ?? '' };
     const key = keyOf(entry);
     if (listed.has(key)) {
@@ -81,19 +81,21 @@ const rows = [...scopes.entries()].sort().map(([scope, s]) => {
     listedEquivalent: s.equivalent,
     scoreCovered: detected / covered,
     scoreTotal: detected / (covered + s.NoCoverage),
+    /** Covered score with the listed equivalent mutants left out (they cannot be killed). */
+    scoreCoveredNonEquivalent: detected / (covered - s.equivalent),
   };
 });
 const summarised = new Set(Object.keys(files).map((f) => (path.isAbsolute(f) ? path.relative(ROOT, f) : f)));
 const stale = equivalents.filter((e) => summarised.has(e.file) && !usedListed.has(keyOf(e)));
 
-console.log('\nmutation score (Stryker), per scope:');
-console.log('scope'.padEnd(56), 'covered'.padStart(8), 'total'.padStart(8), 'killed'.padStart(7), 'timeout'.padStart(8), 'survived'.padStart(9), 'no-cov'.padStart(7), 'listed'.padStart(7));
+console.log('\nmutation score (Stryker), per scope: covered = (killed + timeout) / (killed + timeout + survived); non-eq = the same without listed equivalents; total counts uncovered mutants too');
+console.log('scope'.padEnd(56), 'covered'.padStart(8), 'non-eq'.padStart(8), 'total'.padStart(8), 'killed'.padStart(7), 'timeout'.padStart(8), 'survived'.padStart(9), 'no-cov'.padStart(7), 'listed'.padStart(7));
 for (const r of rows) {
-  console.log(r.scope.padEnd(56), pct(r.scoreCovered).padStart(8), pct(r.scoreTotal).padStart(8), String(r.killed).padStart(7), String(r.timeout).padStart(8), String(r.survived).padStart(9), String(r.noCoverage).padStart(7), String(r.listedEquivalent).padStart(7));
+  console.log(r.scope.padEnd(56), pct(r.scoreCovered).padStart(8), pct(r.scoreCoveredNonEquivalent).padStart(8), pct(r.scoreTotal).padStart(8), String(r.killed).padStart(7), String(r.timeout).padStart(8), String(r.survived).padStart(9), String(r.noCoverage).padStart(7), String(r.listedEquivalent).padStart(7));
 }
 mkdirSync(path.dirname(summaryPath), { recursive: true });
 writeFileSync(summaryPath, JSON.stringify({ reports: reportPaths.map((p) => path.relative(ROOT, p)), scopes: rows, unlisted, stale }, null, 2) + '\n');
 console.log(`\nwrote ${path.relative(ROOT, summaryPath)}; HTML reports: ${reportPaths.map((p) => path.relative(ROOT, path.join(path.dirname(p), 'index.html'))).join(', ')}`);
-if (unlisted.length) console.log(`${unlisted.length} surviving or uncovered mutant(s) are neither killed nor listed in mutation/equivalent.json (see summary.json "unlisted")`);
+if (unlisted.length) console.log(`${unlisted.length} surviving mutant(s) are neither killed nor listed in mutation/equivalent.json (see summary.json "unlisted")`);
 if (stale.length) console.log(`${stale.length} entr(y/ies) of mutation/equivalent.json no longer survive; remove them:\n${stale.map((e) => `  ${e.file}:${e.line} ${e.mutator} ${e.original} → ${e.replacement}`).join('\n')}`);
 process.exit(unlisted.length || stale.length ? 1 : 0);
