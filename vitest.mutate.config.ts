@@ -7,6 +7,7 @@ export default defineConfig({
   test: {
     include: [
       'test/passes.test.ts',
+      'test/passes-*.test.ts',
       'test/pad-nice-numbers.test.ts',
       'test/reference.test.ts',
       'test/vjp.test.ts',
