@@ -3,7 +3,7 @@
 // sub, exp, sum, div), ·v, then the VJP rules of every op replayed from the tape. Flash is the four
 // kernels of compiler/codegen/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
 // q, k, v and upstream gradient; the dq, dk and dv each produces are compared with the reference
-// interpreter's (runtime/reference-attention.ts, float64) in the last column.
+// interpreter's (compiler/ir/interpret-attention.ts, float64) in the last column.
 //
 //   npx tsx bench/attention.mts                    # T = 128, 256, 512; BH = 32, D = 32; causal
 //   npx tsx bench/attention.mts --T 128 --reps 5 --no-causal
@@ -22,7 +22,7 @@ import { causalMask, Tensor, where } from '../compiler/tensor.ts';
 import { requestDevice, type GpuContext } from '../runtime/device.ts';
 import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { attention, attentionBackward, attentionLogSumExp } from '../runtime/reference-attention.ts';
+import { attention, attentionBackward, attentionLogSumExp } from '../compiler/ir/interpret-attention.ts';
 
 export interface AttentionOptions {
   Ts: number[];

@@ -44,7 +44,7 @@ export const PRIMITIVES: Record<string, string> = {
 
 /**
  * Composite ops: only passes create them (fuse-attention), each with reference semantics in
- * runtime/reference.ts and its own kernel. q, k, v are [..., T, D]; {causal} masks key j > query i.
+ * compiler/ir/interpret.ts and its own kernel. q, k, v are [..., T, D]; {causal} masks key j > query i.
  */
 export const COMPOSITES: Record<string, string> = {
   flash_attention: 'softmax(mask(q·kᵀ·{scale}))·v, never forming the T×T matrix',

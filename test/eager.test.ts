@@ -13,7 +13,7 @@ import { model, type GPTConfig } from '../models/gpt.ts';
 import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
 import { createEagerEngine } from '../runtime/eager-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput } from '../runtime/reference.ts';
+import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
 import { adamwUpdate } from '../runtime/train/adamw.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';

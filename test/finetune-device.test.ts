@@ -9,7 +9,7 @@ import { printGraph } from '../compiler/printer.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { createCompiledEngine } from '../runtime/compiled-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 

@@ -22,7 +22,7 @@ import { evaluateCheckpoint } from '../runtime/finetune/evaluate-checkpoint.ts';
 import { finetune, type FinetuneEngineFactory } from '../runtime/finetune/finetune.ts';
 import { cleanReview, loadTask, seededSplit, type TaskExample } from '../runtime/finetune/tasks.ts';
 import { initParameters } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
 import { loadCheckpoint, saveCheckpoint } from '../runtime/train/checkpoint.ts';
 import type { Batch } from '../runtime/train/sampler.ts';

@@ -13,7 +13,7 @@ import { schedule } from '../compiler/schedule.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { Program } from '../runtime/program.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { runOnDevice } from './support/run-graph.ts';
 

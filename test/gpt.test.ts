@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { traceForward } from '../compiler/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import { compareGradients, randomArray, type Inputs } from './support/gradcheck.ts';
 
 function randomTokens(n: number, vocab: number, seed: number): Int32Array {

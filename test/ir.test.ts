@@ -9,7 +9,7 @@ import { printGraph } from '../compiler/printer.ts';
 import { traceForward } from '../compiler/trace.ts';
 import { Tensor, TraceError } from '../compiler/tensor.ts';
 import { model } from '../models/gpt.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 
 describe('IR text form', () => {
   it('print → parse → print is the identity on the full GPT-2 joint graph', () => {

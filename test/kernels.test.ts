@@ -6,7 +6,7 @@ import type { Attrs, DType, Shape } from '../compiler/ir.ts';
 import { inferType } from '../compiler/ops.ts';
 import { matmulKernel, type MatmulConfig } from '../compiler/codegen/primitives.ts';
 import { EagerBackend } from '../runtime/eager.ts';
-import { applyOp, type RefTensor } from '../runtime/reference.ts';
+import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { adapterMatmulDefault } from '../runtime/matmul-tuner.ts';

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DEFAULT_MATMUL } from '../compiler/codegen/primitives.ts';
 import { EagerBackend } from '../runtime/eager.ts';
 import { matmulCandidates, matmulKernelFor, matmulKeyName, MatmulTuner, type MatmulKey } from '../runtime/matmul-tuner.ts';
-import { applyOp, type RefTensor } from '../runtime/reference.ts';
+import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 

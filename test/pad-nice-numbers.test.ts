@@ -15,7 +15,7 @@ import { model, type GPTConfig } from '../models/gpt.ts';
 import { JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { padRecords, padReport, TILE_GRANULE } from '../passes/pad-nice-numbers.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput, type RefTensor } from '../runtime/reference.ts';
+import { evaluate, type RefInput, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { runOnDevice } from './support/run-graph.ts';

@@ -18,7 +18,7 @@ import { traceForward } from '../compiler/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { ALL_PASSES, JOINT_CLEANUP, passNamed } from '../passes/index.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput, type RefTensor } from '../runtime/reference.ts';
+import { evaluate, type RefInput, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray, relativeError } from './support/gradcheck.ts';
 
 const GOLDEN_DIR = fileURLToPath(new URL('./golden/', import.meta.url));

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { GraphBuilder, numel, type Graph } from '../compiler/ir.ts';
 import { GraphOpBuilder, Ops } from '../compiler/ops.ts';
-import { applyOp, evaluate, evaluateNodes, type RefTensor } from '../runtime/reference.ts';
+import { applyOp, evaluate, evaluateNodes, type RefTensor } from '../compiler/ir/interpret.ts';
 
 function graph(fn: (b: GraphOpBuilder, o: Ops<number>) => number[]): Graph {
   const gb = new GraphBuilder('t');

@@ -18,7 +18,7 @@ import type { GpuContext } from '../runtime/device.ts';
 import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../runtime/engine.ts';
 import { createEagerEngine } from '../runtime/eager-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
 import { loadCheckpoint, type LoadedCheckpoint } from '../runtime/train/checkpoint.ts';
 import { engineStateOf, train, type EngineFactory, type TrainOptions, type TrainResult } from '../runtime/train/trainer.ts';

@@ -2,7 +2,7 @@
 
 import { buildJointGraph } from '../../compiler/autograd.ts';
 import type { Graph } from '../../compiler/ir.ts';
-import { evaluate, type RefInput } from '../../runtime/reference.ts';
+import { evaluate, type RefInput } from '../../compiler/ir/interpret.ts';
 
 export type Inputs = Record<string, Float64Array | Int32Array>;
 

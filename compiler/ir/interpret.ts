@@ -1,9 +1,13 @@
 // The reference interpreter: evaluates any graph of primitives on the CPU in float64. It is the oracle
 // every compiled kernel is checked against, so it favours plain, obviously-right arithmetic, but it
 // must also be quick enough to run a small GPT forward and backward inside a unit test.
+//
+// It is the compiler's only evaluator: passes that need a value at compile time (constant folding,
+// fuse-attention's mask) ask it, so their arithmetic is the oracle's by construction. It needs no
+// device, which is why it lives with the IR and not in runtime/.
 
-import { isGraphInput, numel, type Attrs, type DType, type Graph, type Node } from '../compiler/ir.ts';
-import { attention, attentionBackward, attentionLogSumExp } from './reference-attention.ts';
+import { isGraphInput, numel, type Attrs, type DType, type Graph, type Node } from '../ir.ts';
+import { attention, attentionBackward, attentionLogSumExp } from './interpret-attention.ts';
 
 /** f32 values are held as float64 (the oracle is more precise than the device); bool as 0/1. */
 export type RefData = Float64Array | Int32Array | Uint8Array;
@@ -545,7 +549,29 @@ function evalNode(graph: Graph, node: Node, values: (RefTensor | undefined)[]): 
  * each value is dropped after its last reader so a big graph never holds all its intermediates.
  */
 export function evaluate(graph: Graph, inputs: Record<string, RefInput>): RefTensor[] {
-  const bound = bindInputs(graph, inputs);
+  return evaluateBound(graph, bindInputs(graph, inputs));
+}
+
+/**
+ * The value of node `id`, which must depend on no graph input (constants, iotas and what is computed
+ * from them): what a pass evaluates at compile time. Only the nodes `id` depends on are evaluated.
+ */
+export function evaluateConstant(graph: Graph, id: number): RefTensor {
+  const sub = { ...graph, outputs: [id] };
+  const live = liveFrom(sub);
+  const input = graph.nodes.find((n) => live[n.id] && isGraphInput(n));
+  if (input) throw new Error(`graph ${graph.name}: %${graph.nodes[id].name ?? id} is not a constant, it reads input %${input.name}`);
+  return evaluateBound(sub, new Map())[0];
+}
+
+function liveFrom(graph: Graph): Uint8Array {
+  const live = new Uint8Array(graph.nodes.length);
+  for (const o of graph.outputs) live[o] = 1;
+  for (let id = graph.nodes.length - 1; id >= 0; id--) if (live[id]) for (const i of graph.nodes[id].inputs) live[i] = 1;
+  return live;
+}
+
+function evaluateBound(graph: Graph, bound: Map<number, RefTensor>): RefTensor[] {
   const count = graph.nodes.length;
   const live = new Uint8Array(count);
   for (const o of graph.outputs) live[o] = 1;
