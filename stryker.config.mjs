@@ -11,9 +11,9 @@ export default {
   typescriptChecker: { prioritizePerformanceOverAccuracy: true },
   mutate: [
     'passes/**/*.ts',
-    'compiler/ir.ts',
-    'compiler/ops.ts',
-    'compiler/autograd.ts',
+    'compiler/ir/graph.ts',
+    'compiler/ir/ops.ts',
+    'compiler/autodiff/autograd.ts',
     'compiler/schedule.ts',
     'runtime/train/**/*.ts',
   ],

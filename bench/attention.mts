@@ -14,11 +14,11 @@
 
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { backprop } from '../compiler/autograd.ts';
+import { backprop } from '../compiler/autodiff/autograd.ts';
 import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../compiler/codegen/flash-attention.ts';
-import { softmax } from '../compiler/nn.ts';
-import { Ops } from '../compiler/ops.ts';
-import { causalMask, Tensor, where } from '../compiler/tensor.ts';
+import { softmax } from '../compiler/frontend/nn.ts';
+import { Ops } from '../compiler/ir/ops.ts';
+import { causalMask, Tensor, where } from '../compiler/frontend/tensor.ts';
 import { requestDevice, type GpuContext } from '../runtime/device.ts';
 import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
 import { mulberry32 } from '../runtime/init.ts';

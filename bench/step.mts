@@ -9,7 +9,7 @@
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { loadModel } from '../compiler/load-model.ts';
+import { loadModel } from '../compiler/frontend/load-model.ts';
 import { requestDevice } from '../runtime/device.ts';
 import { createCompiledEngine } from '../runtime/compiled-engine.ts';
 import { createEagerEngine } from '../runtime/eager-engine.ts';

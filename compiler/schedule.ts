@@ -4,12 +4,12 @@
 // buffers reused by liveness: a buffer is free again after the last kernel that reads it. The
 // result is plain data (a ProgramPlan), so it can be cached on disk and replayed by the runtime.
 
-import { isGraphInput, numel, type DType, type Graph } from './ir.ts';
-import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './kernel-io.ts';
+import { isGraphInput, numel, type DType, type Graph } from './ir/graph.ts';
+import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './ir/kernel-io.ts';
 import { fusedKernel, type FusedKernel, type FusedKind } from './codegen/fused.ts';
 import { matmulKeyOf, type MatmulConfig, type MatmulKey } from './codegen/primitives.ts';
 import { attentionKernel } from './codegen/attention.ts';
-import { FLASH_OPS } from './ops.ts';
+import { FLASH_OPS } from './ir/ops.ts';
 import { graphFlops } from './stats.ts';
 
 /** Where a kernel's binding points: a graph input's buffer, a graph output's, or a temporary. */

@@ -1,10 +1,10 @@
 // Numbers a person wants next to a graph: what ops it holds, how many parameters, how much work.
 
-import { buildJointGraph } from './autograd.ts';
-import { isGraphInput, numel, type Attrs, type Graph, type Node } from './ir.ts';
-import type { ParamSpec } from './nn.ts';
-import { inferType, Ops, type OpBuilder, type ValueType } from './ops.ts';
-import { clipByGlobalNorm } from './train-step.ts';
+import { buildJointGraph } from './autodiff/autograd.ts';
+import { isGraphInput, numel, type Attrs, type Graph, type Node } from './ir/graph.ts';
+import type { ParamSpec } from './frontend/nn.ts';
+import { inferType, Ops, type OpBuilder, type ValueType } from './ir/ops.ts';
+import { clipByGlobalNorm } from './autodiff/train-step.ts';
 
 export function opCounts(g: Graph): Map<string, number> {
   const counts = new Map<string, number>();

@@ -24,9 +24,9 @@
 // Rejected, because they change results on ordinary inputs: `mul(x, 0)` → 0 (NaN·0 is NaN, and a
 // loss that blew up must stay visible), reassociating constant chains (x·a)·b → x·(a·b).
 
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import type { Attrs, Graph, Node } from '../compiler/ir.ts';
-import type { Pass } from '../compiler/pass.ts';
+import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ir/ops.ts';
+import type { Attrs, Graph, Node } from '../compiler/ir/graph.ts';
+import type { Pass } from '../compiler/ir/pass.ts';
 import { foldConstants, foldWhere } from './constant-folding.ts';
 import { rewriteToFixedPoint, type Proposal, type RewriteContext, type RewriteRule } from './pattern.ts';
 

@@ -8,8 +8,8 @@
 // values are kept in float64, not rounded to f32: the device rounds once, on upload, which is at
 // least as accurate as computing the op there.
 
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import type { Attrs, DType } from '../compiler/ir.ts';
+import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ir/ops.ts';
+import type { Attrs, DType } from '../compiler/ir/graph.ts';
 import { applyOp, type RefData, type RefTensor } from '../compiler/ir/interpret.ts';
 import type { Proposal, RewriteRule } from './pattern.ts';
 

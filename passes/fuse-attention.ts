@@ -15,9 +15,9 @@
 // case: fusing would have to store it anyway), or a shape the kernels cannot take, stays unfused
 // and is counted as such.
 
-import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
-import { GraphRewriter, readerOps, type Pass, type PassCounters } from '../compiler/pass.ts';
-import { flashAttentionSupports } from '../compiler/codegen/flash-attention.ts';
+import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { GraphRewriter, readerOps, type Pass, type PassCounters } from '../compiler/ir/pass.ts';
+import { flashAttentionSupports } from '../compiler/ir/ops.ts';
 import { evaluateConstant } from '../compiler/ir/interpret.ts';
 
 interface AttentionMatch {

@@ -18,10 +18,10 @@
 // A kernel may bind at most `maxStorageBuffers` buffers (the adapter's
 // maxStorageBuffersPerShaderStage); one that would bind more is split by writing an inner value out.
 
-import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
-import { ARITH_OPS, COMPARE_OPS, FLASH_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/kernel-io.ts';
-import type { Pass, PassCounters } from '../compiler/pass.ts';
+import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { ARITH_OPS, COMPARE_OPS, FLASH_OPS, UNARY_OPS } from '../compiler/ir/ops.ts';
+import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/ir/kernel-io.ts';
+import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
 export { KERNEL_ATTR };
 

@@ -21,11 +21,10 @@
 // (compiler/flat-layout.ts) instead of requiring the old one. Every step is checked; when the
 // graph is not of that form the pass leaves it unchanged and counts why.
 
-import { GraphBuilder, isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir.ts';
-import { ARITH_OPS, COMPARE_OPS, GraphOpBuilder, Ops, UNARY_OPS } from '../compiler/ops.ts';
-import { planFlatLayout, STORAGE_OFFSET_ALIGNMENT, type FlatBuffer, type FlatLayout } from '../compiler/flat-layout.ts';
-import type { Pass, PassCounters } from '../compiler/pass.ts';
-import { sumAll } from '../compiler/train-step.ts';
+import { GraphBuilder, isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { ARITH_OPS, COMPARE_OPS, GraphOpBuilder, Ops, UNARY_OPS } from '../compiler/ir/ops.ts';
+import { flatSignatureProblem, planFlatLayout, STORAGE_OFFSET_ALIGNMENT, type FlatBuffer, type FlatLayout } from '../compiler/ir/flat-layout.ts';
+import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
 const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast']);
 /** Ops through which a sum of every element of a per-parameter value may pass: none drops or repeats an element. */
@@ -55,6 +54,7 @@ export function fuseOptimizer(opts: { alignment?: number } = {}): Pass {
   return {
     name: 'fuse-optimizer',
     changesSignature: true,
+    signatureProblem: flatSignatureProblem,
     run(g: Graph) {
       try {
         const found = findRoles(g);
@@ -308,7 +308,7 @@ function flatten(g: Graph, roles: Roles, alignment: number): { graph: Graph; lay
     const n = g.nodes[id];
     const kind = kinds[id];
     let v: number;
-    if (kind.kind === 'sum') v = o.reshape(sumAll(o, flat(kind.of[0])), [...n.shape]);
+    if (kind.kind === 'sum') v = o.reshape(o.sumAll(flat(kind.of[0])), [...n.shape]);
     else v = b.emit(n.op, n.inputs.map(sharedValue), { ...n.attrs }, { shape: [...n.shape], dtype: n.dtype });
     if (n.loc) gb.nodes[v].loc = n.loc;
     shared.set(id, v);

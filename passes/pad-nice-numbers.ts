@@ -42,8 +42,8 @@
 // them for a graph (chotta-compile --stats prints them) and the counters say how many dims were
 // padded (`padded-dims`) and how many awkward ones the rule left alone (`left-unpadded`).
 
-import type { Graph, Node } from '../compiler/ir.ts';
-import { GraphRewriter, type Pass, type PassCounters } from '../compiler/pass.ts';
+import type { Graph, Node } from '../compiler/ir/graph.ts';
+import { GraphRewriter, type Pass, type PassCounters } from '../compiler/ir/pass.ts';
 
 /** The default matmul tile is 64×64 results (compiler/codegen/primitives.ts DEFAULT_MATMUL; a test holds them equal). */
 export const TILE_GRANULE = 64;

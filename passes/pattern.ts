@@ -8,9 +8,9 @@
 // nothing, because some rules (those that ask how many readers a value has) see more the next time.
 // Every successful rule adds one to its counter, nested ones included.
 
-import { isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from '../compiler/ir.ts';
-import { inferType } from '../compiler/ops.ts';
-import { GraphRewriter, type PassCounters, type PassResult } from '../compiler/pass.ts';
+import { isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from '../compiler/ir/graph.ts';
+import { inferType } from '../compiler/ir/ops.ts';
+import { GraphRewriter, type PassCounters, type PassResult } from '../compiler/ir/pass.ts';
 import { valueKey } from './cse.ts';
 
 /** A node that is not in the graph yet: op, attrs, type and loc, inputs as values of the new graph. */

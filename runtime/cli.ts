@@ -4,8 +4,8 @@
 // run's own settings) apply.
 
 import yargs, { type Argv } from 'yargs';
-import { runCli, terminalChalk } from '../compiler/cli.ts';
-import { UsageError } from '../compiler/load-model.ts';
+import { runCli, terminalChalk } from '../compiler/tools/cli.ts';
+import { UsageError } from '../compiler/frontend/load-model.ts';
 import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
 import { requestDevice, type GpuContext } from './device.ts';
 import type { TrainingEngine } from './engine.ts';

@@ -3,14 +3,14 @@
 // once per micro-batch, the update program once, and the loss and gradient norm are copied to a
 // staging buffer that the host maps later. Nothing in the step waits for the device.
 
-import { compileTraining, type CompiledTraining, type ProgramName } from '../compiler/compile-training.ts';
-import { numel } from '../compiler/ir.ts';
-import { UsageError } from '../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/nn.ts';
-import { printGraph } from '../compiler/printer.ts';
+import { compileTraining, type CompiledTraining, type ProgramName } from '../compiler/pipeline.ts';
+import { numel } from '../compiler/ir/graph.ts';
+import { UsageError } from '../compiler/frontend/load-model.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/frontend/nn.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
 import { tempBytes } from '../compiler/schedule.ts';
-import { traceForward, traceLogits } from '../compiler/trace.ts';
-import { gradSumName, momentNames } from '../compiler/train-step.ts';
+import { traceForward, traceLogits } from '../compiler/frontend/trace.ts';
+import { gradSumName, momentNames } from '../compiler/autodiff/train-step.ts';
 import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './compile-cache.ts';
 import type { GpuContext } from './device.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';

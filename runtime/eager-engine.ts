@@ -2,14 +2,14 @@
 // the shared VJP rules over the tape, and AdamW updates each parameter with its own dispatch. It is
 // the honest baseline the compiled runner is measured against: same arithmetic, no scheduling.
 
-import { backprop } from '../compiler/autograd.ts';
+import { backprop } from '../compiler/autodiff/autograd.ts';
 import { adamwKernel, adamwUniforms } from '../compiler/codegen/optimizer.ts';
-import { numel } from '../compiler/ir.ts';
-import { maskedCrossEntropy, ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/nn.ts';
-import { Ops } from '../compiler/ops.ts';
-import { Tensor } from '../compiler/tensor.ts';
-import { clipByGlobalNorm } from '../compiler/train-step.ts';
-import { UsageError } from '../compiler/load-model.ts';
+import { numel } from '../compiler/ir/graph.ts';
+import { maskedCrossEntropy, ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/frontend/nn.ts';
+import { Ops } from '../compiler/ir/ops.ts';
+import { Tensor } from '../compiler/frontend/tensor.ts';
+import { clipByGlobalNorm } from '../compiler/autodiff/train-step.ts';
+import { UsageError } from '../compiler/frontend/load-model.ts';
 import type { GpuContext } from './device.ts';
 import { EagerBackend, type EagerValue } from './eager.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';

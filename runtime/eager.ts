@@ -4,13 +4,13 @@
 // op is also recorded for the backward pass, which replays the VJP rules of compiler/autograd.ts
 // through this same backend.
 
-import type { TapeEntry } from '../compiler/autograd.ts';
+import type { TapeEntry } from '../compiler/autodiff/autograd.ts';
 import { primitiveKernel } from '../compiler/codegen/primitives.ts';
 import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
-import { numel, type Attrs, type DType, type Shape } from '../compiler/ir.ts';
-import { inferType, type ValueType } from '../compiler/ops.ts';
-import type { TensorBackend } from '../compiler/tensor.ts';
-import { UsageError } from '../compiler/load-model.ts';
+import { numel, type Attrs, type DType, type Shape } from '../compiler/ir/graph.ts';
+import { inferType, type ValueType } from '../compiler/ir/ops.ts';
+import type { TensorBackend } from '../compiler/frontend/tensor.ts';
+import { UsageError } from '../compiler/frontend/load-model.ts';
 import type { GpuContext } from './device.ts';
 import type { KernelProfiler } from './profiler.ts';
 

@@ -6,7 +6,7 @@ import type { KernelProfiler } from './profiler.ts';
 import type { Batch } from './train/sampler.ts';
 
 // The optimizer's settings are the compiler's too: the update program is built from them.
-export { GPT3_ADAMW, type AdamWSettings as OptimizerSettings } from '../compiler/train-step.ts';
+export { GPT3_ADAMW, type AdamWSettings as OptimizerSettings } from '../compiler/autodiff/train-step.ts';
 
 /** Host copies of everything a checkpoint holds, in parameter order. */
 export interface EngineState {

@@ -16,8 +16,8 @@ import { dirname, resolve } from 'node:path';
 import { DEFAULT_MATMUL, matmulKernel, matmulKeyOf, type MatmulConfig, type MatmulIO, type MatmulKey } from '../compiler/codegen/primitives.ts';
 
 export { matmulKeyOf, type MatmulKey };
-import { numel, type Attrs } from '../compiler/ir.ts';
-import type { ValueType } from '../compiler/ops.ts';
+import { numel, type Attrs } from '../compiler/ir/graph.ts';
+import type { ValueType } from '../compiler/ir/ops.ts';
 import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
 import type { AdapterSummary, GpuContext } from './device.ts';
 

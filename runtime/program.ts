@@ -3,8 +3,8 @@
 // setPipeline / setBindGroup / dispatch, with nothing allocated and nothing read back.
 
 import { sharedTempSizes, type BufferRef, type ProgramPlan } from '../compiler/schedule.ts';
-import { numel } from '../compiler/ir.ts';
-import { UsageError } from '../compiler/load-model.ts';
+import { numel } from '../compiler/ir/graph.ts';
+import { UsageError } from '../compiler/frontend/load-model.ts';
 import type { KernelProfiler } from './profiler.ts';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;

@@ -6,9 +6,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { buildJointGraph } from '../compiler/autograd.ts';
-import { numel } from '../compiler/ir.ts';
-import { parseGraph } from '../compiler/parser.ts';
+import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
+import { numel } from '../compiler/ir/graph.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
 import { schedule } from '../compiler/schedule.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { mulberry32 } from '../runtime/init.ts';

@@ -2,7 +2,7 @@
 // model predicts uniformly (loss ≈ ln vocab), both on the float64 reference interpreter.
 
 import { describe, expect, it } from 'vitest';
-import { traceForward } from '../compiler/trace.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';

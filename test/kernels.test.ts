@@ -2,8 +2,8 @@
 // random inputs, including shapes that are not multiples of any tile (7×13×5).
 
 import { describe, expect, it } from 'vitest';
-import type { Attrs, DType, Shape } from '../compiler/ir.ts';
-import { inferType } from '../compiler/ops.ts';
+import type { Attrs, DType, Shape } from '../compiler/ir/graph.ts';
+import { inferType } from '../compiler/ir/ops.ts';
 import { matmulKernel, type MatmulConfig } from '../compiler/codegen/primitives.ts';
 import { EagerBackend } from '../runtime/eager.ts';
 import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';

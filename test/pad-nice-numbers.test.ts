@@ -4,13 +4,13 @@
 // float64 reference interpreter and, compiled and fused, on the device.
 
 import { describe, expect, it } from 'vitest';
-import { buildJointGraph } from '../compiler/autograd.ts';
+import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
 import { DEFAULT_MATMUL } from '../compiler/codegen/primitives.ts';
-import { type Graph } from '../compiler/ir.ts';
-import { parseGraph } from '../compiler/parser.ts';
-import { runPasses } from '../compiler/pass.ts';
-import { printGraph } from '../compiler/printer.ts';
-import { traceForward } from '../compiler/trace.ts';
+import { type Graph } from '../compiler/ir/graph.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { padRecords, padReport, TILE_GRANULE } from '../passes/pad-nice-numbers.ts';

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
-import { GraphBuilder, numel, type Graph } from '../compiler/ir.ts';
-import { GraphOpBuilder, Ops } from '../compiler/ops.ts';
+import { GraphBuilder, numel, type Graph } from '../compiler/ir/graph.ts';
+import { GraphOpBuilder, Ops } from '../compiler/ir/ops.ts';
 import { applyOp, evaluate, evaluateNodes, type RefTensor } from '../compiler/ir/interpret.ts';
 
 function graph(fn: (b: GraphOpBuilder, o: Ops<number>) => number[]): Graph {

@@ -2,7 +2,7 @@
 // initialisation, exported with exportState, as bench/step.mts seeds it) and a reproducible
 // sequence of random batches.
 
-import type { ModelDefinition } from '../../compiler/nn.ts';
+import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../../models/gpt.ts';
 import type { GpuContext } from '../../runtime/device.ts';
 import { createEagerEngine, type EagerEngine } from '../../runtime/eager-engine.ts';

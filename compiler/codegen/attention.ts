@@ -3,7 +3,7 @@
 // order. A role no member computes (the log-sum-exp of a forward that no backward follows, dk or dv
 // alone) is returned as a size, for the scheduler to bind a scratch buffer.
 
-import { numel, type Graph, type Node } from '../ir.ts';
+import { numel, type Graph, type Node } from '../ir/graph.ts';
 import { flashAttentionBackwardKeyValue, flashAttentionBackwardQuery, flashAttentionForward, type FlashKernelSpec } from './flash-attention.ts';
 
 export interface AttentionKernel {

@@ -12,6 +12,7 @@
 // Every array is read as vec4s, so D must be a multiple of 4; D ≤ 64 keeps a row's accumulators
 // (up to four rows of D floats in the dK/dV kernel) in registers.
 
+import { FLASH_ATTENTION_MAX_HEAD_DIM } from '../ir/ops.ts';
 import { flatKernel, literal } from './wgsl.ts';
 
 export interface FlashAttentionOptions {
@@ -33,16 +34,12 @@ export interface FlashKernelSpec {
   workgroups: [number, number, number];
 }
 
-const MAX_HEAD_DIM = 64;
-
-/** Whether the kernels take attention of T rows with head dim D (fuse-attention leaves other shapes unfused). */
-export const flashAttentionSupports = (T: number, D: number): boolean => T >= 1 && D % 4 === 0 && D >= 4 && D <= MAX_HEAD_DIM;
 
 function check(BH: number, T: number, D: number): void {
   for (const [k, v] of Object.entries({ BH, T, D })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`flash attention: ${k} must be a positive integer, got ${v}`);
   }
-  if (D % 4 !== 0 || D > MAX_HEAD_DIM) throw new Error(`flash attention: head dim D must be a multiple of 4 and ≤ ${MAX_HEAD_DIM}, got ${D}`);
+  if (D % 4 !== 0 || D > FLASH_ATTENTION_MAX_HEAD_DIM) throw new Error(`flash attention: head dim D must be a multiple of 4 and ≤ ${FLASH_ATTENTION_MAX_HEAD_DIM}, got ${D}`);
 }
 
 function declare(inputs: string[], outputs: string[], types: Record<string, string>): string {

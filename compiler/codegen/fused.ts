@@ -5,7 +5,7 @@
 // each element of a register-blocked matmul's result (its epilogue), or scatters them. The shader
 // compiler inlines the calls; nothing in between touches memory.
 
-import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir.ts';
+import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir/graph.ts';
 import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, reductionLoop, type MatmulConfig } from './primitives.ts';
 import { flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
 

@@ -3,8 +3,8 @@
 // Eager mode runs these one dispatch per op; the compiled runner's fused kernels (codegen/fused.ts)
 // are built from the same pieces (pointwiseExpr, layoutSource, reductionLoop, the matmul blocking).
 
-import { numel, type Attrs, type DType } from '../ir.ts';
-import type { ValueType } from '../ops.ts';
+import { numel, type Attrs, type DType } from '../ir/graph.ts';
+import type { ValueType } from '../ir/ops.ts';
 import { bindings, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';

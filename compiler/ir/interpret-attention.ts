@@ -2,7 +2,7 @@
 // plainly as possible: scores, the causal mask, a stable softmax, then the products. The backward
 // takes lse and delta as given, like its kernel, and recomputes P = exp(s − lse) from them.
 
-import { numel, type Attrs } from '../ir.ts';
+import { numel, type Attrs } from './graph.ts';
 
 interface Tensor64 {
   shape: number[];

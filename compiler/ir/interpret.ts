@@ -6,7 +6,7 @@
 // fuse-attention's mask) ask it, so their arithmetic is the oracle's by construction. It needs no
 // device, which is why it lives with the IR and not in runtime/.
 
-import { isGraphInput, numel, type Attrs, type DType, type Graph, type Node } from '../ir.ts';
+import { isGraphInput, numel, type Attrs, type DType, type Graph, type Node } from './graph.ts';
 import { attention, attentionBackward, attentionLogSumExp } from './interpret-attention.ts';
 
 /** f32 values are held as float64 (the oracle is more precise than the device); bool as 0/1. */

@@ -16,8 +16,8 @@
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadModel, UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/nn.ts';
+import { loadModel, UsageError } from '../../compiler/frontend/load-model.ts';
+import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../device.ts';
 import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engine.ts';

@@ -4,8 +4,8 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel, UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/nn.ts';
+import { loadModel, UsageError } from '../../compiler/frontend/load-model.ts';
+import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../device.ts';
 import { mulberry32 } from '../init.ts';

@@ -13,8 +13,8 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { choosePreset, loadModel, UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/nn.ts';
+import { choosePreset, loadModel, UsageError } from '../../compiler/frontend/load-model.ts';
+import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../device.ts';
 import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engine.ts';

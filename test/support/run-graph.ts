@@ -2,7 +2,7 @@
 // scheduled, recorded as a Program, and every output read back. Tests compare the result with the
 // reference interpreter.
 
-import { numel, type Graph } from '../../compiler/ir.ts';
+import { numel, type Graph } from '../../compiler/ir/graph.ts';
 import { schedule } from '../../compiler/schedule.ts';
 import { fuseElementwise } from '../../passes/fuse-elementwise.ts';
 import { createBuffer, PipelineCache, Program } from '../../runtime/program.ts';

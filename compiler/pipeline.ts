@@ -7,18 +7,21 @@
 //   logits    forward only, batch 1, for sampling
 //
 // Every stage is reported through `onStage`, so `chotta-compile --dump-dir` can write each one.
+//
+// This is the one module that runs passes/ (besides the tools in compiler/tools/, which report what
+// a pass would do): the IR layer below knows no pass, and the runtime above compiles through here.
 
-import { buildJointGraph } from './autograd.ts';
-import type { Graph } from './ir.ts';
-import type { ModelDefinition, ModelShape, ParamSpec } from './nn.ts';
-import { runPasses, type Pass, type PassCounters } from './pass.ts';
+import { buildJointGraph } from './autodiff/autograd.ts';
+import type { Graph } from './ir/graph.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from './frontend/nn.ts';
+import { runPasses, type Pass, type PassCounters } from './ir/pass.ts';
 import { schedule, type ProgramPlan, type ScheduleOptions } from './schedule.ts';
-import { traceForward, traceLogits } from './trace.ts';
-import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './train-step.ts';
+import { traceForward, traceLogits } from './frontend/trace.ts';
+import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './autodiff/train-step.ts';
 import { fuseAttention, JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { fuseOptimizer } from '../passes/fuse-optimizer.ts';
-import { STORAGE_OFFSET_ALIGNMENT, type FlatLayout } from './flat-layout.ts';
+import { STORAGE_OFFSET_ALIGNMENT, type FlatLayout } from './ir/flat-layout.ts';
 
 export const PROGRAMS = ['gradient', 'update', 'evaluate', 'logits'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];

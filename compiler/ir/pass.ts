@@ -6,18 +6,25 @@
 // nodes, the signature or the name of an output fails at once with its own name in the message,
 // instead of three passes later inside codegen.
 
-import { flatSignatureProblem, type FlatLayout } from './flat-layout.ts';
-import { GraphBuilder, IRError, isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from './ir.ts';
+import { GraphBuilder, IRError, isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from './graph.ts';
 import { inferType } from './ops.ts';
 import { formatType } from './printer.ts';
 
 export type PassCounters = Record<string, number>;
 
+/**
+ * The descriptions of a new interface that passes may return, by name. Empty here: a module that
+ * defines one adds it by declaration merging (compiler/ir/flat-layout.ts adds fuse-optimizer's
+ * FlatLayout), so the pass manager knows no particular pass.
+ */
+export interface SignatureLayouts {}
+export type SignatureLayout = SignatureLayouts[keyof SignatureLayouts];
+
 export interface PassResult {
   graph: Graph;
   counters: PassCounters;
-  /** Only from a pass that `changesSignature`, when it did: where each per-parameter input went. */
-  layout?: FlatLayout;
+  /** Only from a pass that `changesSignature`, when it did: how the new interface maps onto the old. */
+  layout?: SignatureLayout;
 }
 
 export interface Pass {
@@ -25,11 +32,14 @@ export interface Pass {
   name: string;
   run(g: Graph): PassResult;
   /**
-   * The pass may replace per-parameter inputs and `next.` outputs by flat buffers (fuse-optimizer).
-   * When it does, it returns the layout, and the pass manager checks the new signature against it
-   * instead of requiring the old one; the caller must then bind values by that layout.
+   * The pass may replace the graph's interface (fuse-optimizer: per-parameter inputs and `next.`
+   * outputs by flat buffers). When it does, it returns a layout, and the pass manager checks the new
+   * signature with `signatureProblem` instead of requiring the old one; the caller must then bind
+   * values by that layout.
    */
   changesSignature?: boolean;
+  /** Why `after` is not `before` with its interface changed as `layout` says, or undefined when it is. */
+  signatureProblem?(before: Graph, after: Graph, layout: SignatureLayout): string | undefined;
 }
 
 export interface RunPassesOptions {
@@ -54,11 +64,11 @@ export function formatCounters(name: string, counters: PassCounters): string {
  * Runs `passes` in order, validating the input graph and every pass's output. Returns the final
  * graph and each pass's counters, keyed by pass name (a pass that runs twice adds up).
  */
-export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOptions = {}): { graph: Graph; counters: Record<string, PassCounters>; layout?: FlatLayout } {
+export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOptions = {}): { graph: Graph; counters: Record<string, PassCounters>; layout?: SignatureLayout } {
   validateGraph(g, 'the input graph');
   const all: Record<string, PassCounters> = {};
   let graph = g;
-  let layout: FlatLayout | undefined;
+  let layout: SignatureLayout | undefined;
   for (const pass of passes) {
     let result: PassResult;
     try {
@@ -71,7 +81,8 @@ export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOpti
     if (result.layout) {
       if (!pass.changesSignature) throw new PassError(`pass ${pass.name} returned a layout but does not declare changesSignature`);
       if (layout) throw new PassError(`pass ${pass.name} flattened graph ${graph.name}, which an earlier pass already flattened`);
-      const problem = flatSignatureProblem(graph, result.graph, result.layout);
+      if (!pass.signatureProblem) throw new PassError(`pass ${pass.name} declares changesSignature but has no signatureProblem to check its layout with`);
+      const problem = pass.signatureProblem(graph, result.graph, result.layout);
       if (problem) throw new PassError(`pass ${pass.name} changed the interface of graph ${graph.name} other than its layout says: ${problem}`);
       layout = result.layout;
     } else checkSameSignature(graph, result.graph, `pass ${pass.name}`);

@@ -3,8 +3,8 @@
 // primitives in ops.ts. The same class serves tracing (values are graph node ids) and eager
 // execution (values are device buffers): only the OpBuilder behind it differs.
 
-import type { DType, Shape } from './ir.ts';
-import { Ops, type OpBuilder } from './ops.ts';
+import type { DType, Shape } from '../ir/graph.ts';
+import { Ops, type OpBuilder } from '../ir/ops.ts';
 import { callerLocation } from './source-loc.ts';
 
 /** Raised when model code does something a trace cannot capture; the message names the model line. */

@@ -7,8 +7,8 @@
 //     return %loss
 //   }
 
-import type { Attrs, AttrValue, Graph, Node } from './ir.ts';
-import { isGraphInput } from './ir.ts';
+import type { Attrs, AttrValue, Graph, Node } from './graph.ts';
+import { isGraphInput } from './graph.ts';
 
 /** Styling hooks, so the CLI can colour the text with chalk and tests get plain text. */
 export interface PrintStyle {

@@ -1,8 +1,8 @@
 // Reverse-mode differentiation, written once over `Ops<V>`: the graph autograd below builds the
 // joint (forward + backward) graph with it, and eager mode replays the same rules on its tape.
 
-import { GraphBuilder, isGraphInput, type Attrs, type Graph } from './ir.ts';
-import { GraphOpBuilder, Ops } from './ops.ts';
+import { GraphBuilder, isGraphInput, type Attrs, type Graph } from '../ir/graph.ts';
+import { GraphOpBuilder, Ops } from '../ir/ops.ts';
 
 /** Gradients of one op's inputs given the gradient `g` of its output; undefined = no gradient. */
 export type VjpRule = <V>(o: Ops<V>, ins: V[], out: V, g: V, attrs: Attrs) => (V | undefined)[];

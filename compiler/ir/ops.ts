@@ -2,7 +2,7 @@
 // typed helper layer (`Ops`) over any builder of values: the graph builder (tracing, autograd,
 // passes) and, later, eager tensors. VJP rules and the Tensor API are written once against `Ops`.
 
-import { GraphBuilder, IRError, numel, type Attrs, type DType, type Shape } from './ir.ts';
+import { GraphBuilder, IRError, numel, type Attrs, type DType, type Shape } from './graph.ts';
 
 export type ValueType = { shape: Shape; dtype: DType };
 
@@ -53,6 +53,16 @@ export const COMPOSITES: Record<string, string> = {
 };
 
 export const FLASH_OPS = new Set(Object.keys(COMPOSITES));
+
+/** The largest head dim the attention composites take: every backend's kernels must take up to this. */
+export const FLASH_ATTENTION_MAX_HEAD_DIM = 64;
+
+/**
+ * The shapes the attention composites are defined for (T rows, head dim D a multiple of 4 up to
+ * FLASH_ATTENTION_MAX_HEAD_DIM): fuse-attention leaves other shapes unfused, and a backend must
+ * take every shape this accepts.
+ */
+export const flashAttentionSupports = (T: number, D: number): boolean => T >= 1 && D % 4 === 0 && D >= 4 && D <= FLASH_ATTENTION_MAX_HEAD_DIM;
 
 const sameShape = (a: Shape, b: Shape) => a.length === b.length && a.every((d, i) => d === b[i]);
 const fmt = (s: Shape) => `[${s.join(',')}]`;
@@ -275,6 +285,23 @@ export class Ops<V> {
       if (shape[i] === 1 && d !== 1) y = this.sum(y, i);
     });
     return y;
+  };
+
+  /**
+   * Σ x over every element, in stages of rows of 1024: one thread summing millions of f32 values in
+   * a row (GPT-2's token embedding has 38.6M, its flat parameter buffer 124M) would lose the small
+   * late terms and take long. Up to 1024 elements: one sum; up to 1024²: two stages; beyond, three or more.
+   */
+  sumAll = (x: V): V => {
+    const row = 1024;
+    let n = numel(this.shape(x));
+    let flat = this.reshape(x, [n]);
+    while (n > row) {
+      const padded = n % row === 0 ? flat : this.pad(flat, 0, 0, row - (n % row));
+      n = Math.ceil(n / row);
+      flat = this.reshape(this.sum(this.reshape(padded, [n, row]), 1), [n]);
+    }
+    return this.sum(flat, 0);
   };
 
   /** Multiply by a scalar constant (the one spelling of a scale). */

@@ -2,7 +2,7 @@
 // pass (to respect the storage-buffer limit and in-place updates while it groups) and by the
 // scheduler (to bind buffers and plan their lifetimes), so the two can never disagree.
 
-import { isGraphInput, numel, stateUpdates, type Graph } from './ir.ts';
+import { isGraphInput, numel, stateUpdates, type Graph } from './graph.ts';
 import { liveNodes } from './pass.ts';
 
 /** The attribute fuse-elementwise sets: the kernel that computes the node. */

@@ -8,13 +8,20 @@
 // A layout is plain data: it is stored in the compile cache with the plans, and the runtime reads
 // it to create the flat buffers and bind views (runtime/compiled-engine.ts).
 
-import { isGraphInput, numel, stateInputOf, nextStateName, type Graph } from './ir.ts';
+import { isGraphInput, numel, stateInputOf, nextStateName, type Graph } from './graph.ts';
 import { formatType } from './printer.ts';
 
 /**
  * WebGPU's largest allowed minStorageBufferOffsetAlignment: offsets that are multiples of it suit
  * every adapter, so a compiled plan (and its cache entry) does not depend on the device.
  */
+declare module './pass.ts' {
+  interface SignatureLayouts {
+    /** fuse-optimizer's: per-parameter values as views of flat buffers. */
+    flat: FlatLayout;
+  }
+}
+
 export const STORAGE_OFFSET_ALIGNMENT = 256;
 
 export interface FlatView {

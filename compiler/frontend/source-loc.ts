@@ -5,7 +5,8 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const FRAMEWORK_DIR = path.dirname(fileURLToPath(import.meta.url));
+/** compiler/: frames in any of its folders are the framework's, not the model's. */
+const FRAMEWORK_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 function frameFile(frame: string): { file: string; line: number } | undefined {
   // "    at fn (file:///x/y.ts:12:5)" or "    at /x/y.ts:12:5"

@@ -1,8 +1,8 @@
 // Parses the text form written by printer.ts back into a Graph. Per-pass golden tests are written
 // as IR text, so errors name the line and say what was expected.
 
-import { GraphBuilder, IRError, type Attrs, type AttrValue, type DType, type Shape } from './ir.ts';
-import type { Graph } from './ir.ts';
+import { GraphBuilder, IRError, type Attrs, type AttrValue, type DType, type Shape } from './graph.ts';
+import type { Graph } from './graph.ts';
 import { inferType } from './ops.ts';
 
 const DTYPES = new Set<DType>(['f32', 'i32', 'bool']);

@@ -9,8 +9,8 @@
 // learning rate, the step number and the micro-batch scale are inputs too, so one compiled
 // program serves every step.
 
-import { GraphBuilder, nextStateName, numel, type Graph } from './ir.ts';
-import { GraphOpBuilder, Ops } from './ops.ts';
+import { GraphBuilder, nextStateName, numel, type Graph } from '../ir/graph.ts';
+import { GraphOpBuilder, Ops } from '../ir/ops.ts';
 
 export interface AdamWSettings {
   beta1: number;
@@ -61,23 +61,6 @@ export function buildGradientGraph(joint: Graph): Graph {
 }
 
 /**
- * Σ x over every element, in stages of rows of 1024: one thread summing millions of f32 values in
- * a row (GPT-2's token embedding has 38.6M, its flat parameter buffer 124M) would lose the small
- * late terms and take long. Up to 1024 elements: one sum; up to 1024²: two stages; beyond, three or more.
- */
-export function sumAll<V>(o: Ops<V>, x: V): V {
-  const row = 1024;
-  let n = numel(o.shape(x));
-  let flat = o.reshape(x, [n]);
-  while (n > row) {
-    const padded = n % row === 0 ? flat : o.pad(flat, 0, 0, row - (n % row));
-    n = Math.ceil(n / row);
-    flat = o.reshape(o.sum(o.reshape(padded, [n, row]), 1), [n]);
-  }
-  return o.sum(flat, 0);
-}
-
-/**
  * The global L2 norm of `grads` and the factor that clips it to `maxNorm`, as device values:
  * maxNorm / max(maxNorm, norm + 1e-6) equals torch's min(1, maxNorm / (norm + 1e-6)). Written once
  * over `Ops`, so the update graph, eager mode and eager's dispatch count run the same ops.
@@ -85,7 +68,7 @@ export function sumAll<V>(o: Ops<V>, x: V): V {
 export function clipByGlobalNorm<V>(o: Ops<V>, grads: V[], maxNorm: number): { norm: V; clip: V } {
   let sumSq: V | undefined;
   for (const g of grads) {
-    const s = sumAll(o, o.mul(g, g));
+    const s = o.sumAll(o.mul(g, g));
     sumSq = sumSq === undefined ? s : o.add(sumSq, s);
   }
   if (sumSq === undefined) throw new Error('clipByGlobalNorm needs at least one gradient');

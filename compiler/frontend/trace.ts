@@ -1,8 +1,8 @@
 // Tracing: run the model's ordinary TypeScript with symbolic tensors whose ops append graph nodes.
 // Each node remembers the model line that created it.
 
-import { GraphBuilder, type Graph } from './ir.ts';
-import { GraphOpBuilder } from './ops.ts';
+import { GraphBuilder, type Graph } from '../ir/graph.ts';
+import { GraphOpBuilder } from '../ir/ops.ts';
 import { maskedCrossEntropy, ParamScope, type ModelDefinition, type ModelShape, type ParamSpec } from './nn.ts';
 import { callerLocation } from './source-loc.ts';
 import { Tensor, TraceError } from './tensor.ts';

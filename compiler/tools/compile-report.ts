@@ -5,18 +5,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ChalkInstance } from 'chalk';
-import { compileTraining, PROGRAMS, type CompiledTraining, type CompileOptions, type ProgramName } from './compile-training.ts';
-import type { Graph } from './ir.ts';
-import { graphFacts, KERNEL_ATTR } from './kernel-io.ts';
-import type { ModelDefinition, ModelShape, ParamSpec } from './nn.ts';
-import { formatCounters, type PassCounters } from './pass.ts';
-import { printGraph, type PrintStyle } from './printer.ts';
-import { sharedTempSizes, tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from './schedule.ts';
-import { formatBytes, formatCount, type EagerDispatches } from './stats.ts';
-import { gradSumName, momentNames } from './train-step.ts';
-import { describeGroups, describeLayout } from './flat-layout.ts';
-import { fuseElementwise } from '../passes/fuse-elementwise.ts';
-import { padReport, TILE_GRANULE } from '../passes/pad-nice-numbers.ts';
+import { compileTraining, PROGRAMS, type CompiledTraining, type CompileOptions, type ProgramName } from '../pipeline.ts';
+import type { Graph } from '../ir/graph.ts';
+import { graphFacts, KERNEL_ATTR } from '../ir/kernel-io.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from '../frontend/nn.ts';
+import { formatCounters, type PassCounters } from '../ir/pass.ts';
+import { printGraph, type PrintStyle } from '../ir/printer.ts';
+import { sharedTempSizes, tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from '../schedule.ts';
+import { formatBytes, formatCount, type EagerDispatches } from '../stats.ts';
+import { gradSumName, momentNames } from '../autodiff/train-step.ts';
+import { describeGroups, describeLayout } from '../ir/flat-layout.ts';
+import { fuseElementwise } from '../../passes/fuse-elementwise.ts';
+import { padReport, TILE_GRANULE } from '../../passes/pad-nice-numbers.ts';
 
 export interface Stage {
   /** `03-dce`: its position in the program's pipeline and its name, as the --dump-dir files are named. */

@@ -2,7 +2,7 @@
 // primitives (so the fusion passes have something to fuse), plus the contract a model module
 // fulfils so that `chotta-compile` and the trainer can find and build it.
 
-import type { Shape } from './ir.ts';
+import type { Shape } from '../ir/graph.ts';
 import { Tensor, where } from './tensor.ts';
 
 export { Tensor, where, causalMask, TraceError } from './tensor.ts';

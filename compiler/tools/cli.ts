@@ -4,17 +4,17 @@
 import { Chalk, type ChalkInstance } from 'chalk';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { buildJointGraph } from './autograd.ts';
-import { choosePreset, loadModel, UsageError } from './load-model.ts';
-import { PROGRAMS, type ProgramName } from './compile-training.ts';
+import { buildJointGraph } from '../autodiff/autograd.ts';
+import { choosePreset, loadModel, UsageError } from '../frontend/load-model.ts';
+import { PROGRAMS, type ProgramName } from '../pipeline.ts';
 import { attentionReport, compileWithStages, emitWgsl, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
-import { printGraph, type PrintStyle } from './printer.ts';
-import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from './stats.ts';
-import { DEFAULT_MAX_STORAGE_BUFFERS } from '../passes/fuse-elementwise.ts';
-import { GPT3_ADAMW } from './train-step.ts';
-import { TraceError } from './tensor.ts';
-import { traceForward } from './trace.ts';
-import type { Graph } from './ir.ts';
+import { printGraph, type PrintStyle } from '../ir/printer.ts';
+import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from '../stats.ts';
+import { DEFAULT_MAX_STORAGE_BUFFERS } from '../../passes/fuse-elementwise.ts';
+import { GPT3_ADAMW } from '../autodiff/train-step.ts';
+import { TraceError } from '../frontend/tensor.ts';
+import { traceForward } from '../frontend/trace.ts';
+import type { Graph } from '../ir/graph.ts';
 
 /** Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org). */
 export function terminalChalk(stream: NodeJS.WriteStream = process.stdout): ChalkInstance {
