@@ -3,7 +3,7 @@
 import { buildJointGraph } from './autodiff/autograd.ts';
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from './ir/graph.ts';
 import type { ParamSpec } from './frontend/nn.ts';
-import { inferType, Ops, type OpBuilder, type ValueType } from './ir/ops.ts';
+import { inferType, OP_CLASS, OPS, Ops, type OpBuilder, type ValueType } from './ir/ops.ts';
 import { clipByGlobalNorm } from './autodiff/train-step.ts';
 
 export function opCounts(g: Graph): Map<string, number> {
@@ -15,7 +15,7 @@ export function opCounts(g: Graph): Map<string, number> {
 export const parameterCount = (params: ParamSpec[]): number => params.reduce((s, p) => s + numel(p.shape), 0);
 
 /** Ops that move or relabel data and compute nothing. */
-const LAYOUT = new Set(['input', 'param', 'const', 'iota', 'reshape', 'permute', 'broadcast', 'slice', 'pad', 'gather', 'cast']);
+const LAYOUT = new Set<string>([...OPS.filter((op) => OP_CLASS[op] === 'source' || OP_CLASS[op] === 'layout'), 'gather', 'cast']);
 
 /**
  * Floating-point operations to evaluate the graph: 2·M·N·K per matmul (a multiply and an add),

@@ -24,13 +24,12 @@
 // Rejected, because they change results on ordinary inputs: `mul(x, 0)` → 0 (NaN·0 is NaN, and a
 // loss that blew up must stay visible), reassociating constant chains (x·a)·b → x·(a·b).
 
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ir/ops.ts';
+import { ELEMENT_MOVES, POINTWISE_OPS as POINTWISE, sameShape } from '../compiler/ir/ops.ts';
 import type { Attrs, Graph, Node } from '../compiler/ir/graph.ts';
 import type { Pass } from '../compiler/ir/pass.ts';
 import { foldConstants, foldWhere } from './constant-folding.ts';
 import { rewriteToFixedPoint, type Proposal, type RewriteContext, type RewriteRule } from './pattern.ts';
 
-const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 const isIdentity = (perm: readonly number[]) => perm.every((p, i) => p === i);
 /** The `axis` attr counted from the front (every op with an axis keeps its input's rank). */
 const axisOf = (n: { attrs: Attrs; shape: number[] }) => {
@@ -119,7 +118,6 @@ const reduceUnitAxis: RewriteRule = {
 // Masks
 
 /** Ops that move elements without computing: a mask seen through them is still a mask. */
-const ELEMENT_MOVES = new Set(['reshape', 'broadcast', 'permute', 'slice']);
 
 /** `v` seen through reshapes, broadcasts, permutes and slices: the value under them, and the ops, innermost first. */
 function underLayout(ctx: RewriteContext, v: number): { base: Node; moves: Node[] } {
@@ -270,7 +268,6 @@ const sliceOfIota: RewriteRule = {
   },
 };
 
-const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast']);
 
 /**
  * Index arithmetic: constants, iotas, and pointwise ops of them (a causal mask is `ge(iota, iota)`).

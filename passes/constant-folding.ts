@@ -8,14 +8,11 @@
 // values are kept in float64, not rounded to f32: the device rounds once, on upload, which is at
 // least as accurate as computing the op there.
 
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ir/ops.ts';
+import { ELEMENT_MOVES, POINTWISE_OPS } from '../compiler/ir/ops.ts';
 import type { Attrs, DType } from '../compiler/ir/graph.ts';
 import { applyOp, type RefData, type RefTensor } from '../compiler/ir/interpret.ts';
 import type { Proposal, RewriteRule } from './pattern.ts';
 
-const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast']);
-/** Ops that only move elements: of a constant, they give the same constant in another shape. */
-const LAYOUT = new Set(['reshape', 'broadcast', 'permute', 'slice']);
 
 const scalar = (value: number, dtype: DType, count = 1): RefTensor => {
   const data: RefData = dtype === 'f32' ? new Float64Array(count) : dtype === 'i32' ? new Int32Array(count) : new Uint8Array(count);
@@ -26,9 +23,9 @@ const scalar = (value: number, dtype: DType, count = 1): RefTensor => {
 /** The one number `op` gives on constant operands, or undefined when it is not one number. */
 function foldValue(n: Proposal, values: number[], inDtypes: DType[], reducedSize: number): number | undefined {
   const { op } = n;
-  if (LAYOUT.has(op)) return values[0];
+  if (ELEMENT_MOVES.has(op)) return values[0];
   const out = { shape: [1], dtype: n.dtype };
-  if (POINTWISE.has(op)) return applyOp(op, n.attrs, values.map((v, k) => scalar(v, inDtypes[k])), out).data[0];
+  if (POINTWISE_OPS.has(op)) return applyOp(op, n.attrs, values.map((v, k) => scalar(v, inDtypes[k])), out).data[0];
   // A reduction of a constant sums (or maxes) `reducedSize` copies of it, in the oracle's order.
   if (op === 'sum' || op === 'max_reduce') return applyOp(op, { axis: 0 }, [scalar(values[0], inDtypes[0], reducedSize)], out).data[0];
   return undefined;

@@ -22,11 +22,10 @@
 // graph is not of that form the pass leaves it unchanged and counts why.
 
 import { GraphBuilder, isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir/graph.ts';
-import { ARITH_OPS, COMPARE_OPS, GraphOpBuilder, Ops, UNARY_OPS } from '../compiler/ir/ops.ts';
+import { GraphOpBuilder, Ops, POINTWISE_OPS as POINTWISE, sameShape } from '../compiler/ir/ops.ts';
 import { flatSignatureProblem, planFlatLayout, STORAGE_OFFSET_ALIGNMENT, type FlatBuffer, type FlatLayout } from '../compiler/ir/flat-layout.ts';
 import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
-const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast']);
 /** Ops through which a sum of every element of a per-parameter value may pass: none drops or repeats an element. */
 const TOTAL_CHAIN = new Set(['reshape', 'pad', 'sum']);
 
@@ -104,7 +103,6 @@ function findRoles(g: Graph): Roles | undefined {
 }
 
 const bufferName = (prefix: string) => (prefix === '' ? 'params' : prefix.replace(/\.$/, ''));
-const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 const attrText = (n: Node) => JSON.stringify(Object.entries(n.attrs).sort());
 
 /** 'Z': zero wherever every per-parameter input is zero; 'NZ': non-zero there (shared scalars assumed non-zero); 'U': unknown. */

@@ -2,16 +2,29 @@
 // joint (forward + backward) graph with it, and eager mode replays the same rules on its tape.
 
 import { GraphBuilder, isGraphInput, type Attrs, type Graph } from '../ir/graph.ts';
-import { GraphOpBuilder, Ops } from '../ir/ops.ts';
+import { GraphOpBuilder, Ops, type AttrsOf, type Op } from '../ir/ops.ts';
 
 /** Gradients of one op's inputs given the gradient `g` of its output; undefined = no gradient. */
-export type VjpRule = <V>(o: Ops<V>, ins: V[], out: V, g: V, attrs: Attrs) => (V | undefined)[];
+export type VjpRule<O extends Op = Op> = <V>(o: Ops<V>, ins: V[], out: V, g: V, attrs: AttrsOf<O>) => (V | undefined)[];
+
+/** The op's output carries no gradient (graph inputs, constants, integer and boolean results). */
+const NO_GRADIENT = 'no-gradient';
+/** Differentiable, but autograd has no rule: the attention backward's own pieces (no second derivative). */
+const NO_RULE = 'no-rule';
+type VjpEntry<O extends Op> = VjpRule<O> | typeof NO_GRADIENT | typeof NO_RULE;
 
 const zerosLike = <V>(o: Ops<V>, x: V) => o.fullLike(0, x);
 /** g masked to where `cond` holds, zero elsewhere. */
 const keep = <V>(o: Ops<V>, cond: V, g: V) => o.where(cond, g, zerosLike(o, g));
 
-export const VJP: Record<string, VjpRule> = {
+const VJP_TABLE: { readonly [O in Op]: VjpEntry<O> } = {
+  input: NO_GRADIENT,
+  param: NO_GRADIENT,
+  const: NO_GRADIENT,
+  iota: NO_GRADIENT,
+  eq: NO_GRADIENT, lt: NO_GRADIENT, le: NO_GRADIENT, gt: NO_GRADIENT, ge: NO_GRADIENT,
+  flash_attention_lse: NO_RULE,
+  flash_attention_bwd: NO_RULE,
   neg: (o, _, __, g) => [o.neg(g)],
   exp: (o, _, out, g) => [o.mul(g, out)],
   log: (o, [x], _, g) => [o.div(g, x)],
@@ -40,17 +53,17 @@ export const VJP: Record<string, VjpRule> = {
   },
   reshape: (o, [x], _, g) => [o.reshape(g, o.shape(x))],
   permute: (o, _, __, g, attrs) => {
-    const perm = attrs.perm as number[];
+    const perm = attrs.perm;
     const inverse = perm.map((_, i) => perm.indexOf(i));
     return [o.permute(g, inverse)];
   },
   broadcast: (o, [x], _, g) => [o.sumTo(g, o.shape(x))],
   slice: (o, [x], _, g, attrs) => {
-    const { axis, start, end } = attrs as { axis: number; start: number; end: number };
+    const { axis, start, end } = attrs;
     return [o.pad(g, axis, start, o.shape(x)[axis] - end)];
   },
   pad: (o, [x], _, g, attrs) => {
-    const { axis, before } = attrs as { axis: number; before: number };
+    const { axis, before } = attrs;
     return [o.slice(g, axis, before, before + o.shape(x)[axis])];
   },
   // C = op(A)·op(B) with op = optional transpose; each case keeps the result in the operand's layout.
@@ -75,8 +88,8 @@ export const VJP: Record<string, VjpRule> = {
   cast: (o, [x], out, g) => (o.dtype(x) === 'f32' && o.dtype(out) === 'f32' ? [g] : [undefined]),
 };
 
-/** Ops whose outputs carry no gradient (integer/boolean results, constants). */
-const NON_DIFFERENTIABLE = new Set(['input', 'param', 'const', 'iota', 'eq', 'lt', 'le', 'gt', 'ge']);
+/** The VJP rules there are, by op (the table without the ops that have none). */
+export const VJP: { readonly [O in Op]?: VjpRule<O> } = Object.fromEntries(Object.entries(VJP_TABLE).filter(([, r]) => typeof r === 'function'));
 
 export interface TapeEntry<V> {
   op: string;
@@ -95,11 +108,12 @@ export function backprop<V>(o: Ops<V>, tape: TapeEntry<V>[], root: V, seed: V, b
   for (let i = tape.length - 1; i >= 0; i--) {
     const e = tape[i];
     const g = grads.get(e.out);
-    if (g === undefined || NON_DIFFERENTIABLE.has(e.op)) continue;
-    const rule = VJP[e.op];
-    if (!rule) throw new Error(`autograd: no VJP rule for op '${e.op}'`);
+    const entry = g === undefined ? NO_GRADIENT : (VJP_TABLE[e.op as Op] as VjpEntry<Op> | undefined);
+    if (entry === NO_GRADIENT) continue;
+    if (entry === undefined || entry === NO_RULE) throw new Error(`autograd: no VJP rule for op '${e.op}'`);
+    const rule = entry;
     before?.(e);
-    const inGrads = rule(o, e.inputs, e.out, g, e.attrs);
+    const inGrads = rule(o, e.inputs, e.out, g!, e.attrs as AttrsOf<Op>);
     e.inputs.forEach((x, k) => {
       const gx = inGrads[k];
       if (gx === undefined || o.dtype(x) !== 'f32') return;

@@ -7,7 +7,8 @@
 
 import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir/graph.ts';
 import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, reductionLoop, type MatmulConfig } from './primitives.ts';
-import { flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
+import { flatKernel, literal, storageType, type KernelSpec } from './wgsl.ts';
+import { isOp, stridesOf, type Op } from '../ir/ops.ts';
 
 export type FusedKind = 'elementwise' | 'matmul' | 'scatter';
 
@@ -104,50 +105,75 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   return { name, ...flatKernel(decls, n, `  ${store('i')}`), inputCount: 0 };
 }
 
+/** What a value rule is given: the node, its inputs, whether the kernel is a matmul kernel, and how to call an input's function. */
+interface ValueArgs {
+  node: Node;
+  ins: Node[];
+  isMatmul: boolean;
+  /** The WGSL call computing input `x` at flat index `index`. */
+  call(x: Node, index: string): string;
+}
+type ValueRule = (a: ValueArgs) => string[];
+
+const pointwiseValue: ValueRule = ({ node, ins, call }) => {
+  const names = ['a', 'b', 'c'];
+  const loads = ins.map((x, j) => `let ${names[j]} = ${call(x, 'i')};`);
+  return [...loads, `return ${pointwiseExpr(node.op, ins[0]?.dtype ?? node.dtype, node.attrs)};`];
+};
+const layoutValue: ValueRule = ({ node, ins, call }) => {
+  const src = layoutSource(node.op, node.attrs, ins[0].shape, node.shape, 'i');
+  const value = call(ins[0], src.index);
+  return [...src.lines, src.inBounds ? `if (${src.inBounds}) { return ${value}; }\nreturn ${literal(0, node.dtype)};` : `return ${value};`];
+};
+const reductionValue: ValueRule = ({ node, ins, call }) => [...reductionLoop(node.op, node.dtype, ins[0].shape, node.attrs.axis as number, (index) => call(ins[0], index)), 'return acc;'];
+const notInFusedKernel = (why: string): ValueRule => ({ node }) => {
+  throw new Error(`%${node.id} ${node.op} is not computed in a fused kernel: ${why}`);
+};
+
+/** The fused kernels' lowering: the body of the function computing each op's value at flat index `i`. */
+const VALUE_RULES: { readonly [O in Op]: ValueRule } = {
+  input: notInFusedKernel('graph inputs are loaded from their buffers'),
+  param: notInFusedKernel('graph inputs are loaded from their buffers'),
+  const: ({ node }) => [`return ${literal(node.attrs.value as number, node.dtype)};`],
+  iota: ({ node }) => {
+    const axis = node.attrs.axis as number;
+    return [`return i32((i / ${stridesOf(node.shape)[axis]}u) % ${node.shape[axis]}u);`];
+  },
+  cast: ({ node, ins, call }) => [`let a = ${call(ins[0], 'i')};`, `return ${castExpr(ins[0].dtype, node.dtype, false)};`],
+  neg: pointwiseValue, exp: pointwiseValue, log: pointwiseValue, tanh: pointwiseValue, sqrt: pointwiseValue, rsqrt: pointwiseValue,
+  add: pointwiseValue, sub: pointwiseValue, mul: pointwiseValue, div: pointwiseValue, max: pointwiseValue,
+  eq: pointwiseValue, lt: pointwiseValue, le: pointwiseValue, gt: pointwiseValue, ge: pointwiseValue,
+  where: pointwiseValue,
+  sum: reductionValue,
+  max_reduce: reductionValue,
+  reshape: ({ ins, call }) => [`return ${call(ins[0], 'i')};`],
+  permute: layoutValue, broadcast: layoutValue, slice: layoutValue, pad: layoutValue,
+  matmul: ({ node, isMatmul }) => {
+    if (!isMatmul) throw new Error(`matmul %${node.id} can only be computed by a matmul kernel`);
+    return ['return mmAcc;'];
+  },
+  gather: ({ ins, call }) => {
+    const [table, idx] = ins;
+    const rows = table.shape[0];
+    const rowSize = numel(table.shape.slice(1));
+    // An out-of-range index reads row 0 instead of faulting: WGSL has no way to raise an error.
+    return [
+      `let r = ${call(idx, `i / ${rowSize}u`)};`,
+      `let row = select(0u, u32(r), r >= 0i && r < ${rows}i);`,
+      `return ${call(table, `row * ${rowSize}u + i % ${rowSize}u`)};`,
+    ];
+  },
+  scatter_add: notInFusedKernel('a scatter kernel writes it (its own kind)'),
+  flash_attention: notInFusedKernel('attention composites have their own kernels (codegen/attention.ts)'),
+  flash_attention_lse: notInFusedKernel('attention composites have their own kernels (codegen/attention.ts)'),
+  flash_attention_bwd: notInFusedKernel('attention composites have their own kernels (codegen/attention.ts)'),
+};
+
 /** Body lines of the function computing `node` at flat index `i` from its inputs' functions. */
 function valueBody(g: Graph, node: Node, isMatmul: boolean, fn: (id: number) => string): string[] {
   const ins = node.inputs.map((x) => g.nodes[x]);
   const call = (x: Node, index: string) => `${fn(x.id)}(${index})`;
-  switch (node.op) {
-    case 'matmul':
-      if (!isMatmul) throw new Error(`matmul %${node.id} can only be computed by a matmul kernel`);
-      return ['return mmAcc;'];
-    case 'const':
-      return [`return ${literal(node.attrs.value as number, node.dtype)};`];
-    case 'iota': {
-      const axis = node.attrs.axis as number;
-      return [`return i32((i / ${stridesOf(node.shape)[axis]}u) % ${node.shape[axis]}u);`];
-    }
-    case 'cast':
-      return [`let a = ${call(ins[0], 'i')};`, `return ${castExpr(ins[0].dtype, node.dtype, false)};`];
-    case 'reshape':
-      return [`return ${call(ins[0], 'i')};`];
-    case 'permute':
-    case 'broadcast':
-    case 'slice':
-    case 'pad': {
-      const src = layoutSource(node.op, node.attrs, ins[0].shape, node.shape, 'i');
-      const value = call(ins[0], src.index);
-      return [...src.lines, src.inBounds ? `if (${src.inBounds}) { return ${value}; }\nreturn ${literal(0, node.dtype)};` : `return ${value};`];
-    }
-    case 'sum':
-    case 'max_reduce':
-      return [...reductionLoop(node.op, node.dtype, ins[0].shape, node.attrs.axis as number, (index) => call(ins[0], index)), 'return acc;'];
-    case 'gather': {
-      const [table, idx] = ins;
-      const rows = table.shape[0];
-      const rowSize = numel(table.shape.slice(1));
-      // An out-of-range index reads row 0 instead of faulting: WGSL has no way to raise an error.
-      return [
-        `let r = ${call(idx, `i / ${rowSize}u`)};`,
-        `let row = select(0u, u32(r), r >= 0i && r < ${rows}i);`,
-        `return ${call(table, `row * ${rowSize}u + i % ${rowSize}u`)};`,
-      ];
-    }
-    default: {
-      const names = ['a', 'b', 'c'];
-      const loads = ins.map((x, j) => `let ${names[j]} = ${call(x, 'i')};`);
-      return [...loads, `return ${pointwiseExpr(node.op, ins[0]?.dtype ?? node.dtype, node.attrs)};`];
-    }
-  }
+  // An unknown op falls to the pointwise rule, whose expression table names it in its error.
+  const rule = isOp(node.op) ? VALUE_RULES[node.op] : pointwiseValue;
+  return rule({ node, ins, isMatmul, call });
 }

@@ -4,8 +4,8 @@
 // are built from the same pieces (pointwiseExpr, layoutSource, reductionLoop, the matmul blocking).
 
 import { numel, type Attrs, type DType } from '../ir/graph.ts';
-import type { ValueType } from '../ir/ops.ts';
-import { bindings, flatKernel, literal, storageType, stridesOf, type KernelSpec } from './wgsl.ts';
+import { bindings, flatKernel, literal, storageType, type KernelSpec } from './wgsl.ts';
+import { isOp, stridesOf, type ArithOp, type CompareOp, type Op, type UnaryOp, type ValueType } from '../ir/ops.ts';
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
 
@@ -16,7 +16,8 @@ const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
 export function pointwiseExpr(op: string, dtype: DType, attrs: Attrs, vec4 = false): string {
   const v = (x: string, t: string) => (vec4 ? `vec4<${t}>(${x})` : x);
   const bool = (cond: string) => `select(${v('0u', 'u32')}, ${v('1u', 'u32')}, ${cond})`;
-  switch (op) {
+  const expr = op as UnaryOp | ArithOp | CompareOp | 'where' | 'const';
+  switch (expr) {
     case 'neg': return '-a';
     case 'exp': return 'exp(a)';
     case 'log': return 'log(a)';
@@ -35,7 +36,11 @@ export function pointwiseExpr(op: string, dtype: DType, attrs: Attrs, vec4 = fal
     case 'ge': return bool('a >= b');
     case 'where': return `select(c, b, a != ${v('0u', 'u32')})`;
     case 'const': return v(literal(attrs.value as number, dtype), storageType(dtype));
-    default: throw new Error(`no pointwise expression for '${op}'`);
+    default: {
+      // A type error when an op of the union above has no case.
+      const missing: never = expr;
+      throw new Error(`no pointwise expression for '${missing}'`);
+    }
   }
 }
 
@@ -359,14 +364,35 @@ function scatterAdd(ins: ValueType[], out: ValueType): KernelSpec {
   };
 }
 
-const LAYOUT_OPS = new Set(['reshape', 'permute', 'broadcast', 'slice', 'pad']);
+
+type PrimitiveEmitter = (op: string, attrs: Attrs, ins: ValueType[], out: ValueType) => KernelSpec;
+const none = (why: string): PrimitiveEmitter => (op) => {
+  throw new Error(`no single-op kernel for '${op}': ${why}`);
+};
+
+/** Eager mode's lowering: the one-op kernel of every op (by its class's emitter). */
+const PRIMITIVE_KERNELS: { readonly [O in Op]: PrimitiveEmitter } = {
+  input: none('graph inputs are buffers'),
+  param: none('graph inputs are buffers'),
+  const: pointwise, iota: pointwise, cast: pointwise,
+  neg: pointwise, exp: pointwise, log: pointwise, tanh: pointwise, sqrt: pointwise, rsqrt: pointwise,
+  add: pointwise, sub: pointwise, mul: pointwise, div: pointwise, max: pointwise,
+  eq: pointwise, lt: pointwise, le: pointwise, gt: pointwise, ge: pointwise,
+  where: pointwise,
+  sum: reduce,
+  max_reduce: reduce,
+  reshape: layout, permute: layout, broadcast: layout, slice: layout, pad: layout,
+  matmul: (_, attrs, ins, out) => matmulKernel(attrs, ins, out),
+  gather: (_, __, ins, out) => gather(ins, out),
+  scatter_add: (_, __, ins, out) => scatterAdd(ins, out),
+  flash_attention: none('attention runs as its composite kernels (codegen/flash-attention.ts)'),
+  flash_attention_lse: none('attention runs as its composite kernels (codegen/flash-attention.ts)'),
+  flash_attention_bwd: none('attention runs as its composite kernels (codegen/flash-attention.ts)'),
+};
 
 /** The kernel computing one primitive op with the given input and output types. */
 export function primitiveKernel(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): KernelSpec {
-  if (LAYOUT_OPS.has(op)) return layout(op, attrs, ins, out);
-  if (op === 'sum' || op === 'max_reduce') return reduce(op, attrs, ins, out);
-  if (op === 'matmul') return matmulKernel(attrs, ins, out);
-  if (op === 'gather') return gather(ins, out);
-  if (op === 'scatter_add') return scatterAdd(ins, out);
-  return pointwise(op, attrs, ins, out);
+  // An unknown op falls to the pointwise emitter, whose expression table names it in its error.
+  const emit = isOp(op) ? PRIMITIVE_KERNELS[op] : pointwise;
+  return emit(op, attrs, ins, out);
 }

@@ -8,6 +8,7 @@
 
 import { isGraphInput, numel, type Attrs, type DType, type Graph, type Node } from './graph.ts';
 import { attention, attentionBackward, attentionLogSumExp } from './interpret-attention.ts';
+import { isOp, stridesOf, type ArithOp, type AttrsOf, type CompareOp, type Op, type ReduceOp, type UnaryOp } from './ops.ts';
 
 /** f32 values are held as float64 (the oracle is more precise than the device); bool as 0/1. */
 export type RefData = Float64Array | Int32Array | Uint8Array;
@@ -40,16 +41,6 @@ function around(shape: readonly number[], axis: number): [number, number, number
   for (let i = 0; i < axis; i++) outer *= shape[i];
   for (let i = axis + 1; i < shape.length; i++) inner *= shape[i];
   return [outer, shape[axis], inner];
-}
-
-function stridesOf(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
 }
 
 /**
@@ -124,7 +115,12 @@ function cast(x: RefData, from: DType, to: DType): RefData {
   return out;
 }
 
-function unary(op: string, x: RefData): Float64Array {
+/** The default of a switch over a closed set of ops: a type error when a case is missing. */
+function noRule(op: never): never {
+  throw new Error(`reference interpreter: no rule for op '${op as string}'`);
+}
+
+function unary(op: UnaryOp, x: RefData): Float64Array {
   const n = x.length;
   const out = new Float64Array(n);
   switch (op) {
@@ -147,12 +143,12 @@ function unary(op: string, x: RefData): Float64Array {
       for (let i = 0; i < n; i++) out[i] = 1 / Math.sqrt(x[i]);
       break;
     default:
-      throw new Error(`reference interpreter: no rule for op '${op}'`);
+      noRule(op);
   }
   return out;
 }
 
-function arithF(op: string, a: RefData, b: RefData): Float64Array {
+function arithF(op: ArithOp, a: RefData, b: RefData): Float64Array {
   const n = a.length;
   const out = new Float64Array(n);
   switch (op) {
@@ -171,12 +167,14 @@ function arithF(op: string, a: RefData, b: RefData): Float64Array {
     case 'max':
       for (let i = 0; i < n; i++) out[i] = Math.max(a[i], b[i]);
       break;
+    default:
+      noRule(op);
   }
   return out;
 }
 
 /** i32 arithmetic wraps like the device's; the Int32Array store does the wrapping for add/sub. */
-function arithI(op: string, a: RefData, b: RefData): Int32Array {
+function arithI(op: ArithOp, a: RefData, b: RefData): Int32Array {
   const n = a.length;
   const out = new Int32Array(n);
   switch (op) {
@@ -197,11 +195,13 @@ function arithI(op: string, a: RefData, b: RefData): Int32Array {
     case 'max':
       for (let i = 0; i < n; i++) out[i] = a[i] > b[i] ? a[i] : b[i];
       break;
+    default:
+      noRule(op);
   }
   return out;
 }
 
-function compare(op: string, a: RefData, b: RefData): Uint8Array {
+function compare(op: CompareOp, a: RefData, b: RefData): Uint8Array {
   const n = a.length;
   const out = new Uint8Array(n);
   switch (op) {
@@ -220,6 +220,8 @@ function compare(op: string, a: RefData, b: RefData): Uint8Array {
     case 'ge':
       for (let i = 0; i < n; i++) out[i] = a[i] >= b[i] ? 1 : 0;
       break;
+    default:
+      noRule(op);
   }
   return out;
 }
@@ -376,8 +378,106 @@ function scatterAdd(idx: RefTensor, src: RefTensor, out: OutType): RefData {
   return dst;
 }
 
-/** Evaluates one primitive. `out` is the node's own type, which layout ops take their shape from. */
+/** What an evaluation rule is given: the op's attributes, its operands and its own type (layout ops take their shape from it). */
+interface EvalArgs<O extends Op> {
+  op: O;
+  attrs: AttrsOf<O>;
+  ins: RefTensor[];
+  out: OutType;
+  /** Elements of the result. */
+  n: number;
+}
+type EvalRule<O extends Op> = (a: EvalArgs<O>) => RefData;
+
+const evalUnary: EvalRule<UnaryOp> = ({ op, ins }) => unary(op, ins[0].data);
+const evalArith: EvalRule<ArithOp> = ({ op, ins }) => (ins[0].dtype === 'i32' ? arithI(op, ins[0].data, ins[1].data) : arithF(op, ins[0].data, ins[1].data));
+const evalCompare: EvalRule<CompareOp> = ({ op, ins }) => compare(op, ins[0].data, ins[1].data);
+const evalReduce: EvalRule<ReduceOp> = ({ op, attrs, ins }) => reduce(op, ins[0], normAxis(attrs.axis, ins[0].shape.length));
+const bound: EvalRule<'input' | 'param'> = ({ op }) => {
+  throw new Error(`reference interpreter: ${op} nodes are bound to the given inputs, not evaluated`);
+};
+
+/** The float64 semantics of every op: one rule per op. */
+const EVAL: { readonly [O in Op]: EvalRule<O> } = {
+  input: bound,
+  param: bound,
+  const: ({ attrs, out, n }) => {
+    const v = attrs.value;
+    const data = alloc(out.dtype, n);
+    data.fill(out.dtype === 'f32' ? v : out.dtype === 'i32' ? f32ToI32(v) : v !== 0 ? 1 : 0);
+    return data;
+  },
+  iota: ({ attrs, out, n }) => {
+    const [outer, size, inner] = around(out.shape, normAxis(attrs.axis, out.shape.length));
+    const data = new Int32Array(n);
+    let p = 0;
+    for (let o = 0; o < outer; o++) for (let k = 0; k < size; k++) {
+      data.fill(k, p, p + inner);
+      p += inner;
+    }
+    return data;
+  },
+  cast: ({ ins, out }) => cast(ins[0].data, ins[0].dtype, out.dtype),
+  neg: evalUnary, exp: evalUnary, log: evalUnary, tanh: evalUnary, sqrt: evalUnary, rsqrt: evalUnary,
+  add: evalArith, sub: evalArith, mul: evalArith, div: evalArith, max: evalArith,
+  eq: evalCompare, lt: evalCompare, le: evalCompare, gt: evalCompare, ge: evalCompare,
+  where: ({ ins, out, n }) => {
+    const [c, a, b] = [ins[0].data, ins[1].data, ins[2].data];
+    const data = alloc(out.dtype, n);
+    for (let i = 0; i < n; i++) data[i] = c[i] ? a[i] : b[i];
+    return data;
+  },
+  sum: evalReduce,
+  max_reduce: evalReduce,
+  // Values are never written after they are made, so sharing the buffer is safe.
+  reshape: ({ ins }) => ins[0].data,
+  permute: ({ attrs, ins, out, n }) => {
+    const st = stridesOf(ins[0].shape);
+    const data = alloc(out.dtype, n);
+    stridedCopy(ins[0].data, 0, attrs.perm.map((p) => st[p]), out.shape, data);
+    return data;
+  },
+  broadcast: ({ ins, out, n }) => {
+    const x = ins[0].shape;
+    const st = stridesOf(x);
+    const data = alloc(out.dtype, n);
+    stridedCopy(ins[0].data, 0, x.map((d, i) => (d === 1 ? 0 : st[i])), out.shape, data);
+    return data;
+  },
+  slice: ({ attrs, ins, out, n }) => {
+    const x = ins[0].shape;
+    const axis = normAxis(attrs.axis, x.length);
+    const st = stridesOf(x);
+    const data = alloc(out.dtype, n);
+    stridedCopy(ins[0].data, attrs.start * st[axis], st, out.shape, data);
+    return data;
+  },
+  pad: ({ attrs, ins, out, n }) => {
+    const x = ins[0];
+    const [outer, size, inner] = around(x.shape, normAxis(attrs.axis, x.shape.length));
+    const before = attrs.before;
+    const total = size + before + attrs.after;
+    const data = alloc(out.dtype, n);
+    const src = x.data;
+    const chunk = size * inner;
+    for (let o = 0; o < outer; o++) {
+      const s = o * chunk;
+      const d = (o * total + before) * inner;
+      for (let j = 0; j < chunk; j++) data[d + j] = src[s + j];
+    }
+    return data;
+  },
+  matmul: ({ attrs, ins, out }) => matmul(ins[0], ins[1], attrs, out),
+  gather: ({ ins, out }) => gather(ins[0], ins[1], out),
+  scatter_add: ({ ins, out }) => scatterAdd(ins[0], ins[1], out),
+  flash_attention: ({ attrs, ins }) => attention(ins[0], ins[1], ins[2], attrs),
+  flash_attention_lse: ({ attrs, ins }) => attentionLogSumExp(ins[0], ins[1], attrs),
+  flash_attention_bwd: ({ attrs, ins }) => attentionBackward(ins, attrs),
+};
+
+/** Evaluates one op. `out` is the node's own type, which layout ops take their shape from. */
 export function applyOp(op: string, attrs: Attrs, ins: RefTensor[], out: { shape: number[]; dtype: DType }): RefTensor {
+  if (!isOp(op)) throw new Error(`reference interpreter: no rule for op '${op}'`);
   const shape = [...out.shape];
   const n = numel(shape);
   for (const t of ins) {
@@ -385,98 +485,9 @@ export function applyOp(op: string, attrs: Attrs, ins: RefTensor[], out: { shape
       throw new Error(`${op}: operand ${t.dtype}${fmt(t.shape)} holds ${t.data.length} elements`);
     }
   }
-  const make = (data: RefData): RefTensor => {
-    if (data.length !== n) throw new Error(`${op}: computed ${data.length} elements for ${out.dtype}${fmt(shape)}`);
-    return { shape, dtype: out.dtype, data };
-  };
-  switch (op) {
-    case 'const': {
-      const v = attrs.value as number;
-      const data = alloc(out.dtype, n);
-      data.fill(out.dtype === 'f32' ? v : out.dtype === 'i32' ? f32ToI32(v) : v !== 0 ? 1 : 0);
-      return make(data);
-    }
-    case 'iota': {
-      const [outer, size, inner] = around(shape, normAxis(attrs.axis as number, shape.length));
-      const data = new Int32Array(n);
-      let p = 0;
-      for (let o = 0; o < outer; o++) for (let k = 0; k < size; k++) {
-        data.fill(k, p, p + inner);
-        p += inner;
-      }
-      return make(data);
-    }
-    case 'cast':
-      return make(cast(ins[0].data, ins[0].dtype, out.dtype));
-    case 'neg': case 'exp': case 'log': case 'tanh': case 'sqrt': case 'rsqrt':
-      return make(unary(op, ins[0].data));
-    case 'add': case 'sub': case 'mul': case 'div': case 'max':
-      return make(ins[0].dtype === 'i32' ? arithI(op, ins[0].data, ins[1].data) : arithF(op, ins[0].data, ins[1].data));
-    case 'eq': case 'lt': case 'le': case 'gt': case 'ge':
-      return make(compare(op, ins[0].data, ins[1].data));
-    case 'where': {
-      const [c, a, b] = [ins[0].data, ins[1].data, ins[2].data];
-      const data = alloc(out.dtype, n);
-      for (let i = 0; i < n; i++) data[i] = c[i] ? a[i] : b[i];
-      return make(data);
-    }
-    case 'sum': case 'max_reduce':
-      return make(reduce(op, ins[0], normAxis(attrs.axis as number, ins[0].shape.length)));
-    case 'reshape':
-      // Values are never written after they are made, so sharing the buffer is safe.
-      return make(ins[0].data);
-    case 'permute': {
-      const perm = attrs.perm as number[];
-      const st = stridesOf(ins[0].shape);
-      const data = alloc(out.dtype, n);
-      stridedCopy(ins[0].data, 0, perm.map((p) => st[p]), shape, data);
-      return make(data);
-    }
-    case 'broadcast': {
-      const x = ins[0].shape;
-      const st = stridesOf(x);
-      const data = alloc(out.dtype, n);
-      stridedCopy(ins[0].data, 0, x.map((d, i) => (d === 1 ? 0 : st[i])), shape, data);
-      return make(data);
-    }
-    case 'slice': {
-      const x = ins[0].shape;
-      const axis = normAxis(attrs.axis as number, x.length);
-      const st = stridesOf(x);
-      const data = alloc(out.dtype, n);
-      stridedCopy(ins[0].data, (attrs.start as number) * st[axis], st, shape, data);
-      return make(data);
-    }
-    case 'pad': {
-      const x = ins[0];
-      const [outer, size, inner] = around(x.shape, normAxis(attrs.axis as number, x.shape.length));
-      const before = attrs.before as number;
-      const total = size + before + (attrs.after as number);
-      const data = alloc(out.dtype, n);
-      const src = x.data;
-      const chunk = size * inner;
-      for (let o = 0; o < outer; o++) {
-        const s = o * chunk;
-        const d = (o * total + before) * inner;
-        for (let j = 0; j < chunk; j++) data[d + j] = src[s + j];
-      }
-      return make(data);
-    }
-    case 'matmul':
-      return make(matmul(ins[0], ins[1], attrs, out));
-    case 'gather':
-      return make(gather(ins[0], ins[1], out));
-    case 'scatter_add':
-      return make(scatterAdd(ins[0], ins[1], out));
-    case 'flash_attention':
-      return make(attention(ins[0], ins[1], ins[2], attrs));
-    case 'flash_attention_lse':
-      return make(attentionLogSumExp(ins[0], ins[1], attrs));
-    case 'flash_attention_bwd':
-      return make(attentionBackward(ins, attrs));
-    default:
-      throw new Error(`reference interpreter: no rule for op '${op}'`);
-  }
+  const data = (EVAL[op] as EvalRule<Op>)({ op, attrs: attrs as AttrsOf<Op>, ins, out: { shape, dtype: out.dtype }, n });
+  if (data.length !== n) throw new Error(`${op}: computed ${data.length} elements for ${out.dtype}${fmt(shape)}`);
+  return { shape, dtype: out.dtype, data };
 }
 
 function isTensor(v: RefInput): v is RefTensor {

@@ -4,6 +4,7 @@
 
 import { isGraphInput, numel, stateUpdates, type Graph } from './graph.ts';
 import { liveNodes } from './pass.ts';
+import { OP_CLASS, type Op, type OpClass } from './ops.ts';
 
 /** The attribute fuse-elementwise sets: the kernel that computes the node. */
 export const KERNEL_ATTR = 'kernel';
@@ -64,7 +65,9 @@ export function computedIn(g: Graph, kernel: Int32Array, k: number, members: num
   return [...seen];
 }
 
-const POINTWISE_OR_RESHAPE = (op: string) => !['matmul', 'sum', 'max_reduce', 'gather', 'scatter_add', 'permute', 'broadcast', 'slice', 'pad', 'input', 'param'].includes(op);
+/** Ops that read their operands at their own element's index: pointwise, const, iota, reshape, the composites. */
+const POINTWISE_OR_RESHAPE = (op: string) =>
+  op === 'reshape' || (op !== 'input' && op !== 'param' && !(['contraction', 'reduce', 'index', 'layout'] as (OpClass | undefined)[]).includes(OP_CLASS[op as Op]));
 
 /**
  * Reads of a graph input that the kernel overwriting it in place may not make: a kernel writes

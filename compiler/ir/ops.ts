@@ -16,11 +16,87 @@ export type ArithOp = (typeof ARITH_OPS)[number];
 export type CompareOp = (typeof COMPARE_OPS)[number];
 export type ReduceOp = (typeof REDUCE_OPS)[number];
 
+type AxisAttrs = { axis: number };
+type AttentionAttrs = { causal?: true; scale: number };
+
 /**
- * Every primitive, with a one-line meaning. Layout ops whose result shape is not implied by their
- * inputs (reshape, broadcast, const, iota, scatter_add) take it from the node's own type.
+ * The op set: every op with the type of its attributes. `Op` is its keys, and every per-op rule
+ * (type inference, meaning and class below, VJP in autodiff/autograd.ts, float64 semantics in
+ * ir/interpret.ts, each backend's lowering) is a table `{ [O in Op]: Rule<O> }`, so an op added
+ * here without all its rules is a type error in every table that lacks one.
  */
-export const PRIMITIVES: Record<string, string> = {
+export interface OpAttrs {
+  input: object;
+  param: object;
+  const: { value: number };
+  iota: AxisAttrs;
+  cast: object;
+  neg: object; exp: object; log: object; tanh: object; sqrt: object; rsqrt: object;
+  add: object; sub: object; mul: object; div: object; max: object;
+  eq: object; lt: object; le: object; gt: object; ge: object;
+  where: object;
+  sum: AxisAttrs;
+  max_reduce: AxisAttrs;
+  reshape: object;
+  permute: { perm: number[] };
+  broadcast: object;
+  slice: { axis: number; start: number; end: number };
+  pad: { axis: number; before: number; after: number };
+  matmul: { transA?: boolean; transB?: boolean };
+  gather: object;
+  scatter_add: object;
+  flash_attention: AttentionAttrs;
+  flash_attention_lse: AttentionAttrs;
+  flash_attention_bwd: AttentionAttrs & { wrt: 0 | 1 | 2 };
+}
+
+export type Op = keyof OpAttrs;
+export type AttrsOf<O extends Op> = OpAttrs[O];
+
+/**
+ * The op classes, defined once: `source` makes a value from nothing (graph inputs, constants),
+ * `pointwise` computes each element from the same element of its operands, `reduce` folds one
+ * axis, `layout` moves elements (reshape, permute, broadcast, slice) or inserts zeros (pad),
+ * `contraction` is matmul, `index` reads or writes rows by an index tensor, `composite` is an op
+ * only passes create, with its own kernels.
+ */
+export type OpClass = 'source' | 'pointwise' | 'reduce' | 'layout' | 'contraction' | 'index' | 'composite';
+
+export const OP_CLASS: { readonly [O in Op]: OpClass } = {
+  input: 'source', param: 'source', const: 'source', iota: 'source',
+  cast: 'pointwise',
+  neg: 'pointwise', exp: 'pointwise', log: 'pointwise', tanh: 'pointwise', sqrt: 'pointwise', rsqrt: 'pointwise',
+  add: 'pointwise', sub: 'pointwise', mul: 'pointwise', div: 'pointwise', max: 'pointwise',
+  eq: 'pointwise', lt: 'pointwise', le: 'pointwise', gt: 'pointwise', ge: 'pointwise',
+  where: 'pointwise',
+  sum: 'reduce', max_reduce: 'reduce',
+  reshape: 'layout', permute: 'layout', broadcast: 'layout', slice: 'layout', pad: 'layout',
+  matmul: 'contraction',
+  gather: 'index', scatter_add: 'index',
+  flash_attention: 'composite', flash_attention_lse: 'composite', flash_attention_bwd: 'composite',
+};
+
+export const OPS = Object.keys(OP_CLASS) as Op[];
+export const isOp = (op: string): op is Op => Object.hasOwn(OP_CLASS, op);
+const opsOfClass = (c: OpClass): ReadonlySet<string> => new Set(OPS.filter((op) => OP_CLASS[op] === c));
+
+/** Pointwise ops (cast, unary, arithmetic, comparisons, where). */
+export const POINTWISE_OPS = opsOfClass('pointwise');
+/** Layout ops: they compute nothing, only place elements (and pad's zeros). */
+export const LAYOUT_OPS = opsOfClass('layout');
+/** Layout ops that only move elements: of a value filled with one number, the same number in another shape. */
+export const ELEMENT_MOVES: ReadonlySet<string> = new Set(['reshape', 'broadcast', 'permute', 'slice']);
+export const REDUCTIONS = opsOfClass('reduce');
+/** The attention composites (fuse-attention makes them, autograd their backward). */
+export const FLASH_OPS = opsOfClass('composite');
+
+/**
+ * Every op, with a one-line meaning. Layout ops whose result shape is not implied by their inputs
+ * (reshape, broadcast, const, iota, scatter_add) take it from the node's own type. The composites
+ * are created only by passes (fuse-attention), each with reference semantics in
+ * ir/interpret-attention.ts and its own kernels; q, k, v are [..., T, D]; {causal} masks key j > query i.
+ */
+export const OP_MEANING: { readonly [O in Op]: string } = {
   input: 'graph input (data)',
   param: 'graph input (trainable parameter)',
   const: 'tensor filled with {value}',
@@ -40,19 +116,10 @@ export const PRIMITIVES: Record<string, string> = {
   matmul: 'batched a·b over the last two axes, {transA}/{transB} transpose an operand',
   gather: 'rows of a table: out[i..., :] = table[idx[i...], :]',
   scatter_add: 'inverse of gather: out[idx[i...], :] += src[i..., :]',
-};
-
-/**
- * Composite ops: only passes create them (fuse-attention), each with reference semantics in
- * compiler/ir/interpret.ts and its own kernel. q, k, v are [..., T, D]; {causal} masks key j > query i.
- */
-export const COMPOSITES: Record<string, string> = {
   flash_attention: 'softmax(mask(q·kᵀ·{scale}))·v, never forming the T×T matrix',
   flash_attention_lse: 'log Σ_j exp(mask(q·kᵀ·{scale})): the row log-sum-exp the backward recomputes P from',
   flash_attention_bwd: 'gradient of flash_attention for operand {wrt} (0 q, 1 k, 2 v) from (q, k, v, dO, lse, delta = Σ dO·o)',
 };
-
-export const FLASH_OPS = new Set(Object.keys(COMPOSITES));
 
 /** The largest head dim the attention composites take: every backend's kernels must take up to this. */
 export const FLASH_ATTENTION_MAX_HEAD_DIM = 64;
@@ -64,7 +131,20 @@ export const FLASH_ATTENTION_MAX_HEAD_DIM = 64;
  */
 export const flashAttentionSupports = (T: number, D: number): boolean => T >= 1 && D % 4 === 0 && D >= 4 && D <= FLASH_ATTENTION_MAX_HEAD_DIM;
 
-const sameShape = (a: Shape, b: Shape) => a.length === b.length && a.every((d, i) => d === b[i]);
+/** Same rank and the same size on every axis. */
+export const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/** Row-major strides of `shape`, in elements. */
+export function stridesOf(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
 const fmt = (s: Shape) => `[${s.join(',')}]`;
 
 function fail(op: string, msg: string): never {
@@ -77,84 +157,111 @@ function normAxis(op: string, axis: number, rank: number): number {
   return a;
 }
 
-/**
- * The output type of `op` applied to inputs of the given types. `declared` is the node's own type,
- * required where the op cannot infer it, and checked against the inference otherwise.
- */
-export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?: ValueType): ValueType {
-  const need = (n: number) => {
-    if (ins.length !== n) fail(op, `expects ${n} inputs, got ${ins.length}`);
-  };
-  const decl = (): ValueType => declared ?? fail(op, 'needs an explicit result type');
-  let out: ValueType;
-  if (op === 'input' || op === 'param' || op === 'const' || op === 'iota') {
+/** What a type rule is given: the op, its inputs' types, its attributes, and the node's own type. */
+interface TypeArgs<O extends Op> {
+  op: O;
+  ins: ValueType[];
+  attrs: AttrsOf<O>;
+  /** The node's own type, for ops that cannot infer theirs: fails when it was not declared. */
+  decl(): ValueType;
+  /** Fails unless there are `n` inputs. */
+  need(n: number): void;
+}
+type TypeRule<O extends Op> = (a: TypeArgs<O>) => ValueType;
+
+const source: TypeRule<'input' | 'param'> = ({ need, decl }) => (need(0), decl());
+const unary: TypeRule<UnaryOp> = ({ op, ins, need }) => {
+  need(1);
+  if (ins[0].dtype !== 'f32') fail(op, `expects f32, got ${ins[0].dtype}`);
+  return ins[0];
+};
+const binary: TypeRule<ArithOp | CompareOp> = ({ op, ins, need }) => {
+  need(2);
+  const [a, b] = ins;
+  if (!sameShape(a.shape, b.shape)) fail(op, `shapes differ: ${fmt(a.shape)} vs ${fmt(b.shape)} (broadcast explicitly)`);
+  if (a.dtype !== b.dtype) fail(op, `dtypes differ: ${a.dtype} vs ${b.dtype}`);
+  if (a.dtype === 'bool') fail(op, 'does not take bool');
+  return { shape: a.shape, dtype: (COMPARE_OPS as readonly string[]).includes(op) ? 'bool' : a.dtype };
+};
+const reduction: TypeRule<ReduceOp> = ({ op, ins, attrs, need }) => {
+  need(1);
+  const axis = normAxis(op, attrs.axis, ins[0].shape.length);
+  if (ins[0].dtype === 'bool') fail(op, 'does not take bool');
+  return { shape: ins[0].shape.map((d, i) => (i === axis ? 1 : d)), dtype: ins[0].dtype };
+};
+const attention: TypeRule<'flash_attention' | 'flash_attention_lse' | 'flash_attention_bwd'> = ({ op, ins, attrs }) => flashType(op, ins, attrs);
+
+/** The output type of each op from its inputs' types: one rule per op. */
+const TYPE_RULES: { readonly [O in Op]: TypeRule<O> } = {
+  input: source,
+  param: source,
+  const: ({ op, attrs, need, decl }) => {
     need(0);
-    out = decl();
-    if (op === 'iota') {
-      if (out.dtype !== 'i32') fail(op, 'result must be i32');
-      normAxis(op, attrs.axis as number, out.shape.length);
-    }
-    if (op === 'const' && typeof attrs.value !== 'number') fail(op, 'needs {value}');
-    if (op === 'const' && out.dtype === 'i32' && !Number.isInteger(attrs.value)) fail(op, 'i32 constant must be an integer');
-  } else if (op === 'cast') {
-    need(1);
-    out = { shape: ins[0].shape, dtype: decl().dtype };
-  } else if ((UNARY_OPS as readonly string[]).includes(op)) {
-    need(1);
-    if (ins[0].dtype !== 'f32') fail(op, `expects f32, got ${ins[0].dtype}`);
-    out = ins[0];
-  } else if ((ARITH_OPS as readonly string[]).includes(op) || (COMPARE_OPS as readonly string[]).includes(op)) {
-    need(2);
-    const [a, b] = ins;
-    if (!sameShape(a.shape, b.shape)) fail(op, `shapes differ: ${fmt(a.shape)} vs ${fmt(b.shape)} (broadcast explicitly)`);
-    if (a.dtype !== b.dtype) fail(op, `dtypes differ: ${a.dtype} vs ${b.dtype}`);
-    if (a.dtype === 'bool') fail(op, 'does not take bool');
-    out = { shape: a.shape, dtype: (COMPARE_OPS as readonly string[]).includes(op) ? 'bool' : a.dtype };
-  } else if (op === 'where') {
+    const out = decl();
+    if (typeof attrs.value !== 'number') fail(op, 'needs {value}');
+    if (out.dtype === 'i32' && !Number.isInteger(attrs.value)) fail(op, 'i32 constant must be an integer');
+    return out;
+  },
+  iota: ({ op, attrs, need, decl }) => {
+    need(0);
+    const out = decl();
+    if (out.dtype !== 'i32') fail(op, 'result must be i32');
+    normAxis(op, attrs.axis, out.shape.length);
+    return out;
+  },
+  cast: ({ ins, need, decl }) => (need(1), { shape: ins[0].shape, dtype: decl().dtype }),
+  neg: unary, exp: unary, log: unary, tanh: unary, sqrt: unary, rsqrt: unary,
+  add: binary, sub: binary, mul: binary, div: binary, max: binary,
+  eq: binary, lt: binary, le: binary, gt: binary, ge: binary,
+  where: ({ op, ins, need }) => {
     need(3);
     const [c, a, b] = ins;
     if (c.dtype !== 'bool') fail(op, 'condition must be bool');
     if (!sameShape(c.shape, a.shape) || !sameShape(a.shape, b.shape)) fail(op, 'shapes differ');
     if (a.dtype !== b.dtype) fail(op, 'branch dtypes differ');
-    out = a;
-  } else if (op === 'sum' || op === 'max_reduce') {
+    return a;
+  },
+  sum: reduction,
+  max_reduce: reduction,
+  reshape: ({ op, ins, need, decl }) => {
     need(1);
-    const axis = normAxis(op, attrs.axis as number, ins[0].shape.length);
-    if (ins[0].dtype === 'bool') fail(op, 'does not take bool');
-    out = { shape: ins[0].shape.map((d, i) => (i === axis ? 1 : d)), dtype: ins[0].dtype };
-  } else if (op === 'reshape') {
-    need(1);
-    out = { shape: decl().shape, dtype: ins[0].dtype };
+    const out = { shape: decl().shape, dtype: ins[0].dtype };
     if (numel(out.shape) !== numel(ins[0].shape)) fail(op, `cannot reshape ${fmt(ins[0].shape)} to ${fmt(out.shape)}`);
-  } else if (op === 'permute') {
+    return out;
+  },
+  permute: ({ op, ins, attrs, need }) => {
     need(1);
-    const perm = attrs.perm as number[];
+    const perm = attrs.perm;
     const r = ins[0].shape.length;
     if (!Array.isArray(perm) || perm.length !== r || [...perm].sort((x, y) => x - y).some((p, i) => p !== i)) {
       fail(op, `{perm} must be a permutation of 0..${r - 1}`);
     }
-    out = { shape: perm.map((p) => ins[0].shape[p]), dtype: ins[0].dtype };
-  } else if (op === 'broadcast') {
+    return { shape: perm.map((p) => ins[0].shape[p]), dtype: ins[0].dtype };
+  },
+  broadcast: ({ op, ins, need, decl }) => {
     need(1);
     const s = decl().shape;
     const x = ins[0].shape;
     if (s.length !== x.length || x.some((d, i) => d !== 1 && d !== s[i])) fail(op, `cannot broadcast ${fmt(x)} to ${fmt(s)}`);
-    out = { shape: s, dtype: ins[0].dtype };
-  } else if (op === 'slice') {
+    return { shape: s, dtype: ins[0].dtype };
+  },
+  slice: ({ op, ins, attrs, need }) => {
     need(1);
     const x = ins[0].shape;
-    const axis = normAxis(op, attrs.axis as number, x.length);
-    const { start, end } = attrs as { start: number; end: number };
+    const axis = normAxis(op, attrs.axis, x.length);
+    const { start, end } = attrs;
     if (!(start >= 0 && start < end && end <= x[axis])) fail(op, `[${start}, ${end}) out of range for axis of size ${x[axis]}`);
-    out = { shape: x.map((d, i) => (i === axis ? end - start : d)), dtype: ins[0].dtype };
-  } else if (op === 'pad') {
+    return { shape: x.map((d, i) => (i === axis ? end - start : d)), dtype: ins[0].dtype };
+  },
+  pad: ({ op, ins, attrs, need }) => {
     need(1);
     const x = ins[0].shape;
-    const axis = normAxis(op, attrs.axis as number, x.length);
-    const { before, after } = attrs as { before: number; after: number };
+    const axis = normAxis(op, attrs.axis, x.length);
+    const { before, after } = attrs;
     if (!(before >= 0 && after >= 0)) fail(op, 'before/after must be >= 0');
-    out = { shape: x.map((d, i) => (i === axis ? d + before + after : d)), dtype: ins[0].dtype };
-  } else if (op === 'matmul') {
+    return { shape: x.map((d, i) => (i === axis ? d + before + after : d)), dtype: ins[0].dtype };
+  },
+  matmul: ({ op, ins, attrs, need }) => {
     need(2);
     const [a, b] = [ins[0].shape, ins[1].shape];
     if (a.length < 2 || a.length !== b.length) fail(op, `operands need equal rank >= 2: ${fmt(a)} vs ${fmt(b)}`);
@@ -164,26 +271,45 @@ export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?:
     const [kb, n] = attrs.transB ? [b[r - 1], b[r - 2]] : [b[r - 2], b[r - 1]];
     if (ka !== kb) fail(op, `inner dims differ: ${fmt(a)}${attrs.transA ? 'ᵀ' : ''} · ${fmt(b)}${attrs.transB ? 'ᵀ' : ''}`);
     if (ins[0].dtype !== 'f32' || ins[1].dtype !== 'f32') fail(op, 'expects f32');
-    out = { shape: [...a.slice(0, r - 2), m, n], dtype: 'f32' };
-  } else if (op === 'gather') {
+    return { shape: [...a.slice(0, r - 2), m, n], dtype: 'f32' };
+  },
+  gather: ({ op, ins, need }) => {
     need(2);
     const [table, idx] = ins;
     if (idx.dtype !== 'i32') fail(op, 'indices must be i32');
     if (table.shape.length < 1) fail(op, 'table must have rank >= 1');
-    out = { shape: [...idx.shape, ...table.shape.slice(1)], dtype: table.dtype };
-  } else if (op === 'scatter_add') {
+    return { shape: [...idx.shape, ...table.shape.slice(1)], dtype: table.dtype };
+  },
+  scatter_add: ({ op, ins, need, decl }) => {
     need(2);
     const [idx, src] = ins;
     const s = decl().shape;
     if (idx.dtype !== 'i32') fail(op, 'indices must be i32');
     if (src.dtype !== 'f32') fail(op, 'src must be f32');
     if (!sameShape(src.shape, [...idx.shape, ...s.slice(1)])) fail(op, `src ${fmt(src.shape)} does not match indices ${fmt(idx.shape)} and rows of ${fmt(s)}`);
-    out = { shape: s, dtype: src.dtype };
-  } else if (FLASH_OPS.has(op)) {
-    out = flashType(op, ins, attrs);
-  } else {
-    fail(op, 'unknown op');
-  }
+    return { shape: s, dtype: src.dtype };
+  },
+  flash_attention: attention,
+  flash_attention_lse: attention,
+  flash_attention_bwd: attention,
+};
+
+/**
+ * The output type of `op` applied to inputs of the given types. `declared` is the node's own type,
+ * required where the op cannot infer it, and checked against the inference otherwise.
+ */
+export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?: ValueType): ValueType {
+  if (!isOp(op)) fail(op, 'unknown op');
+  const rule = TYPE_RULES[op] as TypeRule<Op>;
+  const out = rule({
+    op,
+    ins,
+    attrs: attrs as AttrsOf<Op>,
+    decl: () => declared ?? fail(op, 'needs an explicit result type'),
+    need: (n) => {
+      if (ins.length !== n) fail(op, `expects ${n} inputs, got ${ins.length}`);
+    },
+  });
   if (declared && (!sameShape(declared.shape, out.shape) || declared.dtype !== out.dtype)) {
     fail(op, `declared ${declared.dtype}${fmt(declared.shape)} but computes ${out.dtype}${fmt(out.shape)}`);
   }
@@ -191,7 +317,7 @@ export function inferType(op: string, ins: ValueType[], attrs: Attrs, declared?:
 }
 
 /** Result types of the attention composites; q, k, v share batch dims, k and v share T. */
-function flashType(op: string, ins: ValueType[], attrs: Attrs): ValueType {
+function flashType(op: string, ins: ValueType[], attrs: Partial<AttrsOf<'flash_attention_bwd'>>): ValueType {
   const arity = { flash_attention: 3, flash_attention_lse: 2, flash_attention_bwd: 6 }[op]!;
   if (ins.length !== arity) fail(op, `expects ${arity} inputs, got ${ins.length}`);
   if (ins.some((t) => t.dtype !== 'f32')) fail(op, 'expects f32');
