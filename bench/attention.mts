@@ -1,7 +1,7 @@
 // Unfused vs flash attention, forward + backward, from one run on this adapter. Unfused is what the
 // eager engine runs for models/gpt.ts today, op by op: q·kᵀ, scale, causal where, softmax (max,
 // sub, exp, sum, div), ·v, then the VJP rules of every op replayed from the tape. Flash is the four
-// kernels of compiler/codegen/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
+// kernels of backends/webgpu/wgsl/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
 // q, k, v and upstream gradient; the dq, dk and dv each produces are compared with the reference
 // interpreter's (compiler/ir/interpret-attention.ts, float64) in the last column.
 //
@@ -15,12 +15,12 @@
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { backprop } from '../compiler/autodiff/autograd.ts';
-import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../compiler/codegen/flash-attention.ts';
+import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../backends/webgpu/wgsl/flash-attention.ts';
 import { softmax } from '../compiler/frontend/nn.ts';
 import { Ops } from '../compiler/ir/ops.ts';
 import { causalMask, Tensor, where } from '../compiler/frontend/tensor.ts';
-import { requestDevice, type GpuContext } from '../runtime/device.ts';
-import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
+import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
+import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { attention, attentionBackward, attentionLogSumExp } from '../compiler/ir/interpret-attention.ts';
 

@@ -15,7 +15,7 @@ import { buildJointGraph } from './autodiff/autograd.ts';
 import type { Graph } from './ir/graph.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from './frontend/nn.ts';
 import { runPasses, type Pass, type PassCounters } from './ir/pass.ts';
-import { schedule, type ProgramPlan, type ScheduleOptions } from './schedule.ts';
+import { schedule, type ScheduledProgram } from './schedule.ts';
 import { traceForward, traceLogits } from './frontend/trace.ts';
 import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './autodiff/train-step.ts';
 import { fuseAttention, JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
@@ -26,7 +26,7 @@ import { STORAGE_OFFSET_ALIGNMENT, type FlatLayout } from './ir/flat-layout.ts';
 export const PROGRAMS = ['gradient', 'update', 'evaluate', 'logits'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 
-export interface CompileOptions extends ScheduleOptions {
+export interface CompileOptions {
   optimizer: AdamWSettings;
   /** The adapter's maxStorageBuffersPerShaderStage (fusion never binds more). */
   maxStorageBuffers?: number;
@@ -41,7 +41,8 @@ export interface CompileOptions extends ScheduleOptions {
 
 export interface CompiledTraining {
   params: ParamSpec[];
-  programs: Record<ProgramName, ProgramPlan>;
+  /** Each program scheduled: target-neutral, for a backend (backends/) to render. */
+  programs: Record<ProgramName, ScheduledProgram>;
   /**
    * Where each parameter, AdamW moment and gradient accumulator lives when fuse-optimizer made them
    * views of flat buffers (every program binds them by name, the update program the flat buffers).
@@ -89,10 +90,10 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
   return {
     params: traced.params,
     programs: {
-      gradient: schedule(gradient, opts),
-      update: schedule(update, opts),
-      evaluate: schedule(evaluate, opts),
-      logits: schedule(logits, opts),
+      gradient: schedule(gradient),
+      update: schedule(update),
+      evaluate: schedule(evaluate),
+      logits: schedule(logits),
     },
     counters,
     ...(layout ? { layout } : {}),

@@ -1,6 +1,6 @@
 // fuse-attention: scaled dot-product attention, softmax(mask(q·kᵀ·s))·v, becomes one composite op,
 // `flash_attention(q, k, v) {causal, scale}`, whose kernels never form the T×T matrix (autograd
-// gives it FlashAttention-2's backward, compiler/autograd.ts). After Inductor's fuse_attention:
+// gives it FlashAttention-2's backward, compiler/autodiff/autograd.ts). After Inductor's fuse_attention:
 // match the canonical graph, check, replace, count.
 //
 // The match starts at the product P·v and walks up:

@@ -1,7 +1,7 @@
 // fuse-optimizer: the optimizer update of every parameter as one elementwise kernel over flat
 // buffers (apex's multi-tensor apply, tinygrad's FUSE_OPTIM), instead of one chain per parameter.
 //
-// The update graph (compiler/train-step.ts) has, per parameter X, the inputs X (a `param`) and
+// The update graph (compiler/autodiff/train-step.ts) has, per parameter X, the inputs X (a `param`) and
 // `<role>.X` (`adam_m.X`, `adam_v.X`, `grad_sum.X`): state that lives next to X. This pass finds
 // those roles by name, checks that every parameter's outputs `next.<role>.X` are the same
 // pointwise function of its own inputs and of values shared by all parameters (lr, the clip
@@ -18,7 +18,7 @@
 //
 // The graph's signature changes (flat inputs replace per-parameter ones): the pass returns the
 // layout it chose, and the pass manager checks the new signature against it
-// (compiler/flat-layout.ts) instead of requiring the old one. Every step is checked; when the
+// (compiler/ir/flat-layout.ts) instead of requiring the old one. Every step is checked; when the
 // graph is not of that form the pass leaves it unchanged and counts why.
 
 import { GraphBuilder, isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir/graph.ts';

@@ -7,7 +7,7 @@ import yargs, { type Argv } from 'yargs';
 import { runCli, terminalChalk } from '../compiler/tools/cli.ts';
 import { UsageError } from '../compiler/frontend/load-model.ts';
 import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
-import { requestDevice, type GpuContext } from './device.ts';
+import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import type { TrainingEngine } from './engine.ts';
 import { KernelProfiler } from './profiler.ts';
 import { formatCount } from './train/progress.ts';
@@ -367,7 +367,7 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): Engine
     case 'compiled':
       return async (ctx: Parameters<EngineFactory>[0] & { lossMask?: boolean }) => {
         const { createCompiledEngine } = await import('./compiled-engine.ts');
-        const { MatmulTuner } = await import('./matmul-tuner.ts');
+        const { MatmulTuner } = await import('../backends/webgpu/matmul-tuner.ts');
         return createCompiledEngine({
           ...ctx,
           cacheDir: COMPILE_CACHE_DIR,

@@ -1,7 +1,7 @@
 // The compile cache: the same model code, shapes, optimizer settings and compiler compile once.
 // The key hashes the traced forward graph (so any change to the model's code that changes what it
-// computes misses), the settings, and the source of the compiler and passes themselves (so a
-// compiler change misses too). Entries are written atomically; an unreadable entry is recompiled.
+// computes misses), the settings, the backend, and the source of the compiler, passes and backends
+// themselves (so a compiler change misses too). Entries are written atomically; an unreadable entry is recompiled.
 
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -9,11 +9,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
-const COMPILER_DIRS = ['compiler', 'passes'];
+const COMPILER_DIRS = ['compiler', 'passes', 'backends'];
 
 let compilerHash: string | undefined;
 
-/** A hash of every compiler and pass source file: a compiled plan is only as current as these. */
+/** A hash of every compiler, pass and backend source file: a compiled plan is only as current as these. */
 export function compilerVersion(): string {
   if (compilerHash) return compilerHash;
   const h = createHash('sha256');

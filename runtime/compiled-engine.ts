@@ -1,9 +1,10 @@
-// Training through the compiled programs (compiler/compile-training.ts). A step is one command
+// Training through the compiled programs (compiler/pipeline.ts). A step is one command
 // encoder and one submit: the inputs of each micro-batch are copied in, the gradient program runs
 // once per micro-batch, the update program once, and the loss and gradient norm are copied to a
 // staging buffer that the host maps later. Nothing in the step waits for the device.
 
-import { compileTraining, type CompiledTraining, type ProgramName } from '../compiler/pipeline.ts';
+import { compileTraining, type ProgramName } from '../compiler/pipeline.ts';
+import { renderTraining, webgpu, type RenderedTraining, type WebGpuProgram } from '../backends/index.ts';
 import { numel } from '../compiler/ir/graph.ts';
 import { UsageError } from '../compiler/frontend/load-model.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/frontend/nn.ts';
@@ -12,13 +13,16 @@ import { tempBytes } from '../compiler/schedule.ts';
 import { traceForward, traceLogits } from '../compiler/frontend/trace.ts';
 import { gradSumName, momentNames } from '../compiler/autodiff/train-step.ts';
 import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './compile-cache.ts';
-import type { GpuContext } from './device.ts';
+import type { GpuContext } from '../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from './init.ts';
-import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
+import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from '../backends/webgpu/matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
-import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from './program.ts';
+import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from '../backends/webgpu/program.ts';
 import type { Batch } from './train/sampler.ts';
+
+/** The compiled programs as the WebGPU backend rendered them: what this engine runs and caches. */
+export type CompiledTraining = RenderedTraining<WebGpuProgram>;
 
 export interface CompiledEngineContext {
   def: ModelDefinition;
@@ -41,19 +45,20 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   const log = ctx.log ?? (() => {});
   const maxStorageBuffers = ctx.gpu.device.limits.maxStorageBuffersPerShaderStage;
   const tiles = adapterMatmulDefault(ctx.gpu);
-  const options = { optimizer, maxStorageBuffers, matmulConfig: () => tiles, lossMask: ctx.lossMask };
+  const options = { optimizer, maxStorageBuffers, lossMask: ctx.lossMask };
   const compile = async (): Promise<CompiledTraining> => {
     const tuner = ctx.tuner;
-    if (!tuner) return compileTraining(ctx.def, ctx.config, options);
-    // The matmul shapes are known once the programs are built; tune those not in the tuner's cache,
-    // then build again with the tiles it chose.
+    const compiled = compileTraining(ctx.def, ctx.config, options);
+    if (!tuner) return renderTraining(webgpu, compiled, { matmulConfig: () => tiles });
+    // The matmul shapes are known once the programs are scheduled; tune those not in the tuner's
+    // cache, then render with the tiles it chose.
     const keys = new Map<string, MatmulKey>();
-    compileTraining(ctx.def, ctx.config, { ...options, matmulConfig: (k) => void keys.set(JSON.stringify(k), k) });
+    renderTraining(webgpu, compiled, { matmulConfig: (k) => void keys.set(JSON.stringify(k), k) });
     const report = await tuner.tune([...keys.values()], ({ index, total, result, key }) => {
       if (result) log(`autotune: ${index + 1}/${total} ${matmulKeyName(key)}: ${result.gflops.toFixed(2)} GFLOP/s (default tiles ${result.defaultGflops.toFixed(2)})`);
     });
     log(`autotune: ${report.tuned} matmul shapes tuned in ${(report.ms / 1000).toFixed(1)} s, ${report.cached} from ${tuner.cachePath}`);
-    return compileTraining(ctx.def, ctx.config, { ...options, matmulConfig: (k) => tuner.configFor(k) ?? tiles });
+    return renderTraining(webgpu, compiled, { matmulConfig: (k) => tuner.configFor(k) ?? tiles });
   };
   let result: CacheResult<CompiledTraining>;
   if (ctx.cacheDir) {
@@ -68,6 +73,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
       optimizer,
       maxStorageBuffers,
       compilerVersion(),
+      webgpu.name,
       ctx.tuner ? `tuned:${ctx.tuner.section}` : tiles,
     ]);
     result = await loadOrCompile(ctx.cacheDir, key, compile, log);

@@ -3,15 +3,14 @@
 // the honest baseline the compiled runner is measured against: same arithmetic, no scheduling.
 
 import { backprop } from '../compiler/autodiff/autograd.ts';
-import { adamwKernel, adamwUniforms } from '../compiler/codegen/optimizer.ts';
 import { numel } from '../compiler/ir/graph.ts';
 import { maskedCrossEntropy, ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../compiler/frontend/nn.ts';
 import { Ops } from '../compiler/ir/ops.ts';
 import { Tensor } from '../compiler/frontend/tensor.ts';
 import { clipByGlobalNorm } from '../compiler/autodiff/train-step.ts';
 import { UsageError } from '../compiler/frontend/load-model.ts';
-import type { GpuContext } from './device.ts';
-import { EagerBackend, type EagerValue } from './eager.ts';
+import type { GpuContext } from '../backends/webgpu/device.ts';
+import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
 import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from './init.ts';
 import type { KernelProfiler } from './profiler.ts';
@@ -129,13 +128,9 @@ export class EagerEngine implements TrainingEngine {
     const { norm, clip } = clipByGlobalNorm(o, grads, this.optimizer.maxGradNorm);
 
     this.optimizerStep++;
-    const u = adamwUniforms({ ...this.optimizer, lr, step: this.optimizerStep });
-    be.write(this.uniforms, u);
+    be.writeAdamwUniforms(this.uniforms, { ...this.optimizer, lr, step: this.optimizerStep });
     this.params.forEach((p, k) => {
-      const n = numel(p.spec.shape);
-      const kernel = adamwKernel(n, decays(p.spec.name, p.spec.shape));
-      const bind = (v: EagerValue) => ({ buffer: v.buffer, size: v.bytes });
-      be.dispatch(kernel.wgsl, [bind(p.value), bind(grads![k]), bind(p.m), bind(p.v), bind(clip), { buffer: this.uniforms }], kernel.workgroups, `adamw_${n}`);
+      be.adamw(numel(p.spec.shape), decays(p.spec.name, p.spec.shape), p.value, grads![k], p.m, p.v, clip, this.uniforms);
     });
 
     const meanLoss = o.div(lossSum, o.full(microBatches.length, lossSum.shape));

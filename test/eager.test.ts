@@ -3,14 +3,14 @@
 
 import { describe, expect, it } from 'vitest';
 import { backprop } from '../compiler/autodiff/autograd.ts';
-import { adamwKernel, adamwUniforms } from '../compiler/codegen/optimizer.ts';
+import { adamwKernel, adamwUniforms } from '../backends/webgpu/wgsl/optimizer.ts';
 import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
 import { ParamScope, type ParamSpec } from '../compiler/frontend/nn.ts';
 import { Ops } from '../compiler/ir/ops.ts';
 import { Tensor } from '../compiler/frontend/tensor.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
-import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
+import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
 import { createEagerEngine } from '../runtime/eager-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
 import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';

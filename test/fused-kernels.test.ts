@@ -10,9 +10,10 @@ import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
 import { numel } from '../compiler/ir/graph.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { schedule } from '../compiler/schedule.ts';
+import { webgpu } from '../backends/index.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { Program } from '../runtime/program.ts';
+import { Program } from '../backends/webgpu/program.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { runOnDevice } from './support/run-graph.ts';
@@ -106,7 +107,7 @@ describe('attention kernels on the device equal the reference interpreter, forwa
     for (const n of joint.nodes.filter((x) => x.op === 'input' || x.op === 'param')) inputs[n.name!] = Float32Array.from({ length: numel(n.shape) }, () => rng() * 2 - 1);
     const expected = evaluate(joint, inputs);
     const actual = await runOnDevice(gpu, joint, inputs);
-    const plan = schedule(fuseElementwise().run(joint).graph);
+    const plan = webgpu.render(schedule(fuseElementwise().run(joint).graph));
     expect(plan.kernels.filter((k) => k.kind === 'attention').map((k) => k.name.replace(/^k\d+_/, '').replace(/_\d.*$/, ''))).toEqual(['flash_attention_fwd', 'flash_attention_dq', 'flash_attention_dkdv']);
     expect(joint.outputs.map((o) => joint.nodes[o].name)).toEqual(['loss', 'grad.q', 'grad.k', 'grad.v']);
     expected.forEach((e, k) => {

@@ -4,12 +4,12 @@
 import { describe, expect, it } from 'vitest';
 import type { Attrs, DType, Shape } from '../compiler/ir/graph.ts';
 import { inferType } from '../compiler/ir/ops.ts';
-import { matmulKernel, type MatmulConfig } from '../compiler/codegen/primitives.ts';
-import { EagerBackend } from '../runtime/eager.ts';
+import { matmulKernel, type MatmulConfig } from '../backends/webgpu/wgsl/primitives.ts';
+import { EagerBackend } from '../backends/webgpu/eager.ts';
 import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
-import { adapterMatmulDefault } from '../runtime/matmul-tuner.ts';
+import { adapterMatmulDefault } from '../backends/webgpu/matmul-tuner.ts';
 
 type In = { shape: Shape; dtype?: DType; positive?: boolean; ints?: number };
 type Case = { op: string; ins: In[]; attrs?: Attrs; out?: { shape: Shape; dtype: DType } };

@@ -5,7 +5,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
-import { DEFAULT_MATMUL } from '../compiler/codegen/primitives.ts';
+import { DEFAULT_MATMUL } from '../backends/webgpu/wgsl/primitives.ts';
 import { type Graph } from '../compiler/ir/graph.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { runPasses } from '../compiler/ir/pass.ts';

@@ -14,7 +14,7 @@ import { GraphOpBuilder } from '../compiler/ir/ops.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { loadPreparedData, prepareData } from '../runtime/data/index.ts';
-import type { GpuContext } from '../runtime/device.ts';
+import type { GpuContext } from '../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../runtime/engine.ts';
 import { createEagerEngine } from '../runtime/eager-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';

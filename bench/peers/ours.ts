@@ -4,7 +4,7 @@
 
 import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../../models/gpt.ts';
-import type { GpuContext } from '../../runtime/device.ts';
+import type { GpuContext } from '../../backends/webgpu/device.ts';
 import { createEagerEngine, type EagerEngine } from '../../runtime/eager-engine.ts';
 import { mulberry32 } from '../../runtime/init.ts';
 import type { Batch } from '../../runtime/train/sampler.ts';

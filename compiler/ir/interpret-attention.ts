@@ -1,4 +1,4 @@
-// Reference semantics of the attention composites (compiler/ops.ts COMPOSITES), in float64 and as
+// Reference semantics of the attention composites (OP_MEANING in compiler/ir/ops.ts), in float64 and as
 // plainly as possible: scores, the causal mask, a stable softmax, then the products. The backward
 // takes lse and delta as given, like its kernel, and recomputes P = exp(s − lse) from them.
 

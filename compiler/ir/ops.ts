@@ -399,7 +399,7 @@ export class Ops<V> {
     return this.b.emit('matmul', [a, b], attrs);
   };
   gather = (table: V, idx: V): V => this.b.emit('gather', [table, idx]);
-  /** softmax(mask(q·kᵀ·scale))·v, fused; see COMPOSITES. */
+  /** softmax(mask(q·kᵀ·scale))·v, fused; see OP_MEANING. */
   flashAttention = (q: V, k: V, v: V, causal: boolean, scale: number): V => this.b.emit('flash_attention', [q, k, v], causal ? { causal, scale } : { scale });
   scatterAdd = (idx: V, src: V, shape: Shape): V => this.b.emit('scatter_add', [idx, src], {}, { shape, dtype: this.dtype(src) });
 

@@ -7,7 +7,7 @@ import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from '../autodiff/autograd.ts';
 import { choosePreset, loadModel, UsageError } from '../frontend/load-model.ts';
 import { PROGRAMS, type ProgramName } from '../pipeline.ts';
-import { attentionReport, compileWithStages, emitWgsl, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
+import { attentionReport, compileWithStages, emitKernels, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from '../ir/printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from '../stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../../passes/fuse-elementwise.ts';
@@ -114,7 +114,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const nothingElse = args.after === undefined && !args.emit && !args.stats && args.dumpDir === undefined;
   if (args.dumpIr || nothingElse) process.stdout.write(printGraph(stages.at(-1)!.graph, style));
-  if (args.emit === 'wgsl') process.stdout.write(emitWgsl(r.compiled.programs[program]));
+  if (args.emit === 'wgsl') process.stdout.write(emitKernels(r.backend, r.compiled.programs[program]));
   if (args.stats) {
     const traced = traceForward(def, preset.config, shape);
     const joint = buildJointGraph(traced.graph);

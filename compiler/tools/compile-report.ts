@@ -11,7 +11,8 @@ import { graphFacts, KERNEL_ATTR } from '../ir/kernel-io.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../frontend/nn.ts';
 import { formatCounters, type PassCounters } from '../ir/pass.ts';
 import { printGraph, type PrintStyle } from '../ir/printer.ts';
-import { sharedTempSizes, tempBytes, type BufferRef, type PlannedKernel, type ProgramPlan } from '../schedule.ts';
+import { sharedTempSizes, tempBytes, type BufferRef } from '../schedule.ts';
+import { backendNamed, renderTraining, type Backend, type RenderedKernel, type RenderedProgram, type RenderedTraining } from '../../backends/index.ts';
 import { formatBytes, formatCount, type EagerDispatches } from '../stats.ts';
 import { gradSumName, momentNames } from '../autodiff/train-step.ts';
 import { describeGroups, describeLayout } from '../ir/flat-layout.ts';
@@ -28,12 +29,17 @@ export interface Stage {
 }
 
 export interface CompiledWithStages {
-  compiled: CompiledTraining;
+  /** The programs as `backend` rendered them. */
+  compiled: RenderedTraining;
+  backend: Backend;
   stages: Record<ProgramName, Stage[]>;
 }
 
-/** compileTraining, keeping every stage of every program. */
-export function compileWithStages<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: Omit<CompileOptions, 'onStage'>): CompiledWithStages {
+/** The backend chotta-compile shows kernels of. */
+export const DEFAULT_BACKEND = 'webgpu';
+
+/** compileTraining, keeping every stage of every program, its programs rendered by `backend`. */
+export function compileWithStages<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: Omit<CompileOptions, 'onStage'>, backend: Backend = backendNamed(DEFAULT_BACKEND)): CompiledWithStages {
   const stages = Object.fromEntries(PROGRAMS.map((p) => [p, [] as Stage[]])) as Record<ProgramName, Stage[]>;
   const compiled = compileTraining(def, config, {
     ...opts,
@@ -42,7 +48,7 @@ export function compileWithStages<C extends ModelShape>(def: ModelDefinition<C>,
       list.push({ label: `${String(list.length).padStart(2, '0')}-${name}`, name, graph, ...(counters ? { counters } : {}) });
     },
   });
-  return { compiled, stages };
+  return { compiled: renderTraining(backend, compiled), backend, stages };
 }
 
 /** The first comment line of a stage: the pass's counters, or what made the graph. */
@@ -58,29 +64,23 @@ export function findStage(stages: Stage[], wanted: string): Stage | undefined {
 
 const refText = (r: BufferRef): string => ('input' in r ? `in:${r.input}` : 'output' in r ? `out:${r.output}` : `temp${r.temp}`);
 
-/** Bindings a kernel writes, read from its own WGSL declarations. */
-function writtenBindings(k: PlannedKernel): Set<number> {
-  const written = new Set<number>();
-  for (const m of k.wgsl.matchAll(/@binding\((\d+)\)\s*var<storage,\s*read_write>/g)) written.add(Number(m[1]));
-  return written;
-}
-
-export function kernelBindings(k: PlannedKernel): string {
-  const written = writtenBindings(k);
+export function kernelBindings(backend: Backend, k: RenderedKernel): string {
+  const written = backend.written(k);
   return k.bindings.map((r, i) => `${i}=${refText(r)}${written.has(i) ? ' (w)' : ''}`).join(', ');
 }
 
 /** `// k4_matmul_1024x384 · matmul · workgroups [6,16,1] · 3 ops` and a line of bindings. */
-export function kernelHeader(k: PlannedKernel): string {
-  return `// ${k.name} · ${k.kind} · workgroups [${k.workgroups.join(',')}] · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(k)}\n`;
+export function kernelHeader(backend: Backend, k: RenderedKernel): string {
+  return `// ${k.name} · ${k.kind} · workgroups ${backend.launch(k)} · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(backend, k)}\n`;
 }
 
-export function emitWgsl(plan: ProgramPlan): string {
-  return plan.kernels.map((k) => `${kernelHeader(k)}${k.wgsl.trimEnd()}\n`).join('\n');
+/** Every kernel's source, each after its header: `chotta-compile --emit`. */
+export function emitKernels(backend: Backend, plan: RenderedProgram): string {
+  return plan.kernels.map((k) => `${kernelHeader(backend, k)}${backend.source(k).trimEnd()}\n`).join('\n');
 }
 
 /** The plan as text: kernels in the order they run, with bindings; temporaries and their total. */
-export function planText(plan: ProgramPlan): string {
+export function planText(backend: Backend, plan: RenderedProgram): string {
   const value = (v: { name: string; shape: number[]; dtype: string }) => `${v.name}: ${v.dtype}[${v.shape.join(',')}]`;
   const lines = [
     `program ${plan.name}: ${plan.kernels.length} kernels, ${formatCount(plan.flops)} FLOPs`,
@@ -92,7 +92,7 @@ export function planText(plan: ProgramPlan): string {
     'kernels, in the order they run (bindings: in = graph input, out = graph output, temp = temporary; (w) = written):',
   ];
   plan.kernels.forEach((k, i) => {
-    lines.push(`${String(i).padStart(4)}  ${k.name.padEnd(36)} ${k.kind.padEnd(11)} [${k.workgroups.join(',')}]  ${k.ops} ops  ${kernelBindings(k)}`);
+    lines.push(`${String(i).padStart(4)}  ${k.name.padEnd(36)} ${k.kind.padEnd(11)} ${backend.launch(k)}  ${k.ops} ops  ${kernelBindings(backend, k)}`);
   });
   lines.push('', `temporaries after liveness reuse: ${plan.temps.length} buffers, ${tempBytes(plan)} bytes (${formatBytes(tempBytes(plan))}) in all`);
   plan.temps.forEach((bytes, i) => lines.push(`  temp${i}  ${bytes} bytes`));
@@ -112,8 +112,8 @@ export function writeDumpDir(dir: string, r: CompiledWithStages): string[] {
     fs.rmSync(at, { recursive: true, force: true }); // no stale kernels from an earlier compile
     for (const s of r.stages[program]) write(path.join(at, `${s.label}.ir`), `# ${stageHeader(s)}\n${printGraph(s.graph)}`);
     const plan = r.compiled.programs[program];
-    for (const k of plan.kernels) write(path.join(at, 'kernels', `${k.name}.wgsl`), `${kernelHeader(k)}${k.wgsl.trimEnd()}\n`);
-    write(path.join(at, 'plan.txt'), planText(plan));
+    for (const k of plan.kernels) write(path.join(at, 'kernels', `${k.name}.${r.backend.language}`), `${kernelHeader(r.backend, k)}${r.backend.source(k).trimEnd()}\n`);
+    write(path.join(at, 'plan.txt'), planText(r.backend, plan));
   }
   return files;
 }
@@ -123,7 +123,7 @@ export function printGraphStage(s: Stage, style: PrintStyle, c: ChalkInstance): 
 }
 
 /** Bytes of each named external buffer the gradient and update programs use (state, data, scalars). */
-function externalBytes(plans: ProgramPlan[]): Map<string, number> {
+function externalBytes(plans: RenderedProgram[]): Map<string, number> {
   const bytes = new Map<string, number>();
   for (const p of plans) {
     for (const v of [...p.inputs, ...p.outputs.filter((o) => !o.inPlace)]) bytes.set(v.name, 4 * v.shape.reduce((a, b) => a * b, 1));
@@ -233,14 +233,14 @@ export function optimizerReport(c: ChalkInstance, r: CompiledWithStages, maxStor
   if (!layout) return `${out[0]}\n  ${stageHeader(stages[at])}: one buffer per parameter, ${plan.kernels.length} update kernels\n`;
   const flatNames = new Set(layout.buffers.map((b) => b.name));
   const updating = plan.kernels.filter((k) => {
-    const written = writtenBindings(k);
+    const written = r.backend.written(k);
     return k.bindings.some((ref, i) => written.has(i) && 'input' in ref && flatNames.has(ref.input));
   });
   const perParam = fuseElementwise({ maxStorageBuffers }).run(stages[at - 1].graph).counters.kernels;
   out.push(
     `  fuse-optimizer: ${layout.params.length} parameters → ${updating.length} AdamW dispatch${updating.length === 1 ? '' : 'es'} over ${layout.elements.toLocaleString('en-US')} floats (flat, ${layout.alignment}-byte aligned views)`,
     `  ${describeLayout(layout)}; by flat index: ${describeGroups(layout)}`,
-    `  update program: ${plan.kernels.length} kernels (${updating.map((k) => k.name).join(', ')} writes ${[...flatNames].filter((n) => updating.some((k) => k.bindings.some((b, i) => 'input' in b && b.input === n && writtenBindings(k).has(i)))).join(', ')}); per-parameter form: ${perParam} kernels`,
+    `  update program: ${plan.kernels.length} kernels (${updating.map((k) => k.name).join(', ')} writes ${[...flatNames].filter((n) => updating.some((k) => k.bindings.some((b, i) => 'input' in b && b.input === n && r.backend.written(k).has(i)))).join(', ')}); per-parameter form: ${perParam} kernels`,
   );
   return out.join('\n') + '\n';
 }

@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { UsageError } from '../../compiler/frontend/load-model.ts';
 import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { asUsageError, engineStateOf } from '../train/trainer.ts';
 import { ExampleEncoder } from './encode.ts';
 import { classify, completionLoss, textPerplexity } from './evaluate.ts';

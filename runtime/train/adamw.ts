@@ -1,5 +1,5 @@
 // The host reference of the optimizer: gradient clipping by global norm, the weight-decay rule and
-// one AdamW update. The device's AdamW kernel (compiler/codegen/optimizer.ts) is tested against it,
+// one AdamW update. The device's AdamW kernel (backends/webgpu/wgsl/optimizer.ts) is tested against it,
 // so it follows PyTorch's arithmetic step for step rather than a rearranged equivalent.
 
 /** The L2 norm of all gradients taken together, summed in float64 (millions of float32 squares). */

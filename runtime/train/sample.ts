@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { loadModel, UsageError } from '../../compiler/frontend/load-model.ts';
 import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { mulberry32 } from '../init.ts';
 import { loadCheckpoint, type LoadedCheckpoint } from './checkpoint.ts';
 import { asUsageError, CHECKPOINT_DIR, engineStateOf, locateModelFile, type EngineFactory } from './trainer.ts';

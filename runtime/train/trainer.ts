@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { choosePreset, loadModel, UsageError } from '../../compiler/frontend/load-model.ts';
 import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engine.ts';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
 import { writeLossCurve, type LossRow } from './loss-curve.ts';

@@ -5,10 +5,10 @@
 // each element of a register-blocked matmul's result (its epilogue), or scatters them. The shader
 // compiler inlines the calls; nothing in between touches memory.
 
-import { isGraphInput, numel, type DType, type Graph, type Node } from '../ir/graph.ts';
+import { isGraphInput, numel, type DType, type Graph, type Node } from '../../../compiler/ir/graph.ts';
 import { castExpr, DEFAULT_MATMUL, layoutSource, matmulKernel, pointwiseExpr, reductionLoop, type MatmulConfig } from './primitives.ts';
 import { flatKernel, literal, storageType, type KernelSpec } from './wgsl.ts';
-import { isOp, stridesOf, type Op } from '../ir/ops.ts';
+import { isOp, stridesOf, type Op } from '../../../compiler/ir/ops.ts';
 
 export type FusedKind = 'elementwise' | 'matmul' | 'scatter';
 
@@ -164,9 +164,9 @@ const VALUE_RULES: { readonly [O in Op]: ValueRule } = {
     ];
   },
   scatter_add: notInFusedKernel('a scatter kernel writes it (its own kind)'),
-  flash_attention: notInFusedKernel('attention composites have their own kernels (codegen/attention.ts)'),
-  flash_attention_lse: notInFusedKernel('attention composites have their own kernels (codegen/attention.ts)'),
-  flash_attention_bwd: notInFusedKernel('attention composites have their own kernels (codegen/attention.ts)'),
+  flash_attention: notInFusedKernel('attention composites have their own kernels (wgsl/flash-attention.ts)'),
+  flash_attention_lse: notInFusedKernel('attention composites have their own kernels (wgsl/flash-attention.ts)'),
+  flash_attention_bwd: notInFusedKernel('attention composites have their own kernels (wgsl/flash-attention.ts)'),
 };
 
 /** Body lines of the function computing `node` at flat index `i` from its inputs' functions. */

@@ -1,18 +1,19 @@
 // Eager execution: every op runs as soon as it is called, as one WGSL dispatch. Dispatches are
 // recorded into one command encoder and submitted only when the host needs a value (or the caller
 // flushes), so a training step never waits on the GPU in the middle. With a tape attached, every
-// op is also recorded for the backward pass, which replays the VJP rules of compiler/autograd.ts
+// op is also recorded for the backward pass, which replays the VJP rules of compiler/autodiff/autograd.ts
 // through this same backend.
 
-import type { TapeEntry } from '../compiler/autodiff/autograd.ts';
-import { primitiveKernel } from '../compiler/codegen/primitives.ts';
-import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
-import { numel, type Attrs, type DType, type Shape } from '../compiler/ir/graph.ts';
-import { inferType, type ValueType } from '../compiler/ir/ops.ts';
-import type { TensorBackend } from '../compiler/frontend/tensor.ts';
-import { UsageError } from '../compiler/frontend/load-model.ts';
+import type { TapeEntry } from '../../compiler/autodiff/autograd.ts';
+import { adamwKernel, adamwUniforms } from './wgsl/optimizer.ts';
+import { primitiveKernel } from './wgsl/primitives.ts';
+import type { KernelSpec } from './wgsl/wgsl.ts';
+import { numel, type Attrs, type DType, type Shape } from '../../compiler/ir/graph.ts';
+import { inferType, type ValueType } from '../../compiler/ir/ops.ts';
+import type { TensorBackend } from '../../compiler/frontend/tensor.ts';
+import { UsageError } from '../../compiler/frontend/load-model.ts';
 import type { GpuContext } from './device.ts';
-import type { KernelProfiler } from './profiler.ts';
+import type { KernelProfiler } from '../../runtime/profiler.ts';
 
 export interface EagerValue {
   buffer: GPUBuffer;
@@ -145,6 +146,18 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   }
 
   /** Records one dispatch of `wgsl` with `resources` bound at 0, 1, 2, ... */
+  /** AdamW's scalars for one step (lr, betas, bias corrections) into `uniforms`, in the kernel's layout (wgsl/optimizer.ts). */
+  writeAdamwUniforms(uniforms: GPUBuffer, u: Parameters<typeof adamwUniforms>[0]): void {
+    this.write(uniforms, adamwUniforms(u));
+  }
+
+  /** One parameter's AdamW update in place (p, m, v) from its gradient, the device's clip factor and `uniforms`. */
+  adamw(n: number, decay: boolean, p: EagerValue, grad: EagerValue, m: EagerValue, v: EagerValue, clip: EagerValue, uniforms: GPUBuffer): void {
+    const kernel = adamwKernel(n, decay);
+    const bind = (x: EagerValue) => ({ buffer: x.buffer, size: x.bytes });
+    this.dispatch(kernel.wgsl, [bind(p), bind(grad), bind(m), bind(v), bind(clip), { buffer: uniforms }], kernel.workgroups, `adamw_${n}`);
+  }
+
   dispatch(wgsl: string, resources: { buffer: GPUBuffer; size?: number }[], workgroups: [number, number, number], name = 'kernel'): void {
     const encoder = (this.encoder ??= this.device.createCommandEncoder());
     const pipeline = this.pipeline(wgsl);

@@ -2,7 +2,7 @@
 // index is spread over a grid of workgroups. Shapes are baked into the shader text as constants, so
 // one pipeline serves one shape (pipelines are cached by text).
 
-import type { DType } from '../ir/graph.ts';
+import type { DType } from '../../../compiler/ir/graph.ts';
 
 /** One compute kernel: WGSL text plus how to bind and launch it. */
 export interface KernelSpec {

@@ -2,10 +2,11 @@
 // bind group per kernel, all made once. Recording it into a command encoder is then a list of
 // setPipeline / setBindGroup / dispatch, with nothing allocated and nothing read back.
 
-import { sharedTempSizes, type BufferRef, type ProgramPlan } from '../compiler/schedule.ts';
-import { numel } from '../compiler/ir/graph.ts';
-import { UsageError } from '../compiler/frontend/load-model.ts';
-import type { KernelProfiler } from './profiler.ts';
+import { sharedTempSizes, type BufferRef } from '../../compiler/schedule.ts';
+import type { WebGpuProgram as ProgramPlan } from './render.ts';
+import { numel } from '../../compiler/ir/graph.ts';
+import { UsageError } from '../../compiler/frontend/load-model.ts';
+import type { KernelProfiler } from '../../runtime/profiler.ts';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -50,7 +51,7 @@ export class PipelineCache {
   }
 }
 
-/** Part of a buffer: a parameter's view into the flat parameter buffer (compiler/flat-layout.ts). Bytes. */
+/** Part of a buffer: a parameter's view into the flat parameter buffer (compiler/ir/flat-layout.ts). Bytes. */
 export interface BufferView {
   buffer: GPUBuffer;
   offset: number;

@@ -1,11 +1,11 @@
 // One WGSL kernel per primitive op, generated from the op's description: one emitter per kind
 // (pointwise, layout, reduction, matmul, gather/scatter) rather than one hand-written shader per op.
-// Eager mode runs these one dispatch per op; the compiled runner's fused kernels (codegen/fused.ts)
+// Eager mode runs these one dispatch per op; the compiled runner's fused kernels (wgsl/fused.ts)
 // are built from the same pieces (pointwiseExpr, layoutSource, reductionLoop, the matmul blocking).
 
-import { numel, type Attrs, type DType } from '../ir/graph.ts';
+import { numel, type Attrs, type DType } from '../../../compiler/ir/graph.ts';
 import { bindings, flatKernel, literal, storageType, type KernelSpec } from './wgsl.ts';
-import { isOp, stridesOf, type ArithOp, type CompareOp, type Op, type UnaryOp, type ValueType } from '../ir/ops.ts';
+import { isOp, stridesOf, type ArithOp, type CompareOp, type Op, type UnaryOp, type ValueType } from '../../../compiler/ir/ops.ts';
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
 
@@ -385,9 +385,9 @@ const PRIMITIVE_KERNELS: { readonly [O in Op]: PrimitiveEmitter } = {
   matmul: (_, attrs, ins, out) => matmulKernel(attrs, ins, out),
   gather: (_, __, ins, out) => gather(ins, out),
   scatter_add: (_, __, ins, out) => scatterAdd(ins, out),
-  flash_attention: none('attention runs as its composite kernels (codegen/flash-attention.ts)'),
-  flash_attention_lse: none('attention runs as its composite kernels (codegen/flash-attention.ts)'),
-  flash_attention_bwd: none('attention runs as its composite kernels (codegen/flash-attention.ts)'),
+  flash_attention: none('attention runs as its composite kernels (wgsl/flash-attention.ts)'),
+  flash_attention_lse: none('attention runs as its composite kernels (wgsl/flash-attention.ts)'),
+  flash_attention_bwd: none('attention runs as its composite kernels (wgsl/flash-attention.ts)'),
 };
 
 /** The kernel computing one primitive op with the given input and output types. */

@@ -12,7 +12,7 @@
 // Every array is read as vec4s, so D must be a multiple of 4; D ≤ 64 keeps a row's accumulators
 // (up to four rows of D floats in the dK/dV kernel) in registers.
 
-import { FLASH_ATTENTION_MAX_HEAD_DIM } from '../ir/ops.ts';
+import { FLASH_ATTENTION_MAX_HEAD_DIM } from '../../../compiler/ir/ops.ts';
 import { flatKernel, literal } from './wgsl.ts';
 
 export interface FlashAttentionOptions {

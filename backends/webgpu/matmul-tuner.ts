@@ -13,12 +13,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { DEFAULT_MATMUL, matmulKernel, matmulKeyOf, type MatmulConfig, type MatmulIO, type MatmulKey } from '../compiler/codegen/primitives.ts';
+import { DEFAULT_MATMUL, matmulKernel, matmulKeyOf, type MatmulConfig, type MatmulIO, type MatmulKey } from './wgsl/primitives.ts';
 
 export { matmulKeyOf, type MatmulKey };
-import { numel, type Attrs } from '../compiler/ir/graph.ts';
-import type { ValueType } from '../compiler/ir/ops.ts';
-import type { KernelSpec } from '../compiler/codegen/wgsl.ts';
+import { numel, type Attrs } from '../../compiler/ir/graph.ts';
+import type { ValueType } from '../../compiler/ir/ops.ts';
+import type { KernelSpec } from './wgsl/wgsl.ts';
 import type { AdapterSummary, GpuContext } from './device.ts';
 
 /** What tuning found for one shape: the chosen config and the timings behind the choice. */
