@@ -57,7 +57,7 @@ export function formatBytes(bytes: number): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Eager dispatches: what runtime/eager-engine.ts step() records for the same training step.
+// Eager dispatches: what runtime/engines/eager-engine.ts step() records for the same training step.
 
 /** Counts dispatches instead of running them: eager mode dispatches one kernel per emitted op with elements. */
 class DispatchCounter implements OpBuilder<ValueType> {
@@ -89,7 +89,7 @@ const dispatched = (nodes: readonly Node[]) => nodes.filter((n) => !isGraphInput
 
 /**
  * Dispatches eager mode records for one optimizer step of `microBatches` micro-batches, derived
- * from the unoptimized graphs the way runtime/eager-engine.ts executes: each micro-batch runs
+ * from the unoptimized graphs the way runtime/engines/eager-engine.ts executes: each micro-batch runs
  * every op of the traced forward graph (tracing and eager share the Tensor API, so the trace is
  * the op sequence) and the backward half of the joint graph (both replay `backprop` over the same
  * tape, with no passes); then step()'s optimizer part, replayed here over a counting builder.

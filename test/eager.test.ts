@@ -11,7 +11,7 @@ import { Tensor } from '../compiler/frontend/tensor.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
-import { createEagerEngine } from '../runtime/eager-engine.ts';
+import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
 import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
 import { adamwUpdate } from '../runtime/train/adamw.ts';

@@ -14,7 +14,7 @@ import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { trainByteBpe, type Tokenizer } from '../runtime/data/index.ts';
 import type { GpuContext } from '../backends/webgpu/device.ts';
-import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../runtime/engine.ts';
+import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../runtime/engines/engine.ts';
 import { BagOfWordsClassifier, majorityLabel } from '../runtime/finetune/baselines.ts';
 import { exampleBatch, ExampleEncoder } from '../runtime/finetune/encode.ts';
 import { answerLogProbs } from '../runtime/finetune/evaluate.ts';

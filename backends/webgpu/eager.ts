@@ -13,7 +13,7 @@ import { inferType, type ValueType } from '../../compiler/ir/ops.ts';
 import type { TensorBackend } from '../../compiler/frontend/tensor.ts';
 import { UsageError } from '../../compiler/frontend/load-model.ts';
 import type { GpuContext } from './device.ts';
-import type { KernelProfiler } from '../../runtime/profiler.ts';
+import type { KernelProfiler } from './profiler.ts';
 
 export interface EagerValue {
   buffer: GPUBuffer;

@@ -6,7 +6,7 @@
 // (buffer, offset, size) binding. Gaps between views hold zeros.
 //
 // A layout is plain data: it is stored in the compile cache with the plans, and the runtime reads
-// it to create the flat buffers and bind views (runtime/compiled-engine.ts).
+// it to create the flat buffers and bind views (runtime/engines/compiled-engine.ts).
 
 import { isGraphInput, numel, stateInputOf, nextStateName, type Graph } from './graph.ts';
 import { formatType } from './printer.ts';

@@ -2,11 +2,20 @@
 // op by op; the compiled runner implements it with one program per step. The trainer loop is
 // written once against this interface, so both modes train with the identical recipe.
 
-import type { KernelProfiler } from './profiler.ts';
-import type { Batch } from './train/sampler.ts';
+import type { KernelProfiler } from '../../backends/webgpu/profiler.ts';
 
 // The optimizer's settings are the compiler's too: the update program is built from them.
-export { GPT3_ADAMW, type AdamWSettings as OptimizerSettings } from '../compiler/autodiff/train-step.ts';
+export { GPT3_ADAMW, type AdamWSettings as OptimizerSettings } from '../../compiler/autodiff/train-step.ts';
+
+/** One micro-batch, as every engine takes it (the sampler and the fine-tuning encoder fill it). */
+export interface Batch {
+  /** Input tokens, [B, T] row-major. */
+  idx: Int32Array;
+  /** The next token after each input, [B, T] row-major. */
+  targets: Int32Array;
+  /** Fine-tuning: 1 where a target counts towards the loss, 0 elsewhere, [B, T] (engines built with lossMask only). */
+  lossMask?: Float32Array;
+}
 
 /** Host copies of everything a checkpoint holds, in parameter order. */
 export interface EngineState {

@@ -8,7 +8,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFile
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+/** The repository root (this file is runtime/engines/compile-cache.ts). */
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const COMPILER_DIRS = ['compiler', 'passes', 'backends'];
 
 let compilerHash: string | undefined;

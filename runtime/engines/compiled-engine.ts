@@ -3,23 +3,22 @@
 // once per micro-batch, the update program once, and the loss and gradient norm are copied to a
 // staging buffer that the host maps later. Nothing in the step waits for the device.
 
-import { compileTraining, type ProgramName } from '../compiler/pipeline.ts';
-import { renderTraining, webgpu, type RenderedTraining, type WebGpuProgram } from '../backends/index.ts';
-import { numel } from '../compiler/ir/graph.ts';
-import { UsageError } from '../compiler/frontend/load-model.ts';
-import type { ModelDefinition, ModelShape, ParamSpec } from '../compiler/frontend/nn.ts';
-import { printGraph } from '../compiler/ir/printer.ts';
-import { tempBytes } from '../compiler/schedule.ts';
-import { traceForward, traceLogits } from '../compiler/frontend/trace.ts';
-import { gradSumName, momentNames } from '../compiler/autodiff/train-step.ts';
+import { compileTraining, type ProgramName } from '../../compiler/pipeline.ts';
+import { renderTraining, webgpu, type RenderedTraining, type WebGpuProgram } from '../../backends/index.ts';
+import { numel } from '../../compiler/ir/graph.ts';
+import { UsageError } from '../../compiler/frontend/load-model.ts';
+import type { ModelDefinition, ModelShape, ParamSpec } from '../../compiler/frontend/nn.ts';
+import { printGraph } from '../../compiler/ir/printer.ts';
+import { tempBytes } from '../../compiler/schedule.ts';
+import { traceForward, traceLogits } from '../../compiler/frontend/trace.ts';
+import { gradSumName, momentNames } from '../../compiler/autodiff/train-step.ts';
 import { cacheKey, compilerVersion, loadOrCompile, type CacheResult } from './compile-cache.ts';
-import type { GpuContext } from '../backends/webgpu/device.ts';
-import { GPT3_ADAMW, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
-import { initParameters } from './init.ts';
-import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from '../backends/webgpu/matmul-tuner.ts';
-import type { KernelProfiler } from './profiler.ts';
-import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from '../backends/webgpu/program.ts';
-import type { Batch } from './train/sampler.ts';
+import type { GpuContext } from '../../backends/webgpu/device.ts';
+import { GPT3_ADAMW, type Batch, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
+import { initParameters } from '../init.ts';
+import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from '../../backends/webgpu/matmul-tuner.ts';
+import type { KernelProfiler } from '../../backends/webgpu/profiler.ts';
+import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from '../../backends/webgpu/program.ts';
 
 /** The compiled programs as the WebGPU backend rendered them: what this engine runs and caches. */
 export type CompiledTraining = RenderedTraining<WebGpuProgram>;
