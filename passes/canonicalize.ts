@@ -57,6 +57,7 @@ const MIRROR: Record<string, string> = { add: 'add', mul: 'mul', max: 'max', eq:
 
 const constToRight: RewriteRule = {
   name: 'const-to-right',
+  ops: ['add', 'mul', 'max', 'eq', 'lt', 'gt', 'le', 'ge'],
   apply(n, ctx) {
     const mirror = MIRROR[n.op];
     if (!mirror) return undefined;
@@ -69,18 +70,21 @@ const constToRight: RewriteRule = {
 /** `mul(x, 1)` → x. */
 const mulOne: RewriteRule = {
   name: 'mul-one',
+  ops: ['mul'],
   apply: (n, ctx) => (n.op === 'mul' && ctx.constValue(n.inputs[1]) === 1 ? n.inputs[0] : undefined),
 };
 
 /** `add(x, 0)` → x. */
 const addZero: RewriteRule = {
   name: 'add-zero',
+  ops: ['add'],
   apply: (n, ctx) => (n.op === 'add' && ctx.constValue(n.inputs[1]) === 0 ? n.inputs[0] : undefined),
 };
 
 /** `div(x, c)` → `mul(x, 1/c)` for f32 (see the header for the rounding). */
 const divToMul: RewriteRule = {
   name: 'div-to-mul',
+  ops: ['div'],
   apply(n, ctx) {
     if (n.op !== 'div' || n.dtype !== 'f32') return undefined;
     const c = ctx.constValue(n.inputs[1]);
@@ -94,6 +98,7 @@ const divToMul: RewriteRule = {
 /** `sub(x, c)` → `add(x, -c)`: exact, including in i32's wrapping arithmetic. */
 const subToAdd: RewriteRule = {
   name: 'sub-to-add',
+  ops: ['sub'],
   apply(n, ctx) {
     if (n.op !== 'sub') return undefined;
     const c = ctx.constValue(n.inputs[1]);
@@ -107,6 +112,7 @@ const subToAdd: RewriteRule = {
 /** A sum or max over an axis of size 1 is its input (the kept axis is already there). */
 const reduceUnitAxis: RewriteRule = {
   name: 'reduce-unit-axis',
+  ops: ['sum', 'max_reduce'],
   apply(n, ctx) {
     if (n.op !== 'sum' && n.op !== 'max_reduce') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -166,6 +172,7 @@ function maskedWhere(ctx: RewriteContext, n: Proposal, x: number, mask: { cond: 
 /** `add(x, where(m, 0, -inf))` → `where(m, x, -inf)` (a causal or padding mask written as a bias). */
 const maskAddToWhere: RewriteRule = {
   name: 'mask-add-to-where',
+  ops: ['add'],
   apply(n, ctx) {
     if (n.op !== 'add' || n.dtype !== 'f32') return undefined;
     for (const [x, m] of [n.inputs, [...n.inputs].reverse()]) {
@@ -179,6 +186,7 @@ const maskAddToWhere: RewriteRule = {
 /** `mul(x, where(m, 1, 0))` or `mul(x, cast(m))` → `where(m, x, 0)`. */
 const maskMulToWhere: RewriteRule = {
   name: 'mask-mul-to-where',
+  ops: ['mul'],
   apply(n, ctx) {
     if (n.op !== 'mul') return undefined;
     for (const [x, m] of [n.inputs, [...n.inputs].reverse()]) {
@@ -194,11 +202,13 @@ const maskMulToWhere: RewriteRule = {
 
 const reshapeIdentity: RewriteRule = {
   name: 'reshape-identity',
+  ops: ['reshape'],
   apply: (n, ctx) => (n.op === 'reshape' && sameShape(n.shape, ctx.node(n.inputs[0]).shape) ? n.inputs[0] : undefined),
 };
 
 const reshapeChain: RewriteRule = {
   name: 'reshape-chain',
+  ops: ['reshape'],
   apply(n, ctx) {
     if (n.op !== 'reshape') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -208,12 +218,14 @@ const reshapeChain: RewriteRule = {
 
 const permuteIdentity: RewriteRule = {
   name: 'permute-identity',
+  ops: ['permute'],
   apply: (n) => (n.op === 'permute' && isIdentity(n.attrs.perm as number[]) ? n.inputs[0] : undefined),
 };
 
 /** permute(permute(x, p), q) = permute(x, q∘p): output axis i reads x's axis p[q[i]]. */
 const permuteChain: RewriteRule = {
   name: 'permute-chain',
+  ops: ['permute'],
   apply(n, ctx) {
     if (n.op !== 'permute') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -225,11 +237,13 @@ const permuteChain: RewriteRule = {
 
 const broadcastIdentity: RewriteRule = {
   name: 'broadcast-identity',
+  ops: ['broadcast'],
   apply: (n, ctx) => (n.op === 'broadcast' && sameShape(n.shape, ctx.node(n.inputs[0]).shape) ? n.inputs[0] : undefined),
 };
 
 const broadcastChain: RewriteRule = {
   name: 'broadcast-chain',
+  ops: ['broadcast'],
   apply(n, ctx) {
     if (n.op !== 'broadcast') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -239,6 +253,7 @@ const broadcastChain: RewriteRule = {
 
 const sliceFull: RewriteRule = {
   name: 'slice-full',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const size = ctx.node(n.inputs[0]).shape[axisOf(n)];
@@ -248,6 +263,7 @@ const sliceFull: RewriteRule = {
 
 const sliceChain: RewriteRule = {
   name: 'slice-chain',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -260,6 +276,7 @@ const sliceChain: RewriteRule = {
 /** An iota sliced from 0 along its own axis, or along any other axis, is a smaller iota. */
 const sliceOfIota: RewriteRule = {
   name: 'slice-of-iota',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -285,6 +302,7 @@ function isIndexMath(ctx: RewriteContext, v: number, depth = 6): boolean {
  */
 const sliceIntoIndexMath: RewriteRule = {
   name: 'slice-into-index-math',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -317,6 +335,7 @@ function withFlag(attrs: Attrs, key: string, on: boolean): Attrs {
  */
 const matmulAbsorbTranspose: RewriteRule = {
   name: 'matmul-absorb-transpose',
+  ops: ['matmul'],
   apply(n, ctx) {
     if (n.op !== 'matmul') return undefined;
     for (const [k, flag] of [[0, 'transA'], [1, 'transB']] as const) {
@@ -341,6 +360,7 @@ const matmulAbsorbTranspose: RewriteRule = {
  */
 const transposeOfMatmul: RewriteRule = {
   name: 'transpose-of-matmul',
+  ops: ['permute'],
   apply(n, ctx) {
     if (n.op !== 'permute') return undefined;
     const perm = n.attrs.perm as number[];

@@ -51,6 +51,7 @@ export const foldConstants: RewriteRule = {
 /** `where` with a constant condition is one of its branches; with equal branches, that branch. */
 export const foldWhere: RewriteRule = {
   name: 'fold-where',
+  ops: ['where'],
   apply(n, ctx) {
     if (n.op !== 'where') return undefined;
     const [cond, a, b] = n.inputs;
