@@ -17,7 +17,7 @@ import type { ModelDefinition, ModelShape, ParamSpec } from './frontend/nn.ts';
 import { runPasses, type Pass, type PassCounters } from './ir/pass.ts';
 import { schedule, type ScheduledProgram } from './schedule.ts';
 import { traceForward, traceLogits } from './frontend/trace.ts';
-import { buildGradientGraph, buildUpdateGraph, type AdamWSettings } from './autodiff/train-step.ts';
+import { buildGradientGraph, buildUpdateGraph, decays, type AdamWSettings } from './autodiff/train-step.ts';
 import { fuseAttention, JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { fuseOptimizer } from '../passes/fuse-optimizer.ts';
@@ -80,7 +80,7 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
 
   const update = run(
     'update',
-    stage('update', 'build', buildUpdateGraph(`${def.name}_update`, traced.params.map((p) => ({ name: p.name, shape: [...p.shape], decay: p.shape.length >= 2 })), opts.optimizer)),
+    stage('update', 'build', buildUpdateGraph(`${def.name}_update`, traced.params.map((p) => ({ name: p.name, shape: [...p.shape], decay: decays(p.name, p.shape) })), opts.optimizer)),
     [...JOINT_CLEANUP, ...(opts.flatOptimizer === false ? [] : [fuseOptimizer({ alignment: STORAGE_OFFSET_ALIGNMENT })]), fuse],
   );
   const evaluate = run('evaluate', stage('evaluate', 'trace', traced.graph), [...JOINT_CLEANUP, fuseAttention, padNiceNumbers, fuse]);

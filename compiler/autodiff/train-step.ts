@@ -77,10 +77,20 @@ export function clipByGlobalNorm<V>(o: Ops<V>, grads: V[], maxNorm: number): { n
   return { norm, clip: o.div(max, o.max(max, o.add(norm, o.full(1e-6, [1])))) };
 }
 
+/**
+ * Whether a parameter gets weight decay. nanoGPT's configure_optimizers decides by rank alone: every
+ * tensor of two or more dimensions decays (the matmul weights and the embeddings), every vector
+ * does not (biases, LayerNorm gains and biases). The name does not take part in the decision; it is
+ * taken so that callers pass a parameter's name and shape through and read as the rule reads.
+ */
+export function decays(_name: string, shape: readonly number[]): boolean {
+  return shape.length >= 2;
+}
+
 export interface UpdateParam {
   name: string;
   shape: number[];
-  /** AdamW weight decay applies (nanoGPT: tensors of rank ≥ 2). */
+  /** AdamW weight decay applies (`decays`: tensors of rank ≥ 2). */
   decay: boolean;
 }
 

@@ -91,14 +91,19 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   return e.div(e.sum(axis, true));
 }
 
-/** Mean negative log-likelihood of integer targets [N] under logits [N, V]. */
-export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
+/** The negative log-likelihood [N, 1] of each row's integer target (targets [N], logits [N, V]). */
+function negativeLogLikelihood(logits: Tensor, targets: Tensor): Tensor {
   const [n, v] = logits.shape;
   const shifted = logits.sub(logits.max(1, true));
   const logSumExp = shifted.exp().sum(1, true).log();
   const vocabIndex = new Tensor(logits.backend, logits.ops.iota([n, v], 1));
   const targetLogit = where(vocabIndex.eq(targets.reshape(n, 1)), shifted, 0).sum(1, true);
-  return logSumExp.sub(targetLogit).mean();
+  return logSumExp.sub(targetLogit);
+}
+
+/** Mean negative log-likelihood of integer targets [N] under logits [N, V]. */
+export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
+  return negativeLogLikelihood(logits, targets).mean();
 }
 
 /**
@@ -106,14 +111,10 @@ export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
  * loss on the answer tokens this way; the mask is a graph input, so every batch runs the same graph.
  */
 export function maskedCrossEntropy(logits: Tensor, targets: Tensor, mask: Tensor): Tensor {
-  const [n, v] = logits.shape;
-  const shifted = logits.sub(logits.max(1, true));
-  const logSumExp = shifted.exp().sum(1, true).log();
-  const vocabIndex = new Tensor(logits.backend, logits.ops.iota([n, v], 1));
-  const targetLogit = where(vocabIndex.eq(targets.reshape(n, 1)), shifted, 0).sum(1, true);
-  const weights = mask.reshape(n, 1);
+  const nll = negativeLogLikelihood(logits, targets);
+  const weights = mask.reshape(logits.shape[0], 1);
   // At least one counted position: a batch whose mask is all zero gives loss 0, not NaN.
-  return logSumExp.sub(targetLogit).mul(weights).sum().div(weights.sum().maximum(1));
+  return nll.mul(weights).sum().div(weights.sum().maximum(1));
 }
 
 /** What a language model built from a config offers: logits, and the loss when targets are given. */

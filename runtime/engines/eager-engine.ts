@@ -7,14 +7,13 @@ import { numel } from '../../compiler/ir/graph.ts';
 import { maskedCrossEntropy, ParamScope, type LanguageModel, type ModelDefinition, type ModelShape, type ParamSpec } from '../../compiler/frontend/nn.ts';
 import { Ops } from '../../compiler/ir/ops.ts';
 import { Tensor } from '../../compiler/frontend/tensor.ts';
-import { clipByGlobalNorm } from '../../compiler/autodiff/train-step.ts';
+import { clipByGlobalNorm, decays } from '../../compiler/autodiff/train-step.ts';
 import { UsageError } from '../../compiler/frontend/load-model.ts';
 import type { GpuContext } from '../../backends/webgpu/device.ts';
 import { EagerBackend, type EagerValue } from '../../backends/webgpu/eager.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from '../init.ts';
 import type { KernelProfiler } from '../../backends/webgpu/profiler.ts';
-import { decays } from '../train/adamw.ts';
 
 interface Parameter {
   spec: ParamSpec;

@@ -20,15 +20,8 @@ export function clipFactor(norm: number, maxNorm = 1.0): number {
   return Math.min(1, maxNorm / (norm + 1e-6));
 }
 
-/**
- * Whether a parameter gets weight decay. nanoGPT's configure_optimizers decides by rank alone: every
- * tensor of two or more dimensions decays (the matmul weights and the embeddings), every vector
- * does not (biases, LayerNorm gains and biases). The name does not take part in the decision; it is
- * taken so that callers pass a parameter's name and shape through and read as the rule reads.
- */
-export function decays(_name: string, shape: readonly number[]): boolean {
-  return shape.length >= 2;
-}
+// Which parameters decay is the compiler's rule too (the update program is built from it).
+export { decays } from '../../compiler/autodiff/train-step.ts';
 
 export interface AdamWStep {
   lr: number;
