@@ -5,7 +5,7 @@
 
 import yargs, { type Argv } from 'yargs';
 import { runCli, terminalChalk } from '../compiler/tools/cli.ts';
-import { UsageError } from '../compiler/frontend/load-model.ts';
+import { UsageError } from '../compiler/ir/errors.ts';
 import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import type { TrainingEngine } from './engines/engine.ts';

@@ -11,7 +11,7 @@ import type { KernelSpec } from './wgsl/wgsl.ts';
 import { numel, type Attrs, type DType, type Shape } from '../../compiler/ir/graph.ts';
 import { inferType, type ValueType } from '../../compiler/ir/ops.ts';
 import type { TensorBackend } from '../../compiler/frontend/tensor.ts';
-import { UsageError } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { GpuContext } from './device.ts';
 import type { KernelProfiler } from './profiler.ts';
 

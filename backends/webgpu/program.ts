@@ -5,7 +5,7 @@
 import { sharedTempSizes, type BufferRef } from '../../compiler/schedule.ts';
 import type { WebGpuProgram as ProgramPlan } from './render.ts';
 import { numel } from '../../compiler/ir/graph.ts';
-import { UsageError } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { KernelProfiler } from './profiler.ts';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;

@@ -9,11 +9,7 @@ import { CONDITION_CHECK, MODEL_ERROR, MODEL_QUERY } from './model-hooks.ts';
 import { displayPath } from './source-loc.ts';
 import { isModelDefinition, type ModelDefinition, type ModelShape } from './nn.ts';
 import { Tensor, TraceError } from './tensor.ts';
-
-/** A mistake the user can fix; the CLI prints its message alone, without a stack trace. */
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+import { UsageError } from '../ir/errors.ts';
 
 export async function loadModel(file: string): Promise<ModelDefinition> {
   const abs = path.resolve(file);

@@ -6,7 +6,7 @@
 import { compileTraining, type ProgramName } from '../../compiler/pipeline.ts';
 import { renderTraining, webgpu, type RenderedTraining, type WebGpuProgram } from '../../backends/index.ts';
 import { numel } from '../../compiler/ir/graph.ts';
-import { UsageError } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../../compiler/frontend/nn.ts';
 import { printGraph } from '../../compiler/ir/printer.ts';
 import { tempBytes } from '../../compiler/schedule.ts';

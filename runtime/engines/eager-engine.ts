@@ -8,7 +8,7 @@ import { maskedCrossEntropy, ParamScope, type LanguageModel, type ModelDefinitio
 import { Ops } from '../../compiler/ir/ops.ts';
 import { Tensor } from '../../compiler/frontend/tensor.ts';
 import { clipByGlobalNorm, decays } from '../../compiler/autodiff/train-step.ts';
-import { UsageError } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { GpuContext } from '../../backends/webgpu/device.ts';
 import { EagerBackend, type EagerValue } from '../../backends/webgpu/eager.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';

@@ -2,7 +2,7 @@
 // text file (perplexity), without training.
 
 import { readFile } from 'node:fs/promises';
-import { UsageError } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { asUsageError, engineStateOf } from '../train/trainer.ts';

@@ -13,7 +13,8 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { choosePreset, loadModel, UsageError } from '../../compiler/frontend/load-model.ts';
+import { choosePreset, loadModel } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
