@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ChalkInstance } from 'chalk';
-import { compileTraining, PROGRAMS, type CompiledTraining, type CompileOptions, type ProgramName } from '../pipeline.ts';
+import { compileTraining, PROGRAMS, type CompileOptions, type ProgramName } from '../pipeline.ts';
 import type { Graph } from '../ir/graph.ts';
 import { graphFacts, KERNEL_ATTR } from '../ir/kernel-io.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../frontend/nn.ts';

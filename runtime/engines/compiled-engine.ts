@@ -1,7 +1,8 @@
-// Training through the compiled programs (compiler/pipeline.ts). A step is one command
-// encoder and one submit: the inputs of each micro-batch are copied in, the gradient program runs
-// once per micro-batch, the update program once, and the loss and gradient norm are copied to a
-// staging buffer that the host maps later. Nothing in the step waits for the device.
+// Training through the compiled programs (compiled by compiler/pipeline.ts, rendered by the WebGPU
+// backend, backends/webgpu/). A step is one command encoder and one submit: the inputs of each
+// micro-batch are copied in, the gradient program runs once per micro-batch, the update program
+// once, and the loss and gradient norm are copied to a staging buffer that the host maps later.
+// Nothing in the step waits for the device.
 
 import { compileTraining, type ProgramName } from '../../compiler/pipeline.ts';
 import { renderTraining, webgpu, type RenderedTraining, type WebGpuProgram } from '../../backends/index.ts';
@@ -21,7 +22,7 @@ import type { KernelProfiler } from '../../backends/webgpu/profiler.ts';
 import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from '../../backends/webgpu/program.ts';
 
 /** The compiled programs as the WebGPU backend rendered them: what this engine runs and caches. */
-export type CompiledTraining = RenderedTraining<WebGpuProgram>;
+export type WebGpuTraining = RenderedTraining<WebGpuProgram>;
 
 export interface CompiledEngineContext {
   def: ModelDefinition;
@@ -45,7 +46,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
   const maxStorageBuffers = ctx.gpu.device.limits.maxStorageBuffersPerShaderStage;
   const tiles = adapterMatmulDefault(ctx.gpu);
   const options = { optimizer, maxStorageBuffers, lossMask: ctx.lossMask };
-  const compile = async (): Promise<CompiledTraining> => {
+  const compile = async (): Promise<WebGpuTraining> => {
     const tuner = ctx.tuner;
     const compiled = compileTraining(ctx.def, ctx.config, options);
     if (!tuner) return renderTraining(webgpu, compiled, { matmulConfig: () => tiles });
@@ -59,7 +60,7 @@ export async function createCompiledEngine(ctx: CompiledEngineContext): Promise<
     log(`autotune: ${report.tuned} matmul shapes tuned in ${(report.ms / 1000).toFixed(1)} s, ${report.cached} from ${tuner.cachePath}`);
     return renderTraining(webgpu, compiled, { matmulConfig: (k) => tuner.configFor(k) ?? tiles });
   };
-  let result: CacheResult<CompiledTraining>;
+  let result: CacheResult<WebGpuTraining>;
   if (ctx.cacheDir) {
     // What the model computes (both traced paths) and how its weights start: a change to either misses.
     const training = traceForward(ctx.def, ctx.config, { lossMask: ctx.lossMask });
@@ -113,7 +114,7 @@ export class CompiledEngine implements TrainingEngine {
   readonly batchSize: number;
   readonly seqLen: number;
   readonly pipelines: PipelineCache;
-  readonly compiled: CompiledTraining;
+  readonly compiled: WebGpuTraining;
   /** When set, every kernel of every step is timed on the device. */
   profiler: KernelProfiler | undefined;
   dispatches = 0;
@@ -134,7 +135,7 @@ export class CompiledEngine implements TrainingEngine {
   private optimizerStep = 0;
   private readonly errors: string[] = [];
 
-  constructor(ctx: CompiledEngineContext, compiled: CompiledTraining) {
+  constructor(ctx: CompiledEngineContext, compiled: WebGpuTraining) {
     this.device = ctx.gpu.device;
     this.compiled = compiled;
     this.params = compiled.params;
