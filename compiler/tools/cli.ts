@@ -8,7 +8,8 @@ import { buildJointGraph } from '../autodiff/autograd.ts';
 import { choosePreset, loadModel } from '../frontend/load-model.ts';
 import { UsageError } from '../ir/errors.ts';
 import { PROGRAMS, type ProgramName } from '../pipeline.ts';
-import { attentionReport, compileWithStages, emitKernels, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
+import { BACKENDS, backendNamed } from '../../backends/index.ts';
+import { attentionReport, compileWithStages, DEFAULT_BACKEND, emitKernels, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from '../ir/printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from '../stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../../passes/fuse-elementwise.ts';
@@ -65,7 +66,8 @@ export async function main(argv: string[]): Promise<void> {
     .option('dump-ir', { type: 'boolean', describe: "print the program's final graph: after every pass, nodes marked {kernel=K} (the default when nothing else is asked for)" })
     .option('backward', { type: 'boolean', describe: 'the gradient program (forward + backward + accumulation): short for --program gradient' })
     .option('after', { type: 'string', describe: "print the program's graph after one stage: a pass (canonicalize, cse, dce, fuse-elementwise; its last run) or trace, autograd, accumulate, build, or a numbered stage as --dump-dir names it (05-canonicalize)" })
-    .option('emit', { choices: ['wgsl'], describe: "print the WGSL of every kernel of the program, each after a comment with its name, kind, workgroups and bindings" })
+    .option('emit', { choices: [...new Set(Object.values(BACKENDS).map((b) => b.language))], describe: "print the kernels of the program in the backend's language (WebGPU: wgsl), each after a comment with its name, kind, workgroups and bindings" })
+    .option('backend', { choices: Object.keys(BACKENDS), default: DEFAULT_BACKEND, describe: 'the backend that renders the kernels (--emit, --dump-dir)' })
     .option('dump-dir', { type: 'string', describe: 'write every stage of every program (DIR/<program>/NN-<stage>.ir), each kernel (DIR/<program>/kernels/<name>.wgsl) and each plan (DIR/<program>/plan.txt)' })
     .option('stats', { type: 'boolean', describe: 'print parameters, op counts, FLOPs, and for one training step: compiled kernels vs eager dispatches, peak bytes, every pass\'s counters' })
     .option('preset', { type: 'string', describe: "model preset (e.g. gpt2, tiny); the model's default if omitted" })
@@ -102,7 +104,9 @@ export async function main(argv: string[]): Promise<void> {
   const style = styleFor(c);
 
   const shape = { batchSize: args.batch, seqLen: args.seq };
-  const r = compileWithStages(def, preset.config, { optimizer: GPT3_ADAMW, maxStorageBuffers, ...shape });
+  const backend = backendNamed(args.backend);
+  if (args.emit !== undefined && args.emit !== backend.language) throw new UsageError(`--emit ${args.emit}: the ${backend.name} backend writes ${backend.language}`);
+  const r = compileWithStages(def, preset.config, { optimizer: GPT3_ADAMW, maxStorageBuffers, ...shape }, backend);
   const stages = r.stages[program];
 
   if (args.after !== undefined) {
@@ -115,7 +119,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const nothingElse = args.after === undefined && !args.emit && !args.stats && args.dumpDir === undefined;
   if (args.dumpIr || nothingElse) process.stdout.write(printGraph(stages.at(-1)!.graph, style));
-  if (args.emit === 'wgsl') process.stdout.write(emitKernels(r.backend, r.compiled.programs[program]));
+  if (args.emit !== undefined) process.stdout.write(emitKernels(r.backend, r.compiled.programs[program]));
   if (args.stats) {
     const traced = traceForward(def, preset.config, shape);
     const joint = buildJointGraph(traced.graph);
