@@ -285,7 +285,6 @@ const sliceOfIota: RewriteRule = {
   },
 };
 
-
 /**
  * Index arithmetic: constants, iotas, and pointwise ops of them (a causal mask is `ge(iota, iota)`).
  * Masks are shallow; the depth bound keeps the look cheap on a deep shared subgraph.

@@ -13,7 +13,6 @@ import type { Attrs, DType } from '../compiler/ir/graph.ts';
 import { applyOp, type RefData, type RefTensor } from '../compiler/ir/interpret.ts';
 import type { Proposal, RewriteRule } from './pattern.ts';
 
-
 const scalar = (value: number, dtype: DType, count = 1): RefTensor => {
   const data: RefData = dtype === 'f32' ? new Float64Array(count) : dtype === 'i32' ? new Int32Array(count) : new Uint8Array(count);
   data.fill(value);

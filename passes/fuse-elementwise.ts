@@ -228,7 +228,6 @@ function attentionKernelKey(n: Node): string {
   return `fwd ${n.inputs.slice(0, 2).join(',')} ${causal} ${scale}`;
 }
 
-
 /** The first kernel over the limit, and the member to write out to split it; undefined when all fit. */
 function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number): { root: number; split: number } | undefined {
   const members: number[][] = r.groups.map(() => []);

@@ -364,7 +364,6 @@ function scatterAdd(ins: ValueType[], out: ValueType): KernelSpec {
   };
 }
 
-
 type PrimitiveEmitter = (op: string, attrs: Attrs, ins: ValueType[], out: ValueType) => KernelSpec;
 const none = (why: string): PrimitiveEmitter => (op) => {
   throw new Error(`no single-op kernel for '${op}': ${why}`);
