@@ -10,7 +10,7 @@
 /** The scopes the issue scores separately, and the files each one mutates. */
 export const SCOPES = {
   passes: ['passes/**/*.ts'],
-  ir: ['compiler/ir.ts', 'compiler/ops.ts', 'compiler/autograd.ts'],
+  ir: ['compiler/ir/graph.ts', 'compiler/ir/ops.ts', 'compiler/autodiff/autograd.ts'],
   schedule: ['compiler/schedule.ts'],
   train: ['runtime/train/**/*.ts'],
 };

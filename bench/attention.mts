@@ -1,9 +1,9 @@
 // Unfused vs flash attention, forward + backward, from one run on this adapter. Unfused is what the
 // eager engine runs for models/gpt.ts today, op by op: q·kᵀ, scale, causal where, softmax (max,
 // sub, exp, sum, div), ·v, then the VJP rules of every op replayed from the tape. Flash is the four
-// kernels of compiler/codegen/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
+// kernels of backends/webgpu/wgsl/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
 // q, k, v and upstream gradient; the dq, dk and dv each produces are compared with the reference
-// interpreter's (runtime/reference-attention.ts, float64) in the last column.
+// interpreter's (compiler/ir/interpret-attention.ts, float64) in the last column.
 //
 //   npx tsx bench/attention.mts                    # T = 128, 256, 512; BH = 32, D = 32; causal
 //   npx tsx bench/attention.mts --T 128 --reps 5 --no-causal
@@ -14,15 +14,15 @@
 
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { backprop } from '../compiler/autograd.ts';
-import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../compiler/codegen/flash-attention.ts';
-import { softmax } from '../compiler/nn.ts';
-import { Ops } from '../compiler/ops.ts';
-import { causalMask, Tensor, where } from '../compiler/tensor.ts';
-import { requestDevice, type GpuContext } from '../runtime/device.ts';
-import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
+import { backprop } from '../compiler/autodiff/autograd.ts';
+import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../backends/webgpu/wgsl/flash-attention.ts';
+import { softmax } from '../compiler/frontend/nn.ts';
+import { Ops } from '../compiler/ir/ops.ts';
+import { causalMask, Tensor, where } from '../compiler/frontend/tensor.ts';
+import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
+import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { attention, attentionBackward, attentionLogSumExp } from '../runtime/reference-attention.ts';
+import { attention, attentionBackward, attentionLogSumExp } from '../compiler/ir/interpret-attention.ts';
 
 export interface AttentionOptions {
   Ts: number[];

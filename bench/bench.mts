@@ -27,17 +27,17 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { compileTraining } from '../compiler/compile-training.ts';
-import { loadModel } from '../compiler/load-model.ts';
+import { renderTraining, webgpu } from '../backends/index.ts';
+import { compileTraining } from '../compiler/pipeline.ts';
+import { loadModel } from '../compiler/frontend/load-model.ts';
 import { graphFlops, parameterCount } from '../compiler/stats.ts';
-import { traceForward } from '../compiler/trace.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { presets, type GPTConfig } from '../models/gpt.ts';
-import { CompiledEngine, createCompiledEngine } from '../runtime/compiled-engine.ts';
-import { requestDevice, type GpuContext } from '../runtime/device.ts';
-import { GPT3_ADAMW, type TrainingEngine } from '../runtime/engine.ts';
-import { adapterMatmulDefault, matmulKernelFor } from '../runtime/matmul-tuner.ts';
-import type { Program } from '../runtime/program.ts';
-import type { Batch } from '../runtime/train/sampler.ts';
+import { CompiledEngine, createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
+import { GPT3_ADAMW, type Batch, type TrainingEngine } from '../runtime/engines/engine.ts';
+import { adapterMatmulDefault, matmulKernelFor } from '../backends/webgpu/matmul-tuner.ts';
+import type { Program } from '../backends/webgpu/program.ts';
 import { measureAttention } from './attention.mts';
 import { median, timed } from './peers/peer.ts';
 import { measureDevicePeak } from './report/device-peak.ts';
@@ -385,7 +385,7 @@ if (sections.has('matmul')) {
   }
   results.matmul = {
     systems: [ours, ...matmulPeers],
-    method: `C = A·B, float32, A [M, K] and B [K, N] row-major, uniform values made once on the device. Each system: median wall time of ${reps} runs after an untimed one (shader compile), each run one matmul and waiting for it the peer's own way: ours and TF.js read one element of C back (a 4-byte copy and map after the matmul; TF.js slices first, one more small kernel), jax-js blockUntilReady()s C. Ours is the kernel compiled mode uses on this adapter (runtime/matmul-tuner.ts adapterMatmulDefault: ${JSON.stringify(tiles)}), not autotuned.`,
+    method: `C = A·B, float32, A [M, K] and B [K, N] row-major, uniform values made once on the device. Each system: median wall time of ${reps} runs after an untimed one (shader compile), each run one matmul and waiting for it the peer's own way: ours and TF.js read one element of C back (a 4-byte copy and map after the matmul; TF.js slices first, one more small kernel), jax-js blockUntilReady()s C. Ours is the kernel compiled mode uses on this adapter (backends/webgpu/matmul-tuner.ts adapterMatmulDefault: ${JSON.stringify(tiles)}), not autotuned.`,
     rows,
     notes: quick ? ['--quick stops at 1024² (2048² takes minutes per peer on the software adapter).'] : [],
   };
@@ -443,7 +443,7 @@ if (sections.has('optimizer')) {
   counters.begin('optimizer');
   try {
     log('optimizer: compiling the tiny preset without fuse-optimizer');
-    const compiled = compileTraining(def, config, { optimizer: GPT3_ADAMW, maxStorageBuffers: gpu.device.limits.maxStorageBuffersPerShaderStage, matmulConfig: () => adapterMatmulDefault(gpu), flatOptimizer: false });
+    const compiled = renderTraining(webgpu, compileTraining(def, config, { optimizer: GPT3_ADAMW, maxStorageBuffers: gpu.device.limits.maxStorageBuffersPerShaderStage, flatOptimizer: false }), { matmulConfig: () => adapterMatmulDefault(gpu) });
     const engine = new CompiledEngine({ def, config, seed: 1337, gpu }, compiled);
     await engine.pipelines.warm([compiled.programs.update]);
     // A step counter, learning rate and scale as a real step would have them (step 0 divides by zero in the bias correction).

@@ -12,8 +12,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { requestDevice } from '../runtime/device.ts';
-import { adapterFingerprint, matmulKeyName, MatmulTuner, type MatmulKey } from '../runtime/matmul-tuner.ts';
+import { requestDevice } from '../backends/webgpu/device.ts';
+import { adapterFingerprint, matmulKeyName, MatmulTuner, type MatmulKey } from '../backends/webgpu/matmul-tuner.ts';
 
 const { values } = parseArgs({ options: { cache: { type: 'string' }, budget: { type: 'string', default: '90' }, squares: { type: 'boolean', default: true } } });
 

@@ -9,14 +9,14 @@
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { loadModel } from '../compiler/load-model.ts';
-import { requestDevice } from '../runtime/device.ts';
-import { createCompiledEngine } from '../runtime/compiled-engine.ts';
-import { createEagerEngine } from '../runtime/eager-engine.ts';
-import type { TrainingEngine } from '../runtime/engine.ts';
-import { KernelProfiler } from '../runtime/profiler.ts';
+import { loadModel } from '../compiler/frontend/load-model.ts';
+import { requestDevice } from '../backends/webgpu/device.ts';
+import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
+import type { TrainingEngine } from '../runtime/engines/engine.ts';
+import { KernelProfiler } from '../backends/webgpu/profiler.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { MatmulTuner } from '../runtime/matmul-tuner.ts';
+import { MatmulTuner } from '../backends/webgpu/matmul-tuner.ts';
 
 const args = await yargs(hideBin(process.argv))
   .scriptName('npx tsx bench/step.mts')

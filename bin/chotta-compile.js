@@ -4,5 +4,5 @@
 import { register } from 'tsx/esm/api';
 
 register();
-const { main, runCli } = await import('../compiler/cli.ts');
+const { main, runCli } = await import('../compiler/tools/cli.ts');
 await runCli('chotta-compile', main);

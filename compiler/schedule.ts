@@ -1,33 +1,64 @@
 // Scheduler and memory planner: from a graph whose nodes fuse-elementwise has marked with
-// `{kernel=K}`, the list of kernels in the order they run, the buffer each written value lives in,
-// and the WGSL of each kernel. Values that are not graph inputs or outputs live in temporary
-// buffers reused by liveness: a buffer is free again after the last kernel that reads it. The
-// result is plain data (a ProgramPlan), so it can be cached on disk and replayed by the runtime.
+// `{kernel=K}`, the list of kernels in the order they run, what each computes, reads and writes,
+// and the buffer each written value lives in. Values that are not graph inputs or outputs live in
+// temporary buffers reused by liveness: a buffer is free again after the last kernel that reads it.
+//
+// The plan is target-neutral: no kernel source, no launch grid. A backend (backends/) renders each
+// kernel for its target from the plan and the graph, and runs the result.
 
-import { isGraphInput, numel, type DType, type Graph } from './ir.ts';
-import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './kernel-io.ts';
-import { fusedKernel, type FusedKernel, type FusedKind } from './codegen/fused.ts';
-import { matmulKeyOf, type MatmulConfig, type MatmulKey } from './codegen/primitives.ts';
-import { attentionKernel } from './codegen/attention.ts';
-import { FLASH_OPS } from './ops.ts';
+import { isGraphInput, numel, type DType, type Graph } from './ir/graph.ts';
+import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './ir/kernel-io.ts';
+import { FLASH_OPS } from './ir/ops.ts';
 import { graphFlops } from './stats.ts';
 
 /** Where a kernel's binding points: a graph input's buffer, a graph output's, or a temporary. */
 export type BufferRef = { input: string } | { output: string } | { temp: number };
 
 /** A fused kernel's kind, or an attention composite's own kernel. */
-export type KernelKind = FusedKind | 'attention';
+export type KernelKind = 'elementwise' | 'matmul' | 'scatter' | 'attention';
 
-export interface PlannedKernel {
+/** How a kernel uses a binding: reads it, writes it, or adds into it from many threads (scatter). */
+export type BindingAccess = 'read' | 'write' | 'accumulate';
+
+export interface KernelBinding {
+  buffer: BufferRef;
+  dtype: DType;
+  access: BindingAccess;
+}
+
+/** Which FlashAttention kernel an attention kernel is, and its sizes. */
+export interface AttentionLaunch {
+  variant: 'forward' | 'backward-query' | 'backward-key-value';
+  /** Batch dims multiplied out, query rows, head dim. */
+  heads: number;
+  rows: number;
+  headDim: number;
+  causal: boolean;
+  scale: number;
+}
+
+export interface ScheduledKernel {
+  /** `k<index>_<root op or kind>_<shape>` for a fused kernel, `k<index>` for attention (a backend adds its kernel's name). */
   name: string;
   kind: KernelKind;
-  wgsl: string;
-  workgroups: [number, number, number];
-  bindings: BufferRef[];
+  /** IR nodes this kernel computes (ascending). */
+  members: number[];
+  /** Members written to memory, each with the binding it goes to. */
+  writes: { node: number; binding: number }[];
+  /** Values read from memory (graph inputs, other kernels' values), each with its binding. */
+  reads: { node: number; binding: number }[];
+  /** Every buffer the kernel binds, in binding order. */
+  bindings: KernelBinding[];
+  /**
+   * The index space the kernel covers, one thread (or lane) per element: the written values'
+   * elements (elementwise), the matmul's result, the scattered source (scatter), [heads, rows,
+   * headDim] (attention).
+   */
+  extent: number[];
+  /** For attention: which kernel, and its sizes. */
+  attention?: AttentionLaunch;
   /** A buffer that must be zeroed before the dispatch (scatter_add accumulates into it). */
   clear?: BufferRef;
-  /** IR nodes this kernel computes. */
-  ops: number;
 }
 
 export interface ValueInfo {
@@ -36,26 +67,29 @@ export interface ValueInfo {
   dtype: DType;
 }
 
-export interface ProgramPlan {
+/** What every program plan has, scheduled or rendered: its interface and its temporaries. */
+export interface PlanBuffers {
   name: string;
   inputs: ValueInfo[];
   /** Outputs in graph order; `inPlace` names the input whose buffer the output overwrites. */
   outputs: (ValueInfo & { inPlace?: string })[];
   /** Byte sizes of the temporary buffers. */
   temps: number[];
-  kernels: PlannedKernel[];
   flops: number;
 }
 
-export interface ScheduleOptions {
-  /** The matmul tiling for a given matmul node (from the autotuner); the default blocking otherwise. */
-  matmulConfig?(m: MatmulKey): MatmulConfig | undefined;
+/** A scheduled program: the kernels in order and the buffers they bind, with the graph they come from. */
+export interface ScheduledProgram extends PlanBuffers {
+  graph: Graph;
+  /** The kernel of every node (-1: not computed by a kernel). */
+  kernelOf: Int32Array;
+  kernels: ScheduledKernel[];
 }
 
 /** The bytes a temporary of `elements` values takes: 4 per value, at least 4, rounded to 16. */
 const bufferBytes = (elements: number) => Math.max(16, Math.ceil((elements * 4) / 16) * 16);
 
-export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
+export function schedule(g: Graph): ScheduledProgram {
   const facts = graphFacts(g);
   const kernelOf = new Int32Array(g.nodes.length).fill(-1);
   let count = 0;
@@ -94,7 +128,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
   const temps: number[] = [];
   const free: number[] = [];
   const temp = new Map<number, number>();
-  const kernels: PlannedKernel[] = [];
+  const kernels: ScheduledKernel[] = [];
   // A temporary of `elements` values: the smallest free buffer that fits, or a new one.
   const allocate = (elements: number): number => {
     const bytes = bufferBytes(elements);
@@ -121,69 +155,77 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ProgramPlan {
 
   // An attention kernel binds its operands and results by role; a result nobody reads (the
   // log-sum-exp when no backward follows) goes to a scratch buffer.
-  function planAttention(k: number, scratch: number[]): PlannedKernel {
-    const spec = attentionKernel(g, members[k], `k${k}`);
-    const bindings = [...spec.inputs, ...spec.outputs].map((id): BufferRef => {
-      if (typeof id === 'number') return refOf(id);
-      scratch.push(allocate(id.elements));
-      return { temp: scratch[scratch.length - 1] };
+  function planAttention(k: number, scratch: number[]): ScheduledKernel {
+    const roles = attentionRoles(g, members[k], `k${k}`);
+    const bindings: KernelBinding[] = [];
+    const reads: ScheduledKernel['reads'] = [];
+    const writes: ScheduledKernel['writes'] = [];
+    roles.inputs.forEach((id) => {
+      reads.push({ node: id, binding: bindings.length });
+      bindings.push({ buffer: refOf(id), dtype: g.nodes[id].dtype, access: 'read' });
     });
-    return { name: spec.name, kind: 'attention', wgsl: spec.wgsl, workgroups: spec.workgroups, bindings, ops: members[k].length };
+    for (const id of roles.outputs) {
+      if (typeof id === 'number') {
+        writes.push({ node: id, binding: bindings.length });
+        bindings.push({ buffer: refOf(id), dtype: g.nodes[id].dtype, access: 'write' });
+      } else {
+        scratch.push(allocate(id.elements));
+        bindings.push({ buffer: { temp: scratch[scratch.length - 1] }, dtype: 'f32', access: 'write' });
+      }
+    }
+    const a = roles.launch;
+    return { name: `k${k}`, kind: 'attention', members: members[k], writes, reads, bindings, extent: [a.heads, a.rows, a.headDim], attention: a };
   }
 
-  function planFused(k: number): PlannedKernel {
+  function planFused(k: number): ScheduledKernel {
     const { reads } = io[k];
-    const refs: BufferRef[] = [];
+    const bindings: KernelBinding[] = [];
     const bindingOf = new Map<string, number>();
-    const bind = (id: number, writable: boolean, atomic: boolean, decl: FusedKernel['bindings']) => {
+    const bind = (id: number, access: BindingAccess) => {
       const ref = refOf(id);
       const key = JSON.stringify(ref);
       let b = bindingOf.get(key);
       if (b === undefined) {
-        b = refs.length;
+        b = bindings.length;
         bindingOf.set(key, b);
-        refs.push(ref);
-        decl.push({ dtype: g.nodes[id].dtype, writable, atomic });
-      } else if (writable) decl[b].writable = true;
+        bindings.push({ buffer: ref, dtype: g.nodes[id].dtype, access });
+      } else if (access !== 'read' && bindings[b].access === 'read') bindings[b].access = access;
       return b;
     };
-    const kind: FusedKind = members[k].some((m) => g.nodes[m].op === 'scatter_add') ? 'scatter' : members[k].some((m) => g.nodes[m].op === 'matmul') ? 'matmul' : 'elementwise';
-    const decl: FusedKernel['bindings'] = [];
+    const kind: KernelKind = members[k].some((m) => g.nodes[m].op === 'scatter_add') ? 'scatter' : members[k].some((m) => g.nodes[m].op === 'matmul') ? 'matmul' : 'elementwise';
     const written = io[k].written;
     if (kind === 'scatter' && (written.length !== 1 || g.nodes[written[0]].op !== 'scatter_add')) throw new Error(`schedule: scatter kernel ${k} must write only its scatter_add`);
-    const writeList = written.map((node) => ({ node, binding: bind(node, true, kind === 'scatter', decl) }));
-    const readMap = new Map<number, number>();
-    for (const id of reads) readMap.set(id, bind(id, false, false, decl));
+    const writeList = written.map((node) => ({ node, binding: bind(node, kind === 'scatter' ? 'accumulate' : 'write') }));
+    const readList = [...reads].map((node) => ({ node, binding: bind(node, 'read') }));
     const root = g.nodes[members[k][members[k].length - 1]];
     const name = `k${k}_${kind === 'elementwise' ? root.op : kind}_${root.shape.join('x')}`;
-    let cfg: MatmulConfig | undefined;
-    if (kind === 'matmul') {
-      const mm = g.nodes[members[k].find((m) => g.nodes[m].op === 'matmul')!];
-      const key = matmulKeyOf(mm.attrs, mm.inputs.map((x) => g.nodes[x]), mm);
-      cfg = opts.matmulConfig?.(key);
-    }
-    const spec = fusedKernel(g, kernelOf, { kind, members: members[k], writes: writeList, reads: readMap, bindings: decl }, name, cfg);
+    const mm = kind === 'matmul' ? g.nodes[members[k].find((m) => g.nodes[m].op === 'matmul')!] : undefined;
+    const extent = kind === 'scatter' ? g.nodes[g.nodes[written[0]].inputs[1]].shape : mm ? mm.shape : g.nodes[written[0]].shape;
     return {
       name,
       kind,
-      wgsl: spec.wgsl,
-      workgroups: spec.workgroups,
-      bindings: refs,
-      ...(kind === 'scatter' ? { clear: refs[writeList[0].binding] } : {}),
-      ops: members[k].length,
+      members: members[k],
+      writes: writeList,
+      reads: readList,
+      bindings,
+      extent: [...extent],
+      ...(kind === 'scatter' ? { clear: bindings[writeList[0].binding].buffer } : {}),
     };
   }
 
   // Largest temporaries first: programs that share temporaries by index then pair large with large.
   const bySize = temps.map((_, i) => i).sort((a, b) => temps[b] - temps[a] || a - b);
   const renumber = new Map(bySize.map((old, i) => [old, i]));
+  const renumbered = (ref: BufferRef): BufferRef => ('temp' in ref ? { temp: renumber.get(ref.temp)! } : ref);
   for (const k of kernels) {
-    k.bindings = k.bindings.map((ref) => ('temp' in ref ? { temp: renumber.get(ref.temp)! } : ref));
-    if (k.clear && 'temp' in k.clear) k.clear = { temp: renumber.get(k.clear.temp)! };
+    for (const b of k.bindings) b.buffer = renumbered(b.buffer);
+    if (k.clear) k.clear = renumbered(k.clear);
   }
   const info = (id: number): ValueInfo => ({ name: g.nodes[id].name!, shape: [...g.nodes[id].shape], dtype: g.nodes[id].dtype });
   return {
     name: g.name,
+    graph: g,
+    kernelOf,
     inputs: g.nodes.filter(isGraphInput).map((n) => info(n.id)),
     outputs: g.outputs.map((o) => {
       const target = facts.state.get(o);
@@ -214,14 +256,60 @@ function checkInPlace(g: Graph, facts: GraphFacts, io: { reads: Set<number> }[],
 }
 
 /** Bytes of every temporary buffer together: the plan's peak beyond inputs and outputs. */
-export const tempBytes = (p: ProgramPlan): number => p.temps.reduce((s, b) => s + b, 0);
+export const tempBytes = (p: PlanBuffers): number => p.temps.reduce((s, b) => s + b, 0);
 
 /**
  * Temporaries shared by programs that run one after another in the queue (a program's values are
  * dead once it ends): slot i is as large as the largest program's temporary i.
  */
-export function sharedTempSizes(plans: ProgramPlan[]): number[] {
+export function sharedTempSizes(plans: PlanBuffers[]): number[] {
   const sizes: number[] = [];
   for (const p of plans) p.temps.forEach((bytes, i) => (sizes[i] = Math.max(sizes[i] ?? 0, bytes)));
   return sizes;
+}
+
+/**
+ * The roles of an attention kernel that fuse-elementwise grouped: which FlashAttention kernel it
+ * is, and the graph value bound to each of its roles, in binding order. A role no member computes
+ * (the log-sum-exp of a forward that no backward follows, dk or dv alone) is returned as a size,
+ * for the scheduler to bind a scratch buffer.
+ */
+export function attentionRoles(g: Graph, members: number[], prefix: string): { launch: AttentionLaunch; inputs: number[]; outputs: (number | { elements: number })[] } {
+  const nodes = members.map((m) => g.nodes[m]);
+  const first = nodes[0];
+  const q = g.nodes[first.inputs[0]];
+  const r = q.shape.length;
+  const [T, D] = q.shape.slice(r - 2);
+  const BH = numel(q.shape.slice(0, r - 2));
+  const one = (pick: (n: Graph['nodes'][number]) => boolean, what: string) => {
+    const found = nodes.filter(pick);
+    if (found.length > 1) throw new Error(`attention kernel ${prefix}: two ${what} results`);
+    return found[0];
+  };
+  const role = (id: number | undefined, like: number) => (id !== undefined ? id : { elements: numel(g.nodes[like].shape) });
+  let variant: AttentionLaunch['variant'];
+  let outputs: (number | { elements: number })[];
+  let inputs: number[];
+  const fwd = one((n) => n.op === 'flash_attention', 'o');
+  if (fwd || nodes.some((n) => n.op === 'flash_attention_lse')) {
+    if (!fwd) throw new Error(`attention kernel ${prefix}: a log-sum-exp without its flash_attention`);
+    const lse = one((n) => n.op === 'flash_attention_lse', 'lse');
+    variant = 'forward';
+    inputs = fwd.inputs;
+    outputs = [fwd.id, lse ? lse.id : { elements: BH * T }];
+  } else {
+    const grad = (wrt: number) => one((n) => n.op === 'flash_attention_bwd' && n.attrs.wrt === wrt, `d${'qkv'[wrt]}`);
+    inputs = first.inputs;
+    const dq = grad(0);
+    if (dq) {
+      if (nodes.length > 1) throw new Error(`attention kernel ${prefix}: dq shares a kernel`);
+      variant = 'backward-query';
+      outputs = [dq.id];
+    } else {
+      variant = 'backward-key-value';
+      outputs = [role(grad(1)?.id, inputs[1]), role(grad(2)?.id, inputs[2])];
+    }
+  }
+  if (nodes.some((n) => n.inputs.join() !== inputs.join() && n.op !== 'flash_attention_lse')) throw new Error(`attention kernel ${prefix}: members read different operands`);
+  return { launch: { variant, heads: BH, rows: T, headDim: D, causal: first.attrs.causal === true, scale: first.attrs.scale as number }, inputs, outputs };
 }

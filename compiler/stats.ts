@@ -1,10 +1,10 @@
 // Numbers a person wants next to a graph: what ops it holds, how many parameters, how much work.
 
-import { buildJointGraph } from './autograd.ts';
-import { isGraphInput, numel, type Attrs, type Graph, type Node } from './ir.ts';
-import type { ParamSpec } from './nn.ts';
-import { inferType, Ops, type OpBuilder, type ValueType } from './ops.ts';
-import { clipByGlobalNorm } from './train-step.ts';
+import { buildJointGraph } from './autodiff/autograd.ts';
+import { isGraphInput, numel, type Attrs, type Graph, type Node } from './ir/graph.ts';
+import type { ParamSpec } from './frontend/nn.ts';
+import { inferType, OP_CLASS, OPS, Ops, type OpBuilder, type ValueType } from './ir/ops.ts';
+import { clipByGlobalNorm } from './autodiff/train-step.ts';
 
 export function opCounts(g: Graph): Map<string, number> {
   const counts = new Map<string, number>();
@@ -15,7 +15,7 @@ export function opCounts(g: Graph): Map<string, number> {
 export const parameterCount = (params: ParamSpec[]): number => params.reduce((s, p) => s + numel(p.shape), 0);
 
 /** Ops that move or relabel data and compute nothing. */
-const LAYOUT = new Set(['input', 'param', 'const', 'iota', 'reshape', 'permute', 'broadcast', 'slice', 'pad', 'gather', 'cast']);
+const LAYOUT = new Set<string>([...OPS.filter((op) => OP_CLASS[op] === 'source' || OP_CLASS[op] === 'layout'), 'gather', 'cast']);
 
 /**
  * Floating-point operations to evaluate the graph: 2·M·N·K per matmul (a multiply and an add),
@@ -57,7 +57,7 @@ export function formatBytes(bytes: number): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Eager dispatches: what runtime/eager-engine.ts step() records for the same training step.
+// Eager dispatches: what runtime/engines/eager-engine.ts step() records for the same training step.
 
 /** Counts dispatches instead of running them: eager mode dispatches one kernel per emitted op with elements. */
 class DispatchCounter implements OpBuilder<ValueType> {
@@ -89,7 +89,7 @@ const dispatched = (nodes: readonly Node[]) => nodes.filter((n) => !isGraphInput
 
 /**
  * Dispatches eager mode records for one optimizer step of `microBatches` micro-batches, derived
- * from the unoptimized graphs the way runtime/eager-engine.ts executes: each micro-batch runs
+ * from the unoptimized graphs the way runtime/engines/eager-engine.ts executes: each micro-batch runs
  * every op of the traced forward graph (tracing and eager share the Tensor API, so the trace is
  * the op sequence) and the backward half of the joint graph (both replay `backprop` over the same
  * tape, with no passes); then step()'s optimizer part, replayed here over a counting builder.

@@ -4,7 +4,7 @@
 import {
   LayerNorm, Linear, Embedding, ParamScope, Tensor,
   causalMask, crossEntropy, defineModel, gelu, softmax, where,
-} from '../compiler/nn.ts';
+} from '../compiler/frontend/nn.ts';
 
 export interface GPTConfig {
   blockSize: number; // context length

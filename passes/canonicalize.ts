@@ -24,13 +24,12 @@
 // Rejected, because they change results on ordinary inputs: `mul(x, 0)` → 0 (NaN·0 is NaN, and a
 // loss that blew up must stay visible), reassociating constant chains (x·a)·b → x·(a·b).
 
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import type { Attrs, Graph, Node } from '../compiler/ir.ts';
-import type { Pass } from '../compiler/pass.ts';
+import { ELEMENT_MOVES, POINTWISE_OPS as POINTWISE, sameShape } from '../compiler/ir/ops.ts';
+import type { Attrs, Graph, Node } from '../compiler/ir/graph.ts';
+import type { Pass } from '../compiler/ir/pass.ts';
 import { foldConstants, foldWhere } from './constant-folding.ts';
 import { rewriteToFixedPoint, type Proposal, type RewriteContext, type RewriteRule } from './pattern.ts';
 
-const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 const isIdentity = (perm: readonly number[]) => perm.every((p, i) => p === i);
 /** The `axis` attr counted from the front (every op with an axis keeps its input's rank). */
 const axisOf = (n: { attrs: Attrs; shape: number[] }) => {
@@ -58,6 +57,7 @@ const MIRROR: Record<string, string> = { add: 'add', mul: 'mul', max: 'max', eq:
 
 const constToRight: RewriteRule = {
   name: 'const-to-right',
+  ops: ['add', 'mul', 'max', 'eq', 'lt', 'gt', 'le', 'ge'],
   apply(n, ctx) {
     const mirror = MIRROR[n.op];
     if (!mirror) return undefined;
@@ -70,18 +70,21 @@ const constToRight: RewriteRule = {
 /** `mul(x, 1)` → x. */
 const mulOne: RewriteRule = {
   name: 'mul-one',
+  ops: ['mul'],
   apply: (n, ctx) => (n.op === 'mul' && ctx.constValue(n.inputs[1]) === 1 ? n.inputs[0] : undefined),
 };
 
 /** `add(x, 0)` → x. */
 const addZero: RewriteRule = {
   name: 'add-zero',
+  ops: ['add'],
   apply: (n, ctx) => (n.op === 'add' && ctx.constValue(n.inputs[1]) === 0 ? n.inputs[0] : undefined),
 };
 
 /** `div(x, c)` → `mul(x, 1/c)` for f32 (see the header for the rounding). */
 const divToMul: RewriteRule = {
   name: 'div-to-mul',
+  ops: ['div'],
   apply(n, ctx) {
     if (n.op !== 'div' || n.dtype !== 'f32') return undefined;
     const c = ctx.constValue(n.inputs[1]);
@@ -95,6 +98,7 @@ const divToMul: RewriteRule = {
 /** `sub(x, c)` → `add(x, -c)`: exact, including in i32's wrapping arithmetic. */
 const subToAdd: RewriteRule = {
   name: 'sub-to-add',
+  ops: ['sub'],
   apply(n, ctx) {
     if (n.op !== 'sub') return undefined;
     const c = ctx.constValue(n.inputs[1]);
@@ -108,6 +112,7 @@ const subToAdd: RewriteRule = {
 /** A sum or max over an axis of size 1 is its input (the kept axis is already there). */
 const reduceUnitAxis: RewriteRule = {
   name: 'reduce-unit-axis',
+  ops: ['sum', 'max_reduce'],
   apply(n, ctx) {
     if (n.op !== 'sum' && n.op !== 'max_reduce') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -119,7 +124,6 @@ const reduceUnitAxis: RewriteRule = {
 // Masks
 
 /** Ops that move elements without computing: a mask seen through them is still a mask. */
-const ELEMENT_MOVES = new Set(['reshape', 'broadcast', 'permute', 'slice']);
 
 /** `v` seen through reshapes, broadcasts, permutes and slices: the value under them, and the ops, innermost first. */
 function underLayout(ctx: RewriteContext, v: number): { base: Node; moves: Node[] } {
@@ -168,6 +172,7 @@ function maskedWhere(ctx: RewriteContext, n: Proposal, x: number, mask: { cond: 
 /** `add(x, where(m, 0, -inf))` → `where(m, x, -inf)` (a causal or padding mask written as a bias). */
 const maskAddToWhere: RewriteRule = {
   name: 'mask-add-to-where',
+  ops: ['add'],
   apply(n, ctx) {
     if (n.op !== 'add' || n.dtype !== 'f32') return undefined;
     for (const [x, m] of [n.inputs, [...n.inputs].reverse()]) {
@@ -181,6 +186,7 @@ const maskAddToWhere: RewriteRule = {
 /** `mul(x, where(m, 1, 0))` or `mul(x, cast(m))` → `where(m, x, 0)`. */
 const maskMulToWhere: RewriteRule = {
   name: 'mask-mul-to-where',
+  ops: ['mul'],
   apply(n, ctx) {
     if (n.op !== 'mul') return undefined;
     for (const [x, m] of [n.inputs, [...n.inputs].reverse()]) {
@@ -196,11 +202,13 @@ const maskMulToWhere: RewriteRule = {
 
 const reshapeIdentity: RewriteRule = {
   name: 'reshape-identity',
+  ops: ['reshape'],
   apply: (n, ctx) => (n.op === 'reshape' && sameShape(n.shape, ctx.node(n.inputs[0]).shape) ? n.inputs[0] : undefined),
 };
 
 const reshapeChain: RewriteRule = {
   name: 'reshape-chain',
+  ops: ['reshape'],
   apply(n, ctx) {
     if (n.op !== 'reshape') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -210,12 +218,14 @@ const reshapeChain: RewriteRule = {
 
 const permuteIdentity: RewriteRule = {
   name: 'permute-identity',
+  ops: ['permute'],
   apply: (n) => (n.op === 'permute' && isIdentity(n.attrs.perm as number[]) ? n.inputs[0] : undefined),
 };
 
 /** permute(permute(x, p), q) = permute(x, q∘p): output axis i reads x's axis p[q[i]]. */
 const permuteChain: RewriteRule = {
   name: 'permute-chain',
+  ops: ['permute'],
   apply(n, ctx) {
     if (n.op !== 'permute') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -227,11 +237,13 @@ const permuteChain: RewriteRule = {
 
 const broadcastIdentity: RewriteRule = {
   name: 'broadcast-identity',
+  ops: ['broadcast'],
   apply: (n, ctx) => (n.op === 'broadcast' && sameShape(n.shape, ctx.node(n.inputs[0]).shape) ? n.inputs[0] : undefined),
 };
 
 const broadcastChain: RewriteRule = {
   name: 'broadcast-chain',
+  ops: ['broadcast'],
   apply(n, ctx) {
     if (n.op !== 'broadcast') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -241,6 +253,7 @@ const broadcastChain: RewriteRule = {
 
 const sliceFull: RewriteRule = {
   name: 'slice-full',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const size = ctx.node(n.inputs[0]).shape[axisOf(n)];
@@ -250,6 +263,7 @@ const sliceFull: RewriteRule = {
 
 const sliceChain: RewriteRule = {
   name: 'slice-chain',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -262,6 +276,7 @@ const sliceChain: RewriteRule = {
 /** An iota sliced from 0 along its own axis, or along any other axis, is a smaller iota. */
 const sliceOfIota: RewriteRule = {
   name: 'slice-of-iota',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -269,8 +284,6 @@ const sliceOfIota: RewriteRule = {
     return ctx.emit('iota', [], { axis: axisOf(x) }, n);
   },
 };
-
-const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast']);
 
 /**
  * Index arithmetic: constants, iotas, and pointwise ops of them (a causal mask is `ge(iota, iota)`).
@@ -288,6 +301,7 @@ function isIndexMath(ctx: RewriteContext, v: number, depth = 6): boolean {
  */
 const sliceIntoIndexMath: RewriteRule = {
   name: 'slice-into-index-math',
+  ops: ['slice'],
   apply(n, ctx) {
     if (n.op !== 'slice') return undefined;
     const x = ctx.node(n.inputs[0]);
@@ -320,6 +334,7 @@ function withFlag(attrs: Attrs, key: string, on: boolean): Attrs {
  */
 const matmulAbsorbTranspose: RewriteRule = {
   name: 'matmul-absorb-transpose',
+  ops: ['matmul'],
   apply(n, ctx) {
     if (n.op !== 'matmul') return undefined;
     for (const [k, flag] of [[0, 'transA'], [1, 'transB']] as const) {
@@ -344,6 +359,7 @@ const matmulAbsorbTranspose: RewriteRule = {
  */
 const transposeOfMatmul: RewriteRule = {
   name: 'transpose-of-matmul',
+  ops: ['permute'],
   apply(n, ctx) {
     if (n.op !== 'permute') return undefined;
     const perm = n.attrs.perm as number[];

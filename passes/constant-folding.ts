@@ -2,92 +2,31 @@
 // number, so any op whose inputs are all constants and whose result is again one number everywhere
 // (pointwise ops, layout ops, reductions) becomes a `const` of its result type.
 //
-// Scalars follow the reference interpreter's semantics exactly (f32 held as float64, i32 wrapping,
-// WGSL's i32 division and f32 -> i32 conversion), so a folded graph evaluates to the same numbers
-// on the oracle. Folded f32 values are kept in float64, not rounded to f32: the device rounds
-// once, on upload, which is at least as accurate as computing the op there.
+// The number is the reference interpreter's (compiler/ir/interpret.ts), applied to one-element
+// stand-ins for the constant operands: f32 held as float64, i32 wrapping, WGSL's i32 division and
+// f32 -> i32 conversion, so a folded graph evaluates to the same numbers on the oracle. Folded f32
+// values are kept in float64, not rounded to f32: the device rounds once, on upload, which is at
+// least as accurate as computing the op there.
 
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import type { Attrs, DType } from '../compiler/ir.ts';
+import { ELEMENT_MOVES, POINTWISE_OPS } from '../compiler/ir/ops.ts';
+import type { Attrs, DType } from '../compiler/ir/graph.ts';
+import { applyOp, type RefData, type RefTensor } from '../compiler/ir/interpret.ts';
 import type { Proposal, RewriteRule } from './pattern.ts';
 
-const UNARY = new Set<string>(UNARY_OPS);
-const ARITH = new Set<string>(ARITH_OPS);
-const COMPARE = new Set<string>(COMPARE_OPS);
-/** Ops that only move elements: of a constant, they give the same constant in another shape. */
-const LAYOUT = new Set(['reshape', 'broadcast', 'permute', 'slice']);
-
-/** f32 -> i32 as WGSL's i32(f32): toward zero, saturating, NaN to 0 (as runtime/reference.ts). */
-function f32ToI32(x: number): number {
-  if (x !== x) return 0;
-  if (x >= 2147483647) return 2147483647;
-  if (x <= -2147483648) return -2147483648;
-  return Math.trunc(x);
-}
-
-function unary(op: string, x: number): number {
-  switch (op) {
-    case 'neg': return -x;
-    case 'exp': return Math.exp(x);
-    case 'log': return Math.log(x);
-    case 'tanh': return Math.tanh(x);
-    case 'sqrt': return Math.sqrt(x);
-    case 'rsqrt': return 1 / Math.sqrt(x);
-  }
-  throw new Error(`constant folding: no unary rule for ${op}`);
-}
-
-function arith(op: string, a: number, b: number, dtype: DType): number {
-  if (dtype === 'i32') {
-    switch (op) {
-      case 'add': return (a + b) | 0;
-      case 'sub': return (a - b) | 0;
-      case 'mul': return Math.imul(a, b);
-      // WGSL defines x / 0 as x.
-      case 'div': return b === 0 ? a : (a / b) | 0;
-      case 'max': return Math.max(a, b);
-    }
-  } else {
-    switch (op) {
-      case 'add': return a + b;
-      case 'sub': return a - b;
-      case 'mul': return a * b;
-      case 'div': return a / b;
-      case 'max': return Math.max(a, b);
-    }
-  }
-  throw new Error(`constant folding: no arithmetic rule for ${op}`);
-}
-
-function compare(op: string, a: number, b: number): number {
-  const r = op === 'eq' ? a === b : op === 'lt' ? a < b : op === 'le' ? a <= b : op === 'gt' ? a > b : a >= b;
-  return r ? 1 : 0;
-}
-
-function cast(x: number, from: DType, to: DType): number {
-  if (to === 'bool') return x !== 0 ? 1 : 0;
-  if (to === 'i32' && from === 'f32') return f32ToI32(x);
-  return x;
-}
-
-/** Sums `count` copies of `x` one by one, as the reference does, so the rounding is the same. */
-function repeatedSum(x: number, count: number, dtype: DType): number {
-  let s = 0;
-  for (let i = 0; i < count; i++) s = dtype === 'i32' ? (s + x) | 0 : s + x;
-  return s;
-}
+const scalar = (value: number, dtype: DType, count = 1): RefTensor => {
+  const data: RefData = dtype === 'f32' ? new Float64Array(count) : dtype === 'i32' ? new Int32Array(count) : new Uint8Array(count);
+  data.fill(value);
+  return { shape: [count], dtype, data };
+};
 
 /** The one number `op` gives on constant operands, or undefined when it is not one number. */
 function foldValue(n: Proposal, values: number[], inDtypes: DType[], reducedSize: number): number | undefined {
   const { op } = n;
-  if (UNARY.has(op)) return unary(op, values[0]);
-  if (ARITH.has(op)) return arith(op, values[0], values[1], n.dtype);
-  if (COMPARE.has(op)) return compare(op, values[0], values[1]);
-  if (op === 'where') return values[0] !== 0 ? values[1] : values[2];
-  if (op === 'cast') return cast(values[0], inDtypes[0], n.dtype);
-  if (LAYOUT.has(op)) return values[0];
-  if (op === 'sum') return repeatedSum(values[0], reducedSize, n.dtype);
-  if (op === 'max_reduce') return values[0];
+  if (ELEMENT_MOVES.has(op)) return values[0];
+  const out = { shape: [1], dtype: n.dtype };
+  if (POINTWISE_OPS.has(op)) return applyOp(op, n.attrs, values.map((v, k) => scalar(v, inDtypes[k])), out).data[0];
+  // A reduction of a constant sums (or maxes) `reducedSize` copies of it, in the oracle's order.
+  if (op === 'sum' || op === 'max_reduce') return applyOp(op, { axis: 0 }, [scalar(values[0], inDtypes[0], reducedSize)], out).data[0];
   return undefined;
 }
 
@@ -111,6 +50,7 @@ export const foldConstants: RewriteRule = {
 /** `where` with a constant condition is one of its branches; with equal branches, that branch. */
 export const foldWhere: RewriteRule = {
   name: 'fold-where',
+  ops: ['where'],
   apply(n, ctx) {
     if (n.op !== 'where') return undefined;
     const [cond, a, b] = n.inputs;

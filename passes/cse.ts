@@ -6,9 +6,9 @@
 // Every op here is pure, so this is always sound; graph inputs are never merged, since two inputs of
 // the same type are still two different arguments.
 
-import { isGraphInput, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
-import { GraphRewriter, type Pass } from '../compiler/pass.ts';
-import { formatType } from '../compiler/printer.ts';
+import { isGraphInput, type Attrs, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { GraphRewriter, type Pass } from '../compiler/ir/pass.ts';
+import { formatType } from '../compiler/ir/printer.ts';
 
 /** Ops whose two operands can be swapped without changing any bit of the result. */
 const COMMUTATIVE = new Set(['add', 'mul', 'max', 'eq']);

@@ -2,8 +2,8 @@
 // gradient rules run for every operand, including constants and masks that need no gradient.
 // Graph inputs stay even when unused, since they are the program's signature.
 
-import { isGraphInput, type Graph } from '../compiler/ir.ts';
-import { GraphRewriter, liveNodes, type Pass } from '../compiler/pass.ts';
+import { isGraphInput, type Graph } from '../compiler/ir/graph.ts';
+import { GraphRewriter, liveNodes, type Pass } from '../compiler/ir/pass.ts';
 
 export const dce: Pass = {
   name: 'dce',

@@ -1,6 +1,6 @@
 // fuse-attention: scaled dot-product attention, softmax(mask(q·kᵀ·s))·v, becomes one composite op,
 // `flash_attention(q, k, v) {causal, scale}`, whose kernels never form the T×T matrix (autograd
-// gives it FlashAttention-2's backward, compiler/autograd.ts). After Inductor's fuse_attention:
+// gives it FlashAttention-2's backward, compiler/autodiff/autograd.ts). After Inductor's fuse_attention:
 // match the canonical graph, check, replace, count.
 //
 // The match starts at the product P·v and walks up:
@@ -10,15 +10,15 @@
 //   Y       = Z·c | c·Z | Z / c | Z                            the scale, a constant
 //   Z       = q·kᵀ (matmul {transB}, or k transposed by a permute); q may itself be scaled by a constant
 // The mask is whatever constant the graph computes (iotas compared, a slice of a larger mask, an
-// additive −∞ matrix): the pass evaluates it and accepts exactly two patterns, causal (key j ≤
+// additive −∞ matrix): the pass evaluates it with the reference interpreter and accepts exactly two patterns, causal (key j ≤
 // query i) and all-visible. Anything else, an attention matrix read by another op (the negative
 // case: fusing would have to store it anyway), or a shape the kernels cannot take, stays unfused
 // and is counted as such.
 
-import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir.ts';
-import { GraphRewriter, readerOps, type Pass, type PassCounters } from '../compiler/pass.ts';
-import { flashAttentionSupports } from '../compiler/codegen/flash-attention.ts';
-import { stridesOf } from '../compiler/codegen/wgsl.ts';
+import { isGraphInput, numel, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { GraphRewriter, readerOps, type Pass, type PassCounters } from '../compiler/ir/pass.ts';
+import { flashAttentionSupports } from '../compiler/ir/ops.ts';
+import { evaluateConstant } from '../compiler/ir/interpret.ts';
 
 interface AttentionMatch {
   q: number;
@@ -160,13 +160,14 @@ function matchAttention(g: Graph, root: Node, masks: Map<number, MaskPattern>): 
   return { q, k, v, causal, scale, inner };
 }
 
-/** Whether `id` is computed from constants and iotas only (no graph input, no matmul). */
+/** Whether `id` is computed from constants and iotas only (no graph input, no matmul), with the ops of CONSTANT_OPS. */
 function constantOnly(g: Graph, id: number): boolean {
   const n = g.nodes[id];
   if (isGraphInput(n) || !CONSTANT_OPS.has(n.op)) return false;
   return n.inputs.every((x) => constantOnly(g, x));
 }
 
+/** The ops a mask is spelled with (comparisons of iotas, where, slices, an additive −∞ matrix); a value computed with anything else is not taken for a mask. */
 const CONSTANT_OPS = new Set(['const', 'iota', 'cast', 'neg', 'add', 'sub', 'mul', 'max', 'eq', 'lt', 'le', 'gt', 'ge', 'where', 'reshape', 'broadcast', 'slice', 'permute', 'pad']);
 
 /** Masks larger than this (after peeling broadcasts) are not evaluated; attention keeps its kernels. */
@@ -185,7 +186,7 @@ function maskPattern(g: Graph, id: number, T: number, keep: (x: number) => boole
   while ((core.op === 'broadcast' || core.op === 'reshape') && numel(g.nodes[core.inputs[0]].shape) % (T * T) === 0) core = g.nodes[core.inputs[0]];
   const n = numel(core.shape);
   if (n % (T * T) !== 0 || n > MAX_MASK_ELEMENTS || core.shape.slice(-2).join() !== `${T},${T}`) return undefined;
-  const values = evaluate(g, core.id);
+  const values = evaluateConstant(g, core.id).data;
   let causal = true;
   let all = true;
   for (let e = 0; e < n; e++) {
@@ -196,75 +197,4 @@ function maskPattern(g: Graph, id: number, T: number, keep: (x: number) => boole
     if (!kept) all = false;
   }
   return causal ? 'causal' : all ? 'all' : undefined;
-}
-
-/** Every element of a constant-only value, as numbers (bool as 0/1), evaluated element by element. */
-function evaluate(g: Graph, root: number): Float64Array {
-  const memo = new Map<number, Float64Array>();
-  const value = (id: number): Float64Array => {
-    const hit = memo.get(id);
-    if (hit) return hit;
-    const n = g.nodes[id];
-    const size = numel(n.shape);
-    const out = new Float64Array(size);
-    const ins = n.inputs.map(value);
-    const coords = (flat: number, shape: readonly number[]) => {
-      const c = new Array<number>(shape.length);
-      for (let d = shape.length - 1; d >= 0; d--) {
-        c[d] = flat % shape[d];
-        flat = Math.floor(flat / shape[d]);
-      }
-      return c;
-    };
-    const src = n.inputs.length ? g.nodes[n.inputs[0]].shape : [];
-    const srcStrides = stridesOf(src);
-    const ownStrides = stridesOf(n.shape);
-    const at = (c: number[]) => c.reduce((s, x, d) => s + x * srcStrides[d], 0);
-    for (let e = 0; e < size; e++) {
-      const [a, b, c] = [ins[0]?.[e], ins[1]?.[e], ins[2]?.[e]];
-      switch (n.op) {
-        case 'const': out[e] = n.attrs.value as number; break;
-        case 'iota': out[e] = Math.floor(e / ownStrides[n.attrs.axis as number]) % n.shape[n.attrs.axis as number]; break;
-        case 'cast': out[e] = n.dtype === 'i32' ? Math.trunc(a) : n.dtype === 'bool' ? Number(a !== 0) : a; break;
-        case 'neg': out[e] = -a; break;
-        case 'add': out[e] = a + b; break;
-        case 'sub': out[e] = a - b; break;
-        case 'mul': out[e] = a * b; break;
-        case 'max': out[e] = Math.max(a, b); break;
-        case 'eq': out[e] = Number(a === b); break;
-        case 'lt': out[e] = Number(a < b); break;
-        case 'le': out[e] = Number(a <= b); break;
-        case 'gt': out[e] = Number(a > b); break;
-        case 'ge': out[e] = Number(a >= b); break;
-        case 'where': out[e] = a !== 0 ? b : c; break;
-        case 'reshape': out[e] = ins[0][e]; break;
-        case 'broadcast': out[e] = ins[0][at(coords(e, n.shape).map((x, d) => (src[d] === 1 ? 0 : x)))]; break;
-        case 'permute': {
-          const perm = n.attrs.perm as number[];
-          const oc = coords(e, n.shape);
-          const ic = new Array<number>(src.length);
-          perm.forEach((p, d) => (ic[p] = oc[d]));
-          out[e] = ins[0][at(ic)];
-          break;
-        }
-        case 'slice': {
-          const oc = coords(e, n.shape);
-          oc[n.attrs.axis as number] += n.attrs.start as number;
-          out[e] = ins[0][at(oc)];
-          break;
-        }
-        case 'pad': {
-          const oc = coords(e, n.shape);
-          const axis = n.attrs.axis as number;
-          oc[axis] -= n.attrs.before as number;
-          out[e] = oc[axis] >= 0 && oc[axis] < src[axis] ? ins[0][at(oc)] : 0;
-          break;
-        }
-        default: throw new Error(`fuse-attention: cannot evaluate ${n.op}`);
-      }
-    }
-    memo.set(id, out);
-    return out;
-  };
-  return value(root);
 }

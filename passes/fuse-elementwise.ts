@@ -18,17 +18,18 @@
 // A kernel may bind at most `maxStorageBuffers` buffers (the adapter's
 // maxStorageBuffersPerShaderStage); one that would bind more is split by writing an inner value out.
 
-import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir.ts';
-import { ARITH_OPS, COMPARE_OPS, FLASH_OPS, UNARY_OPS } from '../compiler/ops.ts';
-import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/kernel-io.ts';
-import type { Pass, PassCounters } from '../compiler/pass.ts';
+import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { COMPARE_OPS, FLASH_OPS, LAYOUT_OPS, POINTWISE_OPS, REDUCTIONS, sameShape } from '../compiler/ir/ops.ts';
+import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/ir/kernel-io.ts';
+import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
 export { KERNEL_ATTR };
 
 
-const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast', 'const', 'iota']);
-const LAYOUT = new Set(['reshape', 'permute', 'broadcast', 'slice', 'pad']);
-const REDUCE = new Set(['sum', 'max_reduce']);
+/** Pointwise ops and the constants a kernel computes in place (const, iota). */
+const POINTWISE = new Set<string>([...POINTWISE_OPS, 'const', 'iota']);
+const LAYOUT = LAYOUT_OPS;
+const REDUCE = REDUCTIONS;
 /** Cheap enough to recompute in every kernel that reads it, rather than write out once. */
 const CHEAP = new Set<string>([...LAYOUT, 'gather', 'add', 'sub', 'mul', 'neg', 'max', 'where', 'cast', 'const', 'iota', ...COMPARE_OPS]);
 
@@ -226,8 +227,6 @@ function attentionKernelKey(n: Node): string {
   if (n.op === 'flash_attention_bwd') return `bwd ${wrt === 0 ? 'q' : 'kv'} ${n.inputs.join(',')} ${causal} ${scale}`;
   return `fwd ${n.inputs.slice(0, 2).join(',')} ${causal} ${scale}`;
 }
-
-const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
 /** The first kernel over the limit, and the member to write out to split it; undefined when all fit. */
 function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number): { root: number; split: number } | undefined {

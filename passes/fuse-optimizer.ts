@@ -1,7 +1,7 @@
 // fuse-optimizer: the optimizer update of every parameter as one elementwise kernel over flat
 // buffers (apex's multi-tensor apply, tinygrad's FUSE_OPTIM), instead of one chain per parameter.
 //
-// The update graph (compiler/train-step.ts) has, per parameter X, the inputs X (a `param`) and
+// The update graph (compiler/autodiff/train-step.ts) has, per parameter X, the inputs X (a `param`) and
 // `<role>.X` (`adam_m.X`, `adam_v.X`, `grad_sum.X`): state that lives next to X. This pass finds
 // those roles by name, checks that every parameter's outputs `next.<role>.X` are the same
 // pointwise function of its own inputs and of values shared by all parameters (lr, the clip
@@ -18,16 +18,14 @@
 //
 // The graph's signature changes (flat inputs replace per-parameter ones): the pass returns the
 // layout it chose, and the pass manager checks the new signature against it
-// (compiler/flat-layout.ts) instead of requiring the old one. Every step is checked; when the
+// (compiler/ir/flat-layout.ts) instead of requiring the old one. Every step is checked; when the
 // graph is not of that form the pass leaves it unchanged and counts why.
 
-import { GraphBuilder, isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir.ts';
-import { ARITH_OPS, COMPARE_OPS, GraphOpBuilder, Ops, UNARY_OPS } from '../compiler/ops.ts';
-import { planFlatLayout, STORAGE_OFFSET_ALIGNMENT, type FlatBuffer, type FlatLayout } from '../compiler/flat-layout.ts';
-import type { Pass, PassCounters } from '../compiler/pass.ts';
-import { sumAll } from '../compiler/train-step.ts';
+import { GraphBuilder, isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { GraphOpBuilder, Ops, POINTWISE_OPS as POINTWISE, sameShape } from '../compiler/ir/ops.ts';
+import { flatSignatureProblem, planFlatLayout, STORAGE_OFFSET_ALIGNMENT, type FlatBuffer, type FlatLayout } from '../compiler/ir/flat-layout.ts';
+import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
-const POINTWISE = new Set<string>([...UNARY_OPS, ...ARITH_OPS, ...COMPARE_OPS, 'where', 'cast']);
 /** Ops through which a sum of every element of a per-parameter value may pass: none drops or repeats an element. */
 const TOTAL_CHAIN = new Set(['reshape', 'pad', 'sum']);
 
@@ -55,6 +53,7 @@ export function fuseOptimizer(opts: { alignment?: number } = {}): Pass {
   return {
     name: 'fuse-optimizer',
     changesSignature: true,
+    signatureProblem: flatSignatureProblem,
     run(g: Graph) {
       try {
         const found = findRoles(g);
@@ -104,7 +103,6 @@ function findRoles(g: Graph): Roles | undefined {
 }
 
 const bufferName = (prefix: string) => (prefix === '' ? 'params' : prefix.replace(/\.$/, ''));
-const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 const attrText = (n: Node) => JSON.stringify(Object.entries(n.attrs).sort());
 
 /** 'Z': zero wherever every per-parameter input is zero; 'NZ': non-zero there (shared scalars assumed non-zero); 'U': unknown. */
@@ -308,7 +306,7 @@ function flatten(g: Graph, roles: Roles, alignment: number): { graph: Graph; lay
     const n = g.nodes[id];
     const kind = kinds[id];
     let v: number;
-    if (kind.kind === 'sum') v = o.reshape(sumAll(o, flat(kind.of[0])), [...n.shape]);
+    if (kind.kind === 'sum') v = o.reshape(o.sumAll(flat(kind.of[0])), [...n.shape]);
     else v = b.emit(n.op, n.inputs.map(sharedValue), { ...n.attrs }, { shape: [...n.shape], dtype: n.dtype });
     if (n.loc) gb.nodes[v].loc = n.loc;
     shared.set(id, v);

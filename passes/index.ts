@@ -1,7 +1,7 @@
 // The pass list: every pass by name, and the pipelines the compiler runs. The CLI's `--after PASS`
 // and the golden tests (`test/golden/<name>/`) find passes here.
 
-import type { Pass } from '../compiler/pass.ts';
+import type { Pass } from '../compiler/ir/pass.ts';
 import { canonicalize } from './canonicalize.ts';
 import { cse } from './cse.ts';
 import { dce } from './dce.ts';

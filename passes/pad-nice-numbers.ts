@@ -19,7 +19,7 @@
 // decided for each dim on its own (so the pass is at its fixed point after one run, in any order):
 //
 //   1. D is not a multiple of the granule g = 64, the default matmul tile (8×8 threads, 8×8 results
-//      each: compiler/codegen/primitives.ts DEFAULT_MATMUL). A multiple of the tile lets the kernel
+//      each: backends/webgpu/wgsl/primitives.ts DEFAULT_MATMUL). A multiple of the tile lets the kernel
 //      skip the clamp on every A-row (B-column) load and the guard on every store. K is never
 //      padded: the kernel loops over K, so any K is already exact, and padding it only adds work.
 //   2. The matmul's FLOPs (2·b·M·N·K) grow by at most √(17/16) − 1 ≈ 3.08% for this dim, so that
@@ -42,10 +42,10 @@
 // them for a graph (chotta-compile --stats prints them) and the counters say how many dims were
 // padded (`padded-dims`) and how many awkward ones the rule left alone (`left-unpadded`).
 
-import type { Graph, Node } from '../compiler/ir.ts';
-import { GraphRewriter, type Pass, type PassCounters } from '../compiler/pass.ts';
+import type { Graph, Node } from '../compiler/ir/graph.ts';
+import { GraphRewriter, type Pass, type PassCounters } from '../compiler/ir/pass.ts';
 
-/** The default matmul tile is 64×64 results (compiler/codegen/primitives.ts DEFAULT_MATMUL; a test holds them equal). */
+/** The default matmul tile is 64×64 results (backends/webgpu/wgsl/primitives.ts DEFAULT_MATMUL; a test holds them equal). */
 export const TILE_GRANULE = 64;
 /** Matmul FLOPs may grow by at most this much when M and N are both padded. */
 export const MAX_EXTRA_FLOPS = 1 / 16;

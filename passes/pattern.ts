@@ -8,9 +8,9 @@
 // nothing, because some rules (those that ask how many readers a value has) see more the next time.
 // Every successful rule adds one to its counter, nested ones included.
 
-import { isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from '../compiler/ir.ts';
-import { inferType } from '../compiler/ops.ts';
-import { GraphRewriter, type PassCounters, type PassResult } from '../compiler/pass.ts';
+import { isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from '../compiler/ir/graph.ts';
+import { inferType, type Op } from '../compiler/ir/ops.ts';
+import { GraphRewriter, type PassCounters, type PassResult } from '../compiler/ir/pass.ts';
 import { valueKey } from './cse.ts';
 
 /** A node that is not in the graph yet: op, attrs, type and loc, inputs as values of the new graph. */
@@ -32,6 +32,11 @@ export interface RewriteContext {
 export interface RewriteRule {
   /** The counter this rule adds to, e.g. `div-to-mul`. */
   name: string;
+  /**
+   * The ops of the nodes the rule can rewrite: it is only offered those (rules are indexed by op,
+   * as tinygrad's PatternMatcher is). Absent: every node (constant folding, axis normalisation).
+   */
+  ops?: readonly Op[];
   /** The value that should stand for `n`, or undefined when the rule does not apply. */
   apply(n: Proposal, ctx: RewriteContext): number | undefined;
 }
@@ -43,7 +48,8 @@ const MAX_SWEEPS = 20;
  * Rewrites `g` with `rules` to a fixed point. Nodes made unreachable by the rewrites are removed;
  * nodes that were unreachable already are left for dce, so its counter stays honest.
  */
-export function rewriteToFixedPoint(passName: string, g: Graph, rules: readonly RewriteRule[]): PassResult {
+export function rewriteToFixedPoint(passName: string, g: Graph, ruleList: readonly RewriteRule[]): PassResult {
+  const rules = indexRules(ruleList);
   const counters: PassCounters = {};
   let graph = g;
   for (let sweep = 0; sweep < MAX_SWEEPS; sweep++) {
@@ -55,7 +61,19 @@ export function rewriteToFixedPoint(passName: string, g: Graph, rules: readonly 
   throw new Error(`${passName}: no fixed point after ${MAX_SWEEPS} sweeps, rules keep firing: ${JSON.stringify(counters)}`);
 }
 
-function rewriteOnce(g: Graph, rules: readonly RewriteRule[], tally: PassCounters): Graph {
+/** The rules offered a node of each op, in the list's order (first match wins). */
+type RuleIndex = (op: string) => readonly RewriteRule[];
+
+function indexRules(rules: readonly RewriteRule[]): RuleIndex {
+  const byOp = new Map<string, readonly RewriteRule[]>();
+  return (op) => {
+    let list = byOp.get(op);
+    if (!list) byOp.set(op, (list = rules.filter((r) => !r.ops || (r.ops as readonly string[]).includes(op))));
+    return list;
+  };
+}
+
+function rewriteOnce(g: Graph, rules: RuleIndex, tally: PassCounters): Graph {
   const rw = new GraphRewriter(g);
   const emitted = new Map<string, number>();
   for (const old of g.nodes) {
@@ -77,8 +95,8 @@ function rewriteOnce(g: Graph, rules: readonly RewriteRule[], tally: PassCounter
   return rw.finish({ removeOrphans: true });
 }
 
-function applyRules(n: Proposal, rules: readonly RewriteRule[], ctx: RewriteContext, fired: string[]): number | undefined {
-  for (const rule of rules) {
+function applyRules(n: Proposal, rules: RuleIndex, ctx: RewriteContext, fired: string[]): number | undefined {
+  for (const rule of rules(n.op)) {
     const value = rule.apply(n, ctx);
     if (value !== undefined) {
       fired.push(rule.name);
@@ -89,7 +107,7 @@ function applyRules(n: Proposal, rules: readonly RewriteRule[], ctx: RewriteCont
 }
 
 function contextFor(
-  rw: GraphRewriter, rules: readonly RewriteRule[], emitted: Map<string, number>, loc: string | undefined, fired: string[],
+  rw: GraphRewriter, rules: RuleIndex, emitted: Map<string, number>, loc: string | undefined, fired: string[],
 ): RewriteContext {
   const ctx: RewriteContext = {
     node: (v) => rw.node(v),

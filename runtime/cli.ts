@@ -4,12 +4,12 @@
 // run's own settings) apply.
 
 import yargs, { type Argv } from 'yargs';
-import { runCli, terminalChalk } from '../compiler/cli.ts';
-import { UsageError } from '../compiler/load-model.ts';
+import { runCli, terminalChalk } from '../compiler/tools/cli.ts';
+import { UsageError } from '../compiler/ir/errors.ts';
 import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
-import { requestDevice, type GpuContext } from './device.ts';
-import type { TrainingEngine } from './engine.ts';
-import { KernelProfiler } from './profiler.ts';
+import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
+import type { TrainingEngine } from './engines/engine.ts';
+import { KernelProfiler } from '../backends/webgpu/profiler.ts';
 import { formatCount } from './train/progress.ts';
 import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
 import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
@@ -19,7 +19,7 @@ export { runCli };
 
 const EPILOGUE = 'Set CHOTTA_DEBUG=1 for stack traces on errors. NO_COLOR turns colour off.';
 const MODES = ['compiled', 'eager'] as const;
-/** Compiled training programs, keyed by model, shapes and compiler version (runtime/compile-cache.ts). */
+/** Compiled training programs, keyed by model, shapes and compiler version (runtime/engines/compile-cache.ts). */
 const COMPILE_CACHE_DIR = '.chotta/compile';
 type Mode = (typeof MODES)[number];
 
@@ -361,13 +361,13 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): Engine
   switch (mode) {
     case 'eager':
       return async (ctx) => {
-        const { createEagerEngine } = await import('./eager-engine.ts');
+        const { createEagerEngine } = await import('./engines/eager-engine.ts');
         return createEagerEngine(ctx);
       };
     case 'compiled':
       return async (ctx: Parameters<EngineFactory>[0] & { lossMask?: boolean }) => {
-        const { createCompiledEngine } = await import('./compiled-engine.ts');
-        const { MatmulTuner } = await import('./matmul-tuner.ts');
+        const { createCompiledEngine } = await import('./engines/compiled-engine.ts');
+        const { MatmulTuner } = await import('../backends/webgpu/matmul-tuner.ts');
         return createCompiledEngine({
           ...ctx,
           cacheDir: COMPILE_CACHE_DIR,

@@ -1,6 +1,6 @@
 // Seeded parameter initialisation, so a run (and every test) starts from the same weights.
 
-import type { ParamSpec } from '../compiler/nn.ts';
+import type { ParamSpec } from '../compiler/frontend/nn.ts';
 
 /** mulberry32: a small, fast, seedable PRNG with good enough statistics for initialisation. */
 export function mulberry32(seed: number): () => number {

@@ -32,7 +32,7 @@ const scopeOf = (file) => {
   if (file.startsWith('passes/')) return 'passes/';
   if (file.startsWith('runtime/train/')) return 'runtime/train/';
   if (file === 'compiler/schedule.ts') return 'scheduler (compiler/schedule.ts)';
-  return 'IR and autograd (compiler/ir.ts, ops.ts, autograd.ts)';
+  return 'IR and autograd (compiler/ir/graph.ts, ir/ops.ts, autodiff/autograd.ts)';
 };
 
 /** The source text a mutant replaces. */

@@ -174,7 +174,7 @@ describe('chotta-compile', () => {
   it('control flow on a boolean tensor in a model file is an error naming its line', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chotta-'));
     const file = path.join(dir, 'branchy.ts');
-    const nn = path.join(root, 'compiler/nn.ts');
+    const nn = path.join(root, 'compiler/frontend/nn.ts');
     fs.writeFileSync(
       file,
       [

@@ -10,11 +10,11 @@
 // forward pass, per parameter tensor: then a wrong VJP (which all three engines would share) fails too.
 
 import { describe, expect, it } from 'vitest';
-import type { ModelDefinition } from '../compiler/nn.ts';
+import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
-import { createCompiledEngine } from '../runtime/compiled-engine.ts';
+import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { assertClose, worstMismatch, type Tolerance } from './support/compare.ts';
 import { gpuOrSkip } from './support/gpu.ts';

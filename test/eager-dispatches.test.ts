@@ -3,9 +3,9 @@
 
 import { describe, expect, it } from 'vitest';
 import { eagerDispatchesPerStep } from '../compiler/stats.ts';
-import { traceForward } from '../compiler/trace.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
-import { createEagerEngine } from '../runtime/eager-engine.ts';
+import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { gpuOrSkip } from './support/gpu.ts';

@@ -2,18 +2,18 @@
 // the AdamW kernel equals the host reference, and a few steps of training lower the loss.
 
 import { describe, expect, it } from 'vitest';
-import { backprop } from '../compiler/autograd.ts';
-import { adamwKernel, adamwUniforms } from '../compiler/codegen/optimizer.ts';
-import { buildJointGraph } from '../compiler/autograd.ts';
-import { ParamScope, type ParamSpec } from '../compiler/nn.ts';
-import { Ops } from '../compiler/ops.ts';
-import { Tensor } from '../compiler/tensor.ts';
-import { traceForward } from '../compiler/trace.ts';
+import { backprop } from '../compiler/autodiff/autograd.ts';
+import { adamwKernel, adamwUniforms } from '../backends/webgpu/wgsl/optimizer.ts';
+import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
+import { ParamScope, type ParamSpec } from '../compiler/frontend/nn.ts';
+import { Ops } from '../compiler/ir/ops.ts';
+import { Tensor } from '../compiler/frontend/tensor.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
-import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
-import { createEagerEngine } from '../runtime/eager-engine.ts';
+import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
+import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput } from '../runtime/reference.ts';
+import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
 import { adamwUpdate } from '../runtime/train/adamw.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';

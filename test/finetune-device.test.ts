@@ -3,13 +3,13 @@
 // compile short.
 
 import { describe, expect, it } from 'vitest';
-import { traceForward, traceLogits } from '../compiler/trace.ts';
-import type { ModelDefinition } from '../compiler/nn.ts';
-import { printGraph } from '../compiler/printer.ts';
+import { traceForward, traceLogits } from '../compiler/frontend/trace.ts';
+import type { ModelDefinition } from '../compiler/frontend/nn.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
-import { createCompiledEngine } from '../runtime/compiled-engine.ts';
+import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 

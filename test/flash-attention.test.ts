@@ -10,8 +10,8 @@ import {
   flashAttentionForward,
   type FlashAttentionOptions,
   type FlashKernelSpec,
-} from '../compiler/codegen/flash-attention.ts';
-import { EagerBackend, type EagerValue } from '../runtime/eager.ts';
+} from '../backends/webgpu/wgsl/flash-attention.ts';
+import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { assertClose, type Tolerance } from './support/compare.ts';
 import { gpuOrSkip } from './support/gpu.ts';

@@ -2,10 +2,10 @@
 // model predicts uniformly (loss ≈ ln vocab), both on the float64 reference interpreter.
 
 import { describe, expect, it } from 'vitest';
-import { traceForward } from '../compiler/trace.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 import { compareGradients, randomArray, type Inputs } from './support/gradcheck.ts';
 
 function randomTokens(n: number, vocab: number, seed: number): Int32Array {

@@ -3,13 +3,13 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { buildJointGraph } from '../compiler/autograd.ts';
-import { parseGraph } from '../compiler/parser.ts';
-import { printGraph } from '../compiler/printer.ts';
-import { traceForward } from '../compiler/trace.ts';
-import { Tensor, TraceError } from '../compiler/tensor.ts';
+import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
+import { Tensor, TraceError } from '../compiler/frontend/tensor.ts';
 import { model } from '../models/gpt.ts';
-import { evaluate } from '../runtime/reference.ts';
+import { evaluate } from '../compiler/ir/interpret.ts';
 
 describe('IR text form', () => {
   it('print → parse → print is the identity on the full GPT-2 joint graph', () => {

@@ -2,16 +2,16 @@
 // random inputs, including shapes that are not multiples of any tile (7×13×5).
 
 import { describe, expect, it, type TestContext } from 'vitest';
-import type { Attrs, DType, Shape } from '../compiler/ir.ts';
-import { inferType } from '../compiler/ops.ts';
-import { matmulKernel, type MatmulConfig } from '../compiler/codegen/primitives.ts';
-import { EagerBackend } from '../runtime/eager.ts';
-import { applyOp, type RefTensor } from '../runtime/reference.ts';
+import type { Attrs, DType, Shape } from '../compiler/ir/graph.ts';
+import { inferType } from '../compiler/ir/ops.ts';
+import { matmulKernel, type MatmulConfig } from '../backends/webgpu/wgsl/primitives.ts';
+import { EagerBackend } from '../backends/webgpu/eager.ts';
+import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { assertClose, type Tolerance } from './support/compare.ts';
 import { gpuOrSkip } from './support/gpu.ts';
-import type { GpuContext } from '../runtime/device.ts';
-import { adapterMatmulDefault } from '../runtime/matmul-tuner.ts';
+import type { GpuContext } from '../backends/webgpu/device.ts';
+import { adapterMatmulDefault } from '../backends/webgpu/matmul-tuner.ts';
 
 type In = { shape: Shape; dtype?: DType; positive?: boolean; ints?: number };
 type Case = { op: string; ins: In[]; attrs?: Attrs; out?: { shape: Shape; dtype: DType } };

@@ -6,10 +6,10 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { DEFAULT_MATMUL } from '../compiler/codegen/primitives.ts';
-import { EagerBackend } from '../runtime/eager.ts';
-import { matmulCandidates, matmulKernelFor, matmulKeyName, MatmulTuner, type MatmulKey } from '../runtime/matmul-tuner.ts';
-import { applyOp, type RefTensor } from '../runtime/reference.ts';
+import { DEFAULT_MATMUL } from '../backends/webgpu/wgsl/primitives.ts';
+import { EagerBackend } from '../backends/webgpu/eager.ts';
+import { matmulCandidates, matmulKernelFor, matmulKeyName, MatmulTuner, type MatmulKey } from '../backends/webgpu/matmul-tuner.ts';
+import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 

@@ -4,18 +4,18 @@
 // float64 reference interpreter and, compiled and fused, on the device.
 
 import { describe, expect, it } from 'vitest';
-import { buildJointGraph } from '../compiler/autograd.ts';
-import { DEFAULT_MATMUL } from '../compiler/codegen/primitives.ts';
-import { type Graph } from '../compiler/ir.ts';
-import { parseGraph } from '../compiler/parser.ts';
-import { runPasses } from '../compiler/pass.ts';
-import { printGraph } from '../compiler/printer.ts';
-import { traceForward } from '../compiler/trace.ts';
+import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
+import { DEFAULT_MATMUL } from '../backends/webgpu/wgsl/primitives.ts';
+import { type Graph } from '../compiler/ir/graph.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
+import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
 import { MAX_EXTRA_FLOPS, padRecords, padReport, TILE_GRANULE } from '../passes/pad-nice-numbers.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput, type RefTensor } from '../runtime/reference.ts';
+import { evaluate, type RefInput, type RefTensor } from '../compiler/ir/interpret.ts';
 import { assertClose, worstMismatch, type Tolerance } from './support/compare.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
-import { GraphBuilder, numel, type Graph } from '../compiler/ir.ts';
-import { GraphOpBuilder, Ops } from '../compiler/ops.ts';
-import { applyOp, evaluate, evaluateNodes, type RefTensor } from '../runtime/reference.ts';
+import { GraphBuilder, numel, type Graph } from '../compiler/ir/graph.ts';
+import { GraphOpBuilder, Ops } from '../compiler/ir/ops.ts';
+import { applyOp, evaluate, evaluateNodes, type RefTensor } from '../compiler/ir/interpret.ts';
 import { assertClose, type Tolerance } from './support/compare.ts';
 
 function graph(fn: (b: GraphOpBuilder, o: Ops<number>) => number[]): Graph {

@@ -1,9 +1,9 @@
 // Every primitive's VJP rule against central finite differences, in float64.
 
 import { describe, expect, it } from 'vitest';
-import { VJP } from '../compiler/autograd.ts';
-import { GraphBuilder, type Shape } from '../compiler/ir.ts';
-import { GraphOpBuilder, Ops } from '../compiler/ops.ts';
+import { VJP } from '../compiler/autodiff/autograd.ts';
+import { GraphBuilder, type Shape } from '../compiler/ir/graph.ts';
+import { GraphOpBuilder, Ops } from '../compiler/ir/ops.ts';
 import { compareGradients, randomArray, type Inputs } from './support/gradcheck.ts';
 
 type Case = {

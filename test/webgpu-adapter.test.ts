@@ -3,7 +3,7 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { requestDevice } from '../runtime/device.ts';
+import { requestDevice } from '../backends/webgpu/device.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 
 // A full GC on demand (no --expose-gc needed), to catch Dawn objects collected while still in use.

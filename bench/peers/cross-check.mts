@@ -12,8 +12,8 @@
 
 import { parseArgs } from 'node:util';
 import { presets, type GPTConfig } from '../../models/gpt.ts';
-import { createCompiledEngine } from '../../runtime/compiled-engine.ts';
-import type { TrainingEngine } from '../../runtime/engine.ts';
+import { createCompiledEngine } from '../../runtime/engines/compiled-engine.ts';
+import type { TrainingEngine } from '../../runtime/engines/engine.ts';
 import { createPeer, learnableBatches, loadGpt, median, ourEagerStart, PEER_NAMES, terminateShimWorkers, type PeerName } from './index.ts';
 import { installWebGpuGlobals } from './webgpu-globals.ts';
 

@@ -2,12 +2,12 @@
 // initialisation, exported with exportState, as bench/step.mts seeds it) and a reproducible
 // sequence of random batches.
 
-import type { ModelDefinition } from '../../compiler/nn.ts';
+import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../../models/gpt.ts';
-import type { GpuContext } from '../../runtime/device.ts';
-import { createEagerEngine, type EagerEngine } from '../../runtime/eager-engine.ts';
+import type { GpuContext } from '../../backends/webgpu/device.ts';
+import { createEagerEngine, type EagerEngine } from '../../runtime/engines/eager-engine.ts';
 import { mulberry32 } from '../../runtime/init.ts';
-import type { Batch } from '../../runtime/train/sampler.ts';
+import type { Batch } from '../../runtime/engines/engine.ts';
 
 /** models/gpt.ts's definition, imported directly (loadModel's loader does not run under vitest). */
 export const loadGpt = async (): Promise<ModelDefinition> => model as unknown as ModelDefinition;

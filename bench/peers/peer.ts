@@ -10,7 +10,7 @@
 // device; the only host read is the loss.
 
 import type { GPTConfig } from '../../models/gpt.ts';
-import { GPT3_ADAMW } from '../../runtime/engine.ts';
+import { GPT3_ADAMW } from '../../runtime/engines/engine.ts';
 
 export interface AdamWOptions {
   beta1: number;

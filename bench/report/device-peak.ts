@@ -6,7 +6,7 @@
 // timed as the best of a few submits of several back-to-back dispatches (wall time to
 // onSubmittedWorkDone), after an untimed run that compiles the shader.
 
-import type { GpuContext } from '../../runtime/device.ts';
+import type { GpuContext } from '../../backends/webgpu/device.ts';
 
 const FMA_CHAINS = 8; // independent scalar accumulators per invocation
 const FMA_ITERS = 512;

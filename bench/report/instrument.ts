@@ -1,5 +1,5 @@
 // Counting what every system asks of WebGPU, the same way for all of them: the Dawn prototypes
-// (globals after runtime/device.ts's requestDevice) are wrapped once per process, so our engines,
+// (globals after backends/webgpu/device.ts's requestDevice) are wrapped once per process, so our engines,
 // TF.js and jax-js are all seen through the same calls.
 //
 //   dispatches  GPUComputePassEncoder.prototype.dispatchWorkgroups (and ...Indirect) calls

@@ -4,7 +4,7 @@
 // one, and the loss mask is 1 exactly where the target is a completion token.
 
 import type { Tokenizer } from '../data/index.ts';
-import type { Batch } from '../train/sampler.ts';
+import type { Batch } from '../engines/engine.ts';
 import type { TaskExample } from './tasks.ts';
 
 export interface EncodedExample {

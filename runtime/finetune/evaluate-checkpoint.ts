@@ -2,9 +2,9 @@
 // text file (perplexity), without training.
 
 import { readFile } from 'node:fs/promises';
-import { UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition } from '../../compiler/nn.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
+import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { asUsageError, engineStateOf } from '../train/trainer.ts';
 import { ExampleEncoder } from './encode.ts';
 import { classify, completionLoss, textPerplexity } from './evaluate.ts';

@@ -3,8 +3,7 @@
 // generation, no parsing of free text). Completion tasks: the mean loss on the completion tokens
 // and its perplexity. Text: the perplexity over windows of the file.
 
-import type { TrainingEngine } from '../engine.ts';
-import type { Batch } from '../train/sampler.ts';
+import type { Batch, TrainingEngine } from '../engines/engine.ts';
 import { fillBatch, windowCount } from '../train/sampler.ts';
 import { exampleBatch, type ExampleEncoder } from './encode.ts';
 import type { Task, TaskExample } from './tasks.ts';

@@ -16,11 +16,12 @@
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadModel, UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/nn.ts';
+import { loadModel } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
+import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
-import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engine.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
+import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
 import { loadCheckpoint, saveCheckpoint, type JsonValue, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { writeLossCurve, type LossRow } from '../train/loss-curve.ts';
 import { formatDuration, ProgressReporter, type ProgressStream } from '../train/progress.ts';

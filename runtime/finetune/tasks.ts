@@ -14,7 +14,7 @@
 
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { UsageError } from '../../compiler/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import { mulberry32 } from '../init.ts';
 
 export interface TaskExample {

@@ -1,5 +1,5 @@
 // The host reference of the optimizer: gradient clipping by global norm, the weight-decay rule and
-// one AdamW update. The device's AdamW kernel (compiler/codegen/optimizer.ts) is tested against it,
+// one AdamW update. The device's AdamW kernel (backends/webgpu/wgsl/optimizer.ts) is tested against it,
 // so it follows PyTorch's arithmetic step for step rather than a rearranged equivalent.
 
 /** The L2 norm of all gradients taken together, summed in float64 (millions of float32 squares). */
@@ -20,15 +20,8 @@ export function clipFactor(norm: number, maxNorm = 1.0): number {
   return Math.min(1, maxNorm / (norm + 1e-6));
 }
 
-/**
- * Whether a parameter gets weight decay. nanoGPT's configure_optimizers decides by rank alone: every
- * tensor of two or more dimensions decays (the matmul weights and the embeddings), every vector
- * does not (biases, LayerNorm gains and biases). The name does not take part in the decision; it is
- * taken so that callers pass a parameter's name and shape through and read as the rule reads.
- */
-export function decays(_name: string, shape: readonly number[]): boolean {
-  return shape.length >= 2;
-}
+// Which parameters decay is the compiler's rule too (the update program is built from it).
+export { decays } from '../../compiler/autodiff/train-step.ts';
 
 export interface AdamWStep {
   lr: number;

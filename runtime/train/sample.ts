@@ -4,10 +4,11 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel, UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/nn.ts';
+import { loadModel } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
+import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { mulberry32 } from '../init.ts';
 import { loadCheckpoint, type LoadedCheckpoint } from './checkpoint.ts';
 import { asUsageError, CHECKPOINT_DIR, engineStateOf, locateModelFile, type EngineFactory } from './trainer.ts';

@@ -2,6 +2,7 @@
 // a fresh seeded order each epoch. The order is a pure function of (seed, epoch), so the sampler's
 // whole state is three integers and a resumed run continues the exact same sequence.
 
+import type { Batch } from '../engines/engine.ts';
 import { mulberry32 } from '../init.ts';
 
 /**
@@ -106,14 +107,8 @@ function epochSeed(seed: number, epoch: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-export interface Batch {
-  /** Input tokens, [B, T] row-major. */
-  idx: Int32Array;
-  /** The next token after each input, [B, T] row-major. */
-  targets: Int32Array;
-  /** Fine-tuning: 1 where a target counts towards the loss, 0 elsewhere, [B, T] (engines built with lossMask only). */
-  lossMask?: Float32Array;
-}
+/** The engine's micro-batch (runtime/engines/engine.ts), which the sampler fills. */
+export type { Batch };
 
 /** Gathers the given windows of `tokens` into one batch of B = windows.length rows. */
 export function fillBatch(tokens: ArrayLike<number>, windows: readonly number[], T: number): Batch {

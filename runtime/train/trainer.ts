@@ -13,15 +13,16 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { choosePreset, loadModel, UsageError } from '../../compiler/load-model.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/nn.ts';
+import { choosePreset, loadModel } from '../../compiler/frontend/load-model.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
+import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
 import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
-import { requestDevice, type GpuContext } from '../device.ts';
-import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engine.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
+import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
 import { writeLossCurve, type LossRow } from './loss-curve.ts';
 import { formatCount, formatDuration, ProgressReporter, type ProgressStream } from './progress.ts';
-import { EpochSampler, fillBatch, windowCount, type Batch } from './sampler.ts';
+import { EpochSampler, fillBatch, windowCount } from './sampler.ts';
 import { accumulationSteps, learningRate } from './schedule.ts';
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // (CI is set), where .ci/run installs a software adapter and one must be found.
 
 import type { TestContext } from 'vitest';
-import { requestDevice, type GpuContext } from '../../runtime/device.ts';
+import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 
 export async function gpuOrSkip(t: TestContext): Promise<GpuContext> {
   try {

@@ -1,8 +1,8 @@
 // Finite differences against the joint graph, shared by the per-primitive and the whole-GPT checks.
 
-import { buildJointGraph } from '../../compiler/autograd.ts';
-import type { Graph } from '../../compiler/ir.ts';
-import { evaluate, type RefInput } from '../../runtime/reference.ts';
+import { buildJointGraph } from '../../compiler/autodiff/autograd.ts';
+import type { Graph } from '../../compiler/ir/graph.ts';
+import { evaluate, type RefInput } from '../../compiler/ir/interpret.ts';
 
 export type Inputs = Record<string, Float64Array | Int32Array>;
 

@@ -14,14 +14,14 @@
 //   constants below are GPT-3's as the paper states them, so a wrong constant there shows as a
 //   difference.
 
-import { buildJointGraph } from '../../compiler/autograd.ts';
-import { GraphBuilder, type Graph } from '../../compiler/ir.ts';
-import { ParamScope, Tensor, type ModelDefinition, type ModelShape, type ParamSpec } from '../../compiler/nn.ts';
-import { GraphOpBuilder } from '../../compiler/ops.ts';
-import { traceForward } from '../../compiler/trace.ts';
-import type { EngineState, OptimizerSettings, StepResult, TrainingEngine } from '../../runtime/engine.ts';
+import { buildJointGraph } from '../../compiler/autodiff/autograd.ts';
+import { GraphBuilder, type Graph } from '../../compiler/ir/graph.ts';
+import { ParamScope, Tensor, type ModelDefinition, type ModelShape, type ParamSpec } from '../../compiler/frontend/nn.ts';
+import { GraphOpBuilder } from '../../compiler/ir/ops.ts';
+import { traceForward } from '../../compiler/frontend/trace.ts';
+import type { EngineState, OptimizerSettings, StepResult, TrainingEngine } from '../../runtime/engines/engine.ts';
 import { initParameters } from '../../runtime/init.ts';
-import { evaluate } from '../../runtime/reference.ts';
+import { evaluate } from '../../compiler/ir/interpret.ts';
 import { adamwUpdate, clipFactor, decays, globalNorm } from '../../runtime/train/adamw.ts';
 import type { EngineFactory } from '../../runtime/train/trainer.ts';
 import type { Batch } from '../../runtime/train/sampler.ts';

@@ -2,16 +2,17 @@
 // scheduled, recorded as a Program, and every output read back. Tests compare the result with the
 // reference interpreter.
 
-import { numel, type Graph } from '../../compiler/ir.ts';
+import { numel, type Graph } from '../../compiler/ir/graph.ts';
 import { schedule } from '../../compiler/schedule.ts';
+import { webgpu } from '../../backends/index.ts';
 import { fuseElementwise } from '../../passes/fuse-elementwise.ts';
-import { createBuffer, PipelineCache, Program } from '../../runtime/program.ts';
-import type { GpuContext } from '../../runtime/device.ts';
+import { createBuffer, PipelineCache, Program } from '../../backends/webgpu/program.ts';
+import type { GpuContext } from '../../backends/webgpu/device.ts';
 
 /** Runs `g` fused on the device; returns each output as the device computed it. */
 export async function runOnDevice(gpu: GpuContext, g: Graph, inputs: Record<string, Float32Array | Int32Array>): Promise<Float32Array[]> {
   const fused = fuseElementwise().run(g).graph;
-  const plan = schedule(fused);
+  const plan = webgpu.render(schedule(fused));
   const device = gpu.device;
   const buffers: Record<string, GPUBuffer> = {};
   for (const v of plan.inputs) {

@@ -1,0 +1,60 @@
+// The WebGPU backend's renderer: the WGSL of each kernel of a scheduled program and the workgroup
+// grid it is launched on. Fused kernels come from wgsl/fused.ts (with the matmul tiling the
+// autotuner chose, or the default), attention kernels from wgsl/flash-attention.ts.
+
+import type { BufferRef, ScheduledKernel, ScheduledProgram } from '../../compiler/schedule.ts';
+import type { RenderedKernel, RenderedProgram } from '../backend.ts';
+import { flashAttentionBackwardKeyValue, flashAttentionBackwardQuery, flashAttentionForward, type FlashKernelSpec } from './wgsl/flash-attention.ts';
+import { fusedKernel, type FusedKernel } from './wgsl/fused.ts';
+import { matmulKeyOf, type MatmulConfig, type MatmulKey } from './wgsl/primitives.ts';
+
+export interface WebGpuKernel extends RenderedKernel {
+  wgsl: string;
+  workgroups: [number, number, number];
+}
+
+export type WebGpuProgram = RenderedProgram<WebGpuKernel>;
+
+export interface WebGpuRenderOptions {
+  /** The matmul tiling for a given matmul node (from the autotuner); the default blocking otherwise. */
+  matmulConfig?(m: MatmulKey): MatmulConfig | undefined;
+}
+
+export function renderProgram(plan: ScheduledProgram, opts: WebGpuRenderOptions = {}): WebGpuProgram {
+  const { graph, kernelOf, kernels, ...buffers } = plan;
+  return { ...buffers, kernels: kernels.map((k) => renderKernel(plan, k, opts)) };
+}
+
+function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRenderOptions): WebGpuKernel {
+  const g = plan.graph;
+  const bindings: BufferRef[] = k.bindings.map((b) => b.buffer);
+  const common = { kind: k.kind, bindings, ...(k.clear ? { clear: k.clear } : {}), ops: k.members.length };
+  if (k.kind === 'attention') {
+    const spec = attentionSpec(k);
+    const { kind, ...rest } = common;
+    return { name: `${k.name}_${spec.name}`, kind, wgsl: spec.wgsl, workgroups: spec.workgroups, ...rest };
+  }
+  const fused: FusedKernel = {
+    kind: k.kind,
+    members: k.members,
+    writes: k.writes,
+    reads: new Map(k.reads.map((r) => [r.node, r.binding])),
+    bindings: k.bindings.map((b) => ({ dtype: b.dtype, writable: b.access !== 'read', atomic: b.access === 'accumulate' })),
+  };
+  let cfg: MatmulConfig | undefined;
+  if (k.kind === 'matmul') {
+    const mm = g.nodes[k.members.find((m) => g.nodes[m].op === 'matmul')!];
+    cfg = opts.matmulConfig?.(matmulKeyOf(mm.attrs, mm.inputs.map((x) => g.nodes[x]), mm));
+  }
+  const spec = fusedKernel(g, plan.kernelOf, fused, k.name, cfg);
+  const { kind, ...rest } = common;
+  return { name: k.name, kind, wgsl: spec.wgsl, workgroups: spec.workgroups, ...rest };
+}
+
+function attentionSpec(k: ScheduledKernel): FlashKernelSpec {
+  const a = k.attention!;
+  const opts = { causal: a.causal, scale: a.scale };
+  if (a.variant === 'forward') return flashAttentionForward(a.heads, a.rows, a.headDim, opts);
+  if (a.variant === 'backward-query') return flashAttentionBackwardQuery(a.heads, a.rows, a.headDim, opts);
+  return flashAttentionBackwardKeyValue(a.heads, a.rows, a.headDim, opts);
+}

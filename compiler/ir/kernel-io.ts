@@ -1,0 +1,103 @@
+// What a kernel reads and writes, given the `{kernel=K}` marks of fuse-elementwise: shared by the
+// pass (to respect the storage-buffer limit and in-place updates while it groups) and by the
+// scheduler (to bind buffers and plan their lifetimes), so the two can never disagree.
+
+import { isGraphInput, numel, stateUpdates, type Graph } from './graph.ts';
+import { liveNodes } from './pass.ts';
+import { OP_CLASS, type Op, type OpClass } from './ops.ts';
+
+/** The attribute fuse-elementwise sets: the kernel that computes the node. */
+export const KERNEL_ATTR = 'kernel';
+
+/** What `kernelBuffers` needs to know about a graph, computed once. */
+export interface GraphFacts {
+  live: Uint8Array;
+  consumers: number[][];
+  /** In-place outputs: output node → the input node whose buffer it overwrites. */
+  state: Map<number, number>;
+  outputs: Set<number>;
+}
+
+export function graphFacts(g: Graph): GraphFacts {
+  const live = liveNodes(g);
+  const consumers: number[][] = g.nodes.map(() => []);
+  for (const node of g.nodes) if (live[node.id]) for (const x of node.inputs) consumers[x].push(node.id);
+  return { live, consumers, state: stateUpdates(g), outputs: new Set(g.outputs) };
+}
+
+/**
+ * The buffers kernel `k` binds: every value it reads from memory (graph inputs and other kernels'
+ * values, found through the nodes it recomputes) and every member it writes (read by another
+ * kernel, or a graph output; `written` lists those members, `writes` names for each the node whose
+ * buffer it goes to: an output that updates an input in place names that input's node).
+ */
+export function kernelBuffers(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[]): { reads: Set<number>; writes: Set<number>; written: number[] } {
+  const reads = new Set<number>();
+  const writes = new Set<number>();
+  const written: number[] = [];
+  const seen = new Set<number>();
+  const visit = (id: number): void => {
+    if (seen.has(id)) return;
+    seen.add(id);
+    const node = g.nodes[id];
+    if (kernel[id] === k || (kernel[id] < 0 && !isGraphInput(node))) node.inputs.forEach(visit);
+    else reads.add(id);
+  };
+  for (const m of members) {
+    visit(m);
+    if (facts.outputs.has(m) || facts.consumers[m].some((c) => kernel[c] !== k)) {
+      written.push(m);
+      writes.add(facts.state.get(m) ?? m);
+    }
+  }
+  return { reads, writes, written };
+}
+
+/** The nodes kernel k evaluates: its members and the cheap values it recomputes. */
+export function computedIn(g: Graph, kernel: Int32Array, k: number, members: number[]): number[] {
+  const seen = new Set<number>();
+  const visit = (id: number): void => {
+    if (seen.has(id) || isGraphInput(g.nodes[id]) || (kernel[id] !== k && kernel[id] >= 0)) return;
+    seen.add(id);
+    g.nodes[id].inputs.forEach(visit);
+  };
+  members.forEach(visit);
+  return [...seen];
+}
+
+/** Ops that read their operands at their own element's index: pointwise, const, iota, reshape, the composites. */
+const POINTWISE_OR_RESHAPE = (op: string) =>
+  op === 'reshape' || (op !== 'input' && op !== 'param' && !(['contraction', 'reduce', 'index', 'layout'] as (OpClass | undefined)[]).includes(OP_CLASS[op as Op]));
+
+/**
+ * Reads of a graph input that the kernel overwriting it in place may not make: a kernel writes
+ * X[i] from thread i, so it may read X only at i, through same-shape pointwise ops or reshapes
+ * leading to what it writes. Any other read (another index, a matmul operand, a reduction) could
+ * see an element another thread already overwrote. Returns the nodes that read X wrongly.
+ */
+export function inPlaceViolations(g: Graph, facts: GraphFacts, kernel: Int32Array): number[] {
+  const bad: number[] = [];
+  for (const [out, input] of facts.state) {
+    const k = kernel[out];
+    const here = new Set(computedIn(g, kernel, k, membersOf(kernel, k)));
+    // Nodes evaluated in k at the thread's own index: from what k writes back through its inputs.
+    const atThreadIndex = new Set<number>();
+    const size = numel(g.nodes[out].shape);
+    const walk = (id: number): void => {
+      if (atThreadIndex.has(id) || !here.has(id)) return;
+      const n = g.nodes[id];
+      if (!POINTWISE_OR_RESHAPE(n.op) || numel(n.shape) !== size) return;
+      atThreadIndex.add(id);
+      n.inputs.forEach(walk);
+    };
+    for (const id of here) if (kernel[id] === k && (facts.outputs.has(id) || facts.consumers[id].some((c) => kernel[c] !== k))) walk(id);
+    for (const c of facts.consumers[input]) if (here.has(c) && !atThreadIndex.has(c)) bad.push(c);
+  }
+  return bad;
+}
+
+function membersOf(kernel: Int32Array, k: number): number[] {
+  const m: number[] = [];
+  kernel.forEach((x, id) => x === k && m.push(id));
+  return m;
+}
