@@ -7,13 +7,13 @@
 // interpreter against the graph it came from.
 
 import { describe, expect, it } from 'vitest';
-import { isGraphInput, numel, type Graph } from '../compiler/ir.ts';
-import { parseGraph } from '../compiler/parser.ts';
-import { runPasses } from '../compiler/pass.ts';
-import { printGraph } from '../compiler/printer.ts';
+import { isGraphInput, numel, type Graph } from '../compiler/ir/graph.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
 import { passNamed } from '../passes/index.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput } from '../runtime/reference.ts';
+import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
 import { worstMismatch } from './support/compare.ts';
 
 // ---------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@
 // another buffer limit, run through runPasses (which validates the result).
 
 import { describe, expect, it } from 'vitest';
-import { isGraphInput } from '../compiler/ir.ts';
-import { parseGraph } from '../compiler/parser.ts';
-import { runPasses } from '../compiler/pass.ts';
+import { isGraphInput } from '../compiler/ir/graph.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { passNamed } from '../passes/index.ts';
 

@@ -5,13 +5,13 @@
 
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { isGraphInput, nextStateName, numel, stateInputOf, type Graph } from '../compiler/ir.ts';
-import { runPasses } from '../compiler/pass.ts';
-import { parseGraph } from '../compiler/parser.ts';
-import { printGraph } from '../compiler/printer.ts';
+import { isGraphInput, nextStateName, numel, stateInputOf, type Graph } from '../compiler/ir/graph.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
 import { passNamed } from '../passes/index.ts';
 import { mulberry32 } from '../runtime/init.ts';
-import { evaluate, type RefInput } from '../runtime/reference.ts';
+import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
 
 const pass = passNamed('fuse-optimizer');
 const golden = (name: string) => readFileSync(new URL(`./golden/fuse-optimizer/${name}.in.ir`, import.meta.url), 'utf8');

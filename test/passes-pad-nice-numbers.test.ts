@@ -3,8 +3,8 @@
 // large as a vocabulary cost nothing here.
 
 import { describe, expect, it } from 'vitest';
-import { parseGraph } from '../compiler/parser.ts';
-import { runPasses } from '../compiler/pass.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
 import { padNiceNumbers, padRecords, padReport } from '../passes/pad-nice-numbers.ts';
 
 describe('pad-nice-numbers records', () => {

@@ -5,9 +5,9 @@
 // the test's own.
 
 import { describe, expect, it } from 'vitest';
-import { parseGraph } from '../compiler/parser.ts';
-import { runPasses } from '../compiler/pass.ts';
-import { printGraph } from '../compiler/printer.ts';
+import { parseGraph } from '../compiler/ir/parser.ts';
+import { runPasses } from '../compiler/ir/pass.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
 import { passNamed } from '../passes/index.ts';
 import { rewriteToFixedPoint, type RewriteRule } from '../passes/pattern.ts';
 
