@@ -41,14 +41,16 @@ export function worstMismatch(actual: ArrayLike<number>, expected: ArrayLike<num
 
 /**
  * Throws naming the first worst element when any element of `actual` is outside
- * atol + rtol·|expected| of `expected`.
+ * atol + rtol·|expected| of `expected`, or when their lengths differ; else returns the worst element
+ * (for a log line), or undefined for empty tensors.
  */
-export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: Tolerance, what = 'value'): void {
+export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: Tolerance, what = 'value'): Mismatch | undefined {
+  if (actual.length !== expected.length) throw new Error(`${what}: ${actual.length} elements, expected ${expected.length}`);
   const w = worstMismatch(actual, expected, tol);
   if (w && w.ratio > 1) {
     throw new Error(
       `${what}[${w.index}]: got ${w.actual}, expected ${w.expected} (|diff| ${Math.abs(w.actual - w.expected).toExponential(3)} > ` +
         `atol ${tol.atol} + rtol ${tol.rtol}·|expected|; ${w.ratio.toFixed(2)}× the tolerance)`,
     );
-  }
+  }  return w;
 }
