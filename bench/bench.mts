@@ -27,17 +27,16 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { renderTraining, webgpu } from '../backends/index.ts';
+import { renderTraining, webgpu, webgpuTarget } from '../backends/index.ts';
 import { compileTraining } from '../compiler/pipeline.ts';
 import { loadModel } from '../compiler/frontend/load-model.ts';
 import { graphFlops, parameterCount } from '../compiler/stats.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { presets, type GPTConfig } from '../models/gpt.ts';
-import { CompiledEngine, createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { CompiledEngine, createCompiledEngine, openCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type TrainingEngine } from '../runtime/engines/engine.ts';
 import { adapterMatmulDefault, matmulKernelFor } from '../backends/webgpu/matmul-tuner.ts';
-import type { Program } from '../backends/webgpu/program.ts';
 import { measureAttention } from './attention.mts';
 import { median, timed } from './peers/peer.ts';
 import { measureDevicePeak } from './report/device-peak.ts';
@@ -216,7 +215,7 @@ function engineRunner(engine: TrainingEngine): Runner {
 async function compiledWithTimes(config: GPTConfig, cacheDir: string): Promise<{ engine: CompiledEngine; compileMs?: number; engineMs: number; cached: boolean }> {
   const lines: string[] = [];
   const t0 = performance.now();
-  const engine = await createCompiledEngine({ def, config, seed: 1337, gpu, cacheDir, log: (l) => lines.push(l) });
+  const engine = await createCompiledEngine({ def, config, seed: 1337, target: webgpuTarget(gpu), cacheDir, log: (l) => lines.push(l) });
   const engineMs = performance.now() - t0;
   for (const l of lines) log(`  ${l}`);
   const loaded = lines.map((l) => /loaded from cache .* in (\d+) ms/.exec(l)).find(Boolean);
@@ -421,12 +420,10 @@ if (sections.has('optimizer')) {
   const config = presets.tiny;
   const params = presetInfo('tiny', config).params;
   const timeUpdate = async (engine: CompiledEngine): Promise<{ ms: number; dispatches: number }> => {
-    const program = engine['programs'].update as Program;
     const once = async () => {
-      const enc = gpu.device.createCommandEncoder();
-      program.record(enc);
-      gpu.device.queue.submit([enc.finish()]);
-      await gpu.device.queue.onSubmittedWorkDone();
+      const r = engine.executor.record();
+      r.run('update');
+      await r.submit();
     };
     await once();
     const times: number[] = [];
@@ -443,13 +440,13 @@ if (sections.has('optimizer')) {
   counters.begin('optimizer');
   try {
     log('optimizer: compiling the tiny preset without fuse-optimizer');
-    const compiled = renderTraining(webgpu, compileTraining(def, config, { optimizer: GPT3_ADAMW, maxStorageBuffers: gpu.device.limits.maxStorageBuffersPerShaderStage, flatOptimizer: false }), { matmulConfig: () => adapterMatmulDefault(gpu) });
-    const engine = new CompiledEngine({ def, config, seed: 1337, gpu }, compiled);
-    await engine.pipelines.warm([compiled.programs.update]);
+    const target = webgpuTarget(gpu);
+    const compiled = await target.render(compileTraining(def, config, { optimizer: GPT3_ADAMW, maxStorageBuffers: target.maxStorageBuffers, flatOptimizer: false }), log);
+    const engine = await openCompiledEngine({ def, config, seed: 1337, target }, compiled);
     // A step counter, learning rate and scale as a real step would have them (step 0 divides by zero in the bias correction).
-    engine['write']('step', Float32Array.of(1));
-    engine['write']('lr', Float32Array.of(lr));
-    engine['write']('scale', Float32Array.of(1));
+    engine.executor.write('step', Float32Array.of(1));
+    engine.executor.write('lr', Float32Array.of(lr));
+    engine.executor.write('scale', Float32Array.of(1));
     const r = await timeUpdate(engine);
     rows.push({ variant: 'per-tensor AdamW (update program compiled without fuse-optimizer)', ...r });
   } catch (err) {

@@ -7,6 +7,7 @@
 //
 // (`npm run bench` is bench/bench.mts: these two engines and the peers, with a report.)
 
+import { webgpuTarget } from '../backends/index.ts';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { loadModel } from '../compiler/frontend/load-model.ts';
@@ -96,7 +97,7 @@ if (args.profile) eagerResult.profile = await profile(eager);
 
 t0 = performance.now();
 const tuner = args.autotune ? new MatmulTuner(gpu) : undefined;
-const compiled = await createCompiledEngine({ def, config, seed: 1337, gpu, cacheDir: '.chotta/compile', tuner, log });
+const compiled = await createCompiledEngine({ def, config, seed: 1337, target: webgpuTarget(gpu, { tuner }), cacheDir: '.chotta/compile', log });
 const compiledResult = await measure('compiled', compiled, performance.now() - t0);
 if (args.profile) compiledResult.profile = await profile(compiled);
 

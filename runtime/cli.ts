@@ -368,10 +368,11 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): Engine
       return async (ctx: Parameters<EngineFactory>[0] & { lossMask?: boolean }) => {
         const { createCompiledEngine } = await import('./engines/compiled-engine.ts');
         const { MatmulTuner } = await import('../backends/webgpu/matmul-tuner.ts');
+        const { webgpuTarget } = await import('../backends/index.ts');
         return createCompiledEngine({
           ...ctx,
+          target: webgpuTarget(ctx.gpu, { tuner: opts.autotune ? new MatmulTuner(ctx.gpu) : undefined }),
           cacheDir: COMPILE_CACHE_DIR,
-          tuner: opts.autotune ? new MatmulTuner(ctx.gpu) : undefined,
           log: (line) => process.stderr.write(`${line}\n`),
         });
       };

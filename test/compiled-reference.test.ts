@@ -13,6 +13,7 @@ import { describe, expect, it } from 'vitest';
 import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { webgpuTarget } from '../backends/index.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
@@ -113,7 +114,7 @@ describe('compiled training against the float64 reference', () => {
   it('4 steps of a 2-layer GPT: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 180_000 }, async (t) => {
     const gpu = await gpuOrSkip(t);
     const reference = new ReferenceEngine(small, SMALL, SEED);
-    const compiled = await createCompiledEngine({ def: small, config: SMALL, seed: SEED, gpu });
+    const compiled = await createCompiledEngine({ def: small, config: SMALL, seed: SEED, target: webgpuTarget(gpu) });
     const [r0, c0] = await Promise.all([reference.exportState(), compiled.exportState()]);
     expect([...c0.params.keys()]).toEqual([...r0.params.keys()]);
     for (const [name, p] of r0.params) expect(Buffer.from(c0.params.get(name)!.data.buffer).equals(Buffer.from(p.data.buffer)), `initial ${name}`).toBe(true);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { webgpuTarget } from '../backends/index.ts';
 import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import type { EngineState, TrainingEngine } from '../runtime/engines/engine.ts';
 import { mulberry32 } from '../runtime/init.ts';
@@ -50,7 +51,7 @@ describe('compiled runner', () => {
     const gpu = await gpuOrSkip(t);
     const ctx = { def: model, config: tiny, seed: 11, gpu };
     const eager = await createEagerEngine(ctx);
-    const compiled = await createCompiledEngine(ctx);
+    const compiled = await createCompiledEngine({ ...ctx, target: webgpuTarget(gpu) });
     // Step 3 has two micro-batches: the gradient program accumulates twice before the update.
     const schedule = [[1], [2], [3, 4], [5], [6]];
     const lrs = [2e-4, 6e-4, 1e-3, 8e-4, 5e-4];
@@ -96,7 +97,7 @@ describe('compiled runner', () => {
     const cfg = tiny;
     const cacheDir = mkdtempSync(join(tmpdir(), 'chotta-compile-cache-'));
     const lines: string[] = [];
-    const make = () => createCompiledEngine({ def: model, config: cfg, seed: 3, gpu, cacheDir, log: (l) => lines.push(l) });
+    const make = () => createCompiledEngine({ def: model, config: cfg, seed: 3, target: webgpuTarget(gpu), cacheDir, log: (l) => lines.push(l) });
     const first = await make();
     expect(lines.some((l) => l.startsWith('compile: ') && l.includes('cached at'))).toBe(true);
     expect(readdirSync(cacheDir).filter((f) => f.endsWith('.json'))).toHaveLength(1);

@@ -8,6 +8,7 @@ import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 import { printGraph } from '../compiler/ir/printer.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { webgpuTarget } from '../backends/index.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
@@ -39,7 +40,7 @@ describe('loss mask on the device', () => {
   it('the compiled masked loss matches the reference; logitsAt matches lastLogits', async (t) => {
     const gpu = await gpuOrSkip(t);
     const seed = 11;
-    const compiled = await createCompiledEngine({ def: toyModel, config: TOY, seed, gpu, lossMask: true });
+    const compiled = await createCompiledEngine({ def: toyModel, config: TOY, seed, target: webgpuTarget(gpu), lossMask: true });
     const traced = traceForward(toyModel, TOY, { lossMask: true });
     const params = initParameters(traced.params, seed);
     const batch = maskedBatch(3);

@@ -7,7 +7,10 @@
 //   - the compiler below its tools imports no backend and no runtime: its plan is target-neutral;
 //   - WGSL is the WebGPU backend's business: nothing outside backends/ imports its kernel code
 //     (backends/webgpu/wgsl/, render.ts), except bench/, which times kernels by themselves;
-//   - backends import neither passes/ nor runtime/.
+//   - backends import neither passes/ nor runtime/;
+//   - the compiled engine (runtime/engines/compiled-engine.ts) reaches a backend only through the
+//     registry (backends/index.ts): it drives whatever Target it is given, so a second backend
+//     needs no change there.
 // test/ may import anything.
 
 import { readdirSync, readFileSync } from 'node:fs';
@@ -51,6 +54,7 @@ export function layeringViolations(graph: Map<string, string[]>): string[] {
         if (under(file, 'compiler') && !under(file, 'compiler/tools') && (under(to, 'backends') || under(to, 'runtime'))) return 'the compiler below its tools imports no backend and no runtime';
         if ((under(to, 'backends/webgpu/wgsl') || to === 'backends/webgpu/render.ts') && !under(file, 'backends') && !under(file, 'bench')) return 'WGSL code is imported only inside backends/';
         if (under(file, 'backends') && (under(to, 'passes') || under(to, 'runtime'))) return 'a backend imports neither passes/ nor runtime/';
+        if (file === 'runtime/engines/compiled-engine.ts' && under(to, 'backends') && to !== 'backends/index.ts') return 'the compiled engine reaches backends only through backends/index.ts';
         return undefined;
       })();
       if (why) bad.push(`${file} → ${to}: ${why}`);
@@ -72,15 +76,16 @@ describe('layering', () => {
     expect(layeringViolations(graph)).toEqual([]);
   });
 
-  it('would catch a pass importing a backend, a runtime module running a pass, and WGSL outside the backends', () => {
+  it('would catch a pass importing a backend, a runtime module running a pass, WGSL outside the backends, and the compiled engine bypassing the registry', () => {
     const planted = new Map(graph);
     planted.set('passes/fuse-attention.ts', [...graph.get('passes/fuse-attention.ts')!, 'backends/webgpu/wgsl/flash-attention.ts']);
-    planted.set('runtime/engines/compiled-engine.ts', [...graph.get('runtime/engines/compiled-engine.ts')!, 'passes/index.ts', 'backends/webgpu/wgsl/wgsl.ts']);
+    planted.set('runtime/engines/compiled-engine.ts', [...graph.get('runtime/engines/compiled-engine.ts')!, 'passes/index.ts', 'backends/webgpu/wgsl/wgsl.ts', 'backends/webgpu/program.ts']);
     planted.set('compiler/schedule.ts', [...graph.get('compiler/schedule.ts')!, 'backends/index.ts']);
     expect(layeringViolations(planted).sort()).toEqual([
       'passes/fuse-attention.ts → backends/webgpu/wgsl/flash-attention.ts: a pass imports only compiler/ir/ and other passes',
       'runtime/engines/compiled-engine.ts → passes/index.ts: only compiler/pipeline.ts and compiler/tools/ run passes',
       'runtime/engines/compiled-engine.ts → backends/webgpu/wgsl/wgsl.ts: WGSL code is imported only inside backends/',
+      'runtime/engines/compiled-engine.ts → backends/webgpu/program.ts: the compiled engine reaches backends only through backends/index.ts',
       'compiler/schedule.ts → backends/index.ts: the compiler below its tools imports no backend and no runtime',
     ].sort());
   });

@@ -10,6 +10,7 @@
 // Batches: random tokens whose targets are a fixed function of the token (learnableBatches), so the
 // loss falls and a wrong gradient shows.
 
+import { webgpuTarget } from '../../backends/index.ts';
 import { parseArgs } from 'node:util';
 import { presets, type GPTConfig } from '../../models/gpt.ts';
 import { createCompiledEngine } from '../../runtime/engines/compiled-engine.ts';
@@ -66,7 +67,7 @@ const { engine: eager, weights } = await ourEagerStart(config, gpu);
 columns.push(await runEngine('eager', eager));
 if (!values['no-compiled']) {
   // Seeded as the eager engine, so it starts from the same weights (as bench/step.mts relies on).
-  const compiled = await createCompiledEngine({ def: await loadGpt(), config, seed: 1337, gpu, cacheDir: '.chotta/compile', log });
+  const compiled = await createCompiledEngine({ def: await loadGpt(), config, seed: 1337, target: webgpuTarget(gpu), cacheDir: '.chotta/compile', log });
   columns.push(await runEngine('compiled', compiled));
 }
 
