@@ -32,7 +32,8 @@ import { compileTraining } from '../compiler/pipeline.ts';
 import { loadModel } from '../compiler/frontend/load-model.ts';
 import { graphFlops, parameterCount } from '../compiler/stats.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
-import { presets, type GPTConfig } from '../models/gpt.ts';
+import { model, presets } from '../models/gpt.ts';
+import type { BenchConfig } from './peers/peer.ts';
 import { CompiledEngine, createCompiledEngine, openCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type TrainingEngine } from '../runtime/engines/engine.ts';
@@ -50,7 +51,9 @@ process.chdir(ROOT);
 const ALL_SYSTEMS = ['eager', 'compiled', 'tfjs-webgpu', 'jax-webgpu', 'jax-wasm', 'jax-wasm-threads'];
 const ALL_SECTIONS = ['peak', 'step', 'compile', 'matmul', 'attention', 'optimizer'];
 /** The larger preset: a 6-layer, 256-dim GPT (GPT-2 itself exceeds lavapipe's 128 MiB storage-binding limit). */
-const SMALL: GPTConfig = { nLayer: 6, nHead: 8, nEmbd: 256, blockSize: 128, vocabSize: 4096, bias: true, batchSize: 8 };
+/** The tiny preset with its default micro-batch. */
+const TINY: BenchConfig = { ...presets.tiny, batchSize: model.microBatch!.tiny };
+const SMALL: BenchConfig = { nLayer: 6, nHead: 8, nEmbd: 256, blockSize: 128, vocabSize: 4096, bias: true, batchSize: 8 };
 
 const { values } = parseArgs({
   options: {
@@ -150,8 +153,8 @@ if (sections.has('peak')) {
 // ---------------------------------------------------------------------------------------------
 // Training step, every system, and compile time along the way
 
-function presetInfo(name: string, config: GPTConfig): PresetInfo {
-  const traced = traceForward(def, config);
+function presetInfo(name: string, config: BenchConfig): PresetInfo {
+  const traced = traceForward(def, config, { batchSize: config.batchSize });
   const forward = graphFlops(traced.graph);
   return {
     name,
@@ -212,10 +215,10 @@ function engineRunner(engine: TrainingEngine): Runner {
 }
 
 /** Runs createCompiledEngine, returning it with its compile (or cache load) time from its log. */
-async function compiledWithTimes(config: GPTConfig, cacheDir: string): Promise<{ engine: CompiledEngine; compileMs?: number; engineMs: number; cached: boolean }> {
+async function compiledWithTimes(config: BenchConfig, cacheDir: string): Promise<{ engine: CompiledEngine; compileMs?: number; engineMs: number; cached: boolean }> {
   const lines: string[] = [];
   const t0 = performance.now();
-  const engine = await createCompiledEngine({ def, config, seed: 1337, target: webgpuTarget(gpu), cacheDir, log: (l) => lines.push(l) });
+  const engine = await createCompiledEngine({ def, config, batchSize: config.batchSize, seed: 1337, target: webgpuTarget(gpu), cacheDir, log: (l) => lines.push(l) });
   const engineMs = performance.now() - t0;
   for (const l of lines) log(`  ${l}`);
   const loaded = lines.map((l) => /loaded from cache .* in (\d+) ms/.exec(l)).find(Boolean);
@@ -225,7 +228,7 @@ async function compiledWithTimes(config: GPTConfig, cacheDir: string): Promise<{
 
 let tinyCompiled: CompiledEngine | undefined;
 
-async function stepSection(name: string, config: GPTConfig, timed: number): Promise<StepSection> {
+async function stepSection(name: string, config: BenchConfig, timed: number): Promise<StepSection> {
   const preset = presetInfo(name, config);
   const section: StepSection = { preset, timedSteps: timed, rows: [] };
   if (!peers) {
@@ -300,7 +303,7 @@ async function stepSection(name: string, config: GPTConfig, timed: number): Prom
 }
 
 if (sections.has('step')) {
-  results.steps.push(await stepSection('tiny', presets.tiny, tinySteps));
+  results.steps.push(await stepSection('tiny', TINY, tinySteps));
   const small = presetInfo('small', SMALL);
   if (quick) results.steps.push({ preset: small, timedSteps: 0, rows: [], skipped: '--quick runs the tiny preset only (the larger one takes tens of minutes per system on the software adapter)' });
   else results.steps.push(await stepSection('small', SMALL, smallSteps));
@@ -417,7 +420,7 @@ if (sections.has('attention')) {
 if (sections.has('optimizer')) {
   const reps = quick ? 3 : 5;
   const rows: OptimizerRow[] = [];
-  const config = presets.tiny;
+  const config = TINY;
   const params = presetInfo('tiny', config).params;
   const timeUpdate = async (engine: CompiledEngine): Promise<{ ms: number; dispatches: number }> => {
     const once = async () => {
@@ -441,8 +444,8 @@ if (sections.has('optimizer')) {
   try {
     log('optimizer: compiling the tiny preset without fuse-optimizer');
     const target = webgpuTarget(gpu);
-    const compiled = await target.render(compileTraining(def, config, { optimizer: GPT3_ADAMW, maxStorageBuffers: target.maxStorageBuffers, flatOptimizer: false }), log);
-    const engine = await openCompiledEngine({ def, config, seed: 1337, target }, compiled);
+    const compiled = await target.render(compileTraining(def, config, { optimizer: GPT3_ADAMW, maxStorageBuffers: target.maxStorageBuffers, batchSize: config.batchSize, flatOptimizer: false }), log);
+    const engine = await openCompiledEngine({ def, config, batchSize: config.batchSize, seed: 1337, target }, compiled);
     // A step counter, learning rate and scale as a real step would have them (step 0 divides by zero in the bias correction).
     engine.executor.write('step', Float32Array.of(1));
     engine.executor.write('lr', Float32Array.of(lr));

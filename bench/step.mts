@@ -7,6 +7,7 @@
 //
 // (`npm run bench` is bench/bench.mts: these two engines and the peers, with a report.)
 
+import { defaultMicroBatch } from '../compiler/frontend/nn.ts';
 import { webgpuTarget } from '../backends/index.ts';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -37,7 +38,8 @@ const def = await loadModel('models/gpt.ts');
 const config = def.presets[args.preset];
 if (!config) throw new Error(`no preset ${args.preset} (presets: ${Object.keys(def.presets).join(', ')})`);
 const gpu = await requestDevice();
-const { batchSize: B, blockSize: T, vocabSize: V } = config;
+const B = defaultMicroBatch(def, args.preset);
+const { blockSize: T, vocabSize: V } = config;
 const log = (line: string) => process.stderr.write(`${line}\n`);
 log(`adapter: ${gpu.info.vendor} · ${gpu.info.architecture} · ${gpu.info.description}`);
 log(`preset ${args.preset}: batch ${B} × ${T} tokens; 1 warm-up + ${steps} timed steps per engine (random tokens, same for both)`);
@@ -91,13 +93,13 @@ async function profile(engine: TrainingEngine): Promise<string> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 let t0 = performance.now();
-const eager = await createEagerEngine({ def, config, seed: 1337, gpu });
+const eager = await createEagerEngine({ def, config, batchSize: B, seed: 1337, gpu });
 const eagerResult = await measure('eager', eager, performance.now() - t0);
 if (args.profile) eagerResult.profile = await profile(eager);
 
 t0 = performance.now();
 const tuner = args.autotune ? new MatmulTuner(gpu) : undefined;
-const compiled = await createCompiledEngine({ def, config, seed: 1337, target: webgpuTarget(gpu, { tuner }), cacheDir: '.chotta/compile', log });
+const compiled = await createCompiledEngine({ def, config, batchSize: B, seed: 1337, target: webgpuTarget(gpu, { tuner }), cacheDir: '.chotta/compile', log });
 const compiledResult = await measure('compiled', compiled, performance.now() - t0);
 if (args.profile) compiledResult.profile = await profile(compiled);
 

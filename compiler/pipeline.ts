@@ -30,7 +30,8 @@ export interface CompileOptions {
   optimizer: AdamWSettings;
   /** The adapter's maxStorageBuffersPerShaderStage (fusion never binds more). */
   maxStorageBuffers?: number;
-  batchSize?: number;
+  /** The micro-batch the gradient and evaluate programs take (the logits program takes one sequence). */
+  batchSize: number;
   seqLen?: number;
   /** fuse-optimizer on the update program (default true): flat buffers, one AdamW kernel. False keeps one buffer per parameter. */
   flatOptimizer?: boolean;

@@ -13,12 +13,12 @@ export interface GPTConfig {
   nHead: number;
   nEmbd: number;
   bias: boolean; // biases in Linear and LayerNorm, like GPT-2
-  batchSize: number; // micro-batch: the traced program's static batch dimension
+  // No batch size: the micro-batch belongs to the trace, not the model (microBatch below).
 }
 
 export const presets: Record<string, GPTConfig> = {
-  gpt2: { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, vocabSize: 50257, bias: true, batchSize: 4 },
-  tiny: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 4096, bias: true, batchSize: 8 },
+  gpt2: { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, vocabSize: 50257, bias: true },
+  tiny: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 4096, bias: true },
 };
 
 class CausalSelfAttention {
@@ -113,5 +113,7 @@ export const model = defineModel<GPTConfig>({
   name: 'gpt',
   presets,
   defaultPreset: 'gpt2',
+  // Sequences per micro-batch, as nanoGPT's training configs set batch_size: the trace's, not the model's.
+  microBatch: { gpt2: 4, tiny: 8 },
   create: (params, config) => new GPT(params, config),
 });

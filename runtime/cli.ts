@@ -6,7 +6,7 @@
 import yargs, { type Argv } from 'yargs';
 import { runCli, terminalChalk } from '../compiler/tools/cli.ts';
 import { UsageError } from '../compiler/ir/errors.ts';
-import { DEFAULT_CORPUS_DESCRIPTION, prepareData } from './data/index.ts';
+import { DEFAULT_CORPUS_DESCRIPTION, namedCorporaHelp, prepareData } from './data/index.ts';
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import type { TrainingEngine } from './engines/engine.ts';
 import { KernelProfiler } from '../backends/webgpu/profiler.ts';
@@ -38,7 +38,7 @@ export async function main(argv: string[]): Promise<void> {
     .command('finetune', 'fine-tune a pretrained checkpoint for a task (loss on the answer only)', finetuneOptions, finetuneCommand)
     .command('eval', "a checkpoint's accuracy on a task's held-out split, or its perplexity on a text file", evalOptions, evalCommand)
     .example('$0 info', 'is there a GPU (or a software one)?')
-    .example('$0 train --steps 100', 'train the tiny preset on the built-in corpus into runs/tiny')
+    .example('$0 train --steps 100', 'train the tiny preset on the embedded Wikipedia articles into runs/tiny')
     .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', 'text from it')
     .demandCommand(1, 'name a command: info, data prepare, train, sample, finetune or eval')
     .epilogue(EPILOGUE)
@@ -99,11 +99,11 @@ async function gpuOrExplain(): Promise<GpuContext> {
 
 function dataPrepareOptions(y: Argv) {
   return y
-    .option('data', { type: 'string', default: 'default', describe: `corpus file or folder (.txt, .jsonl, MediaWiki .xml, maybe .bz2/.gz), or 'default': ${DEFAULT_CORPUS_DESCRIPTION}` })
-    .option('eval-data', { type: 'string', describe: 'validate on this corpus instead of a held-out tenth of --data' })
+    .option('data', { type: 'string', default: 'default', describe: `corpus file or folder (.txt, .jsonl, WikiText, MediaWiki .xml, maybe .bz2/.gz), or a named corpus: ${namedCorporaHelp()}` })
+    .option('eval-data', { type: 'string', describe: "validate on this corpus instead of a held-out tenth of --data (or the named corpus's own test split)" })
     .option('tokenizer', { type: 'string', default: 'bpe:4096', describe: "gpt2 (GPT-2's 50257 tokens) or bpe:N (a byte-level BPE of N tokens trained on the corpus)" })
     .option('cache-dir', { type: 'string', default: DEFAULT_TRAIN_CONFIG.cacheDir, describe: 'where prepared data is cached' })
-    .example('$0 data prepare', 'the built-in corpus with a 4096-token BPE (what the tiny preset trains on)')
+    .example('$0 data prepare', 'the embedded Wikipedia articles with a 4096-token BPE (what the tiny preset trains on)')
     .example('$0 data prepare --data wiki.xml.bz2 --tokenizer gpt2', 'a Wikipedia dump, GPT-2 tokens')
     .epilogue(EPILOGUE);
 }
@@ -145,7 +145,6 @@ const MODEL_FLAGS = {
   'n-head': 'nHead',
   'n-embd': 'nEmbd',
   'block-size': 'blockSize',
-  'batch-size': 'batchSize',
   'vocab-size': 'vocabSize',
 } as const;
 
@@ -159,8 +158,8 @@ function trainOptions(y: Argv) {
     .option('out', { type: 'string', describe: 'the run folder (checkpoint, loss.csv, loss.svg) [default: runs/<preset>]' })
     .option('model', { type: 'string', describe: `model file [default: ${d.modelFile}]` })
     .option('preset', { type: 'string', describe: `model preset: tiny or gpt2 [default: ${d.preset}]` })
-    .option('data', { type: 'string', describe: `corpus file or folder, or 'default' (the built-in corpus) [default: ${d.data}]` })
-    .option('eval-data', { type: 'string', describe: 'validate on this corpus instead of a held-out tenth of --data' })
+    .option('data', { type: 'string', describe: `corpus file or folder, or a named corpus: wikipedia (the default: ${DEFAULT_CORPUS_DESCRIPTION}), sotu (State of the Union addresses) [default: ${d.data}]` })
+    .option('eval-data', { type: 'string', describe: "validate on this corpus instead of a held-out tenth of --data (or the named corpus's own test split)" })
     .option('tokenizer', { type: 'string', describe: "gpt2, bpe:N, or auto: gpt2 for GPT-2's vocabulary, else a BPE of the model's vocabulary size [default: auto]" })
     .option('cache-dir', { type: 'string', describe: `where prepared data is cached [default: ${d.cacheDir}]` })
     .option('steps', { type: 'number', describe: `optimizer steps [default: ${d.steps}]` })
@@ -178,9 +177,10 @@ function trainOptions(y: Argv) {
     .option('n-head', { type: 'number', describe: "override the preset's attention heads" })
     .option('n-embd', { type: 'number', describe: "override the preset's width" })
     .option('block-size', { type: 'number', describe: "override the preset's context length" })
-    .option('batch-size', { type: 'number', describe: "override the preset's micro-batch (sequences)" })
+    .option('batch-size', { type: 'number', describe: "sequences per micro-batch [default: the preset's, 8 for tiny]" })
     .option('vocab-size', { type: 'number', describe: "override the preset's vocabulary (at least the tokenizer's)" })
-    .example('$0 train', 'the tiny preset, 40 steps on the built-in corpus, into runs/tiny')
+    .example('$0 train', 'the tiny preset, 40 steps on the embedded Wikipedia articles, into runs/tiny')
+    .example('$0 train --data sotu', 'on the State of the Union addresses instead')
     .example('$0 train --steps 1000 --data wiki.xml.bz2 --out runs/wiki', 'longer, on a Wikipedia dump')
     .example('$0 train --resume --out runs/wiki', 'continue it after Ctrl-C or a crash')
     .example('$0 train --n-layer 2 --n-embd 64 --steps 50', 'a smaller model, quickly')
@@ -212,6 +212,7 @@ async function trainCommand(args: TrainArgs): Promise<void> {
     tokenizer: args.tokenizer as string | undefined,
     cacheDir: args.cacheDir as string | undefined,
     steps: args.steps as number | undefined,
+    batchSize: args.batchSize as number | undefined,
     maxLr: args.maxLr as number | undefined,
     minLrRatio: args.minLrRatio as number | undefined,
     warmupSteps: args.warmupSteps as number | undefined,

@@ -198,8 +198,8 @@ describe('chotta flags reach the trainer and the fine-tuner (in process, both st
     expect(given(received.train.at(-1))).toEqual({
       steps: 7, maxLr: 0.004, minLrRatio: 0.35, warmupSteps: 3, startMicroBatches: 2, fullMicroBatches: 3, rampSteps: 4,
       evalInterval: 5, evalBatches: 6, checkpointInterval: 9, seed: 11, outDir: 'runs/o', modelFile: 'm.ts', preset: 'p',
-      data: 'd.txt', evalData: 'e.txt', tokenizer: 'bpe:300', cacheDir: 'c', resume: true,
-      modelOverrides: { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, batchSize: 3, vocabSize: 320 },
+      data: 'd.txt', evalData: 'e.txt', tokenizer: 'bpe:300', cacheDir: 'c', resume: true, batchSize: 3,
+      modelOverrides: { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, vocabSize: 320 },
     });
   });
 

@@ -181,7 +181,7 @@ describe('chotta-compile', () => {
         `import { defineModel, type Tensor } from ${JSON.stringify(nn)};`,
         'export const model = defineModel({',
         "  name: 'branchy', defaultPreset: 'one',",
-        '  presets: { one: { vocabSize: 4, blockSize: 2, batchSize: 1 } },',
+        '  presets: { one: { vocabSize: 4, blockSize: 2 } }, microBatch: { one: 1 },',
         '  create: () => ({',
         '    forward(idx: Tensor, targets?: Tensor) {',
         "      const s = idx.cast('f32').sum();",

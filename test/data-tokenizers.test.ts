@@ -3,7 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ByteBpeTokenizer, defaultCorpusFiles, loadGpt2Tokenizer, readDocuments, tokenizerFromJson, trainByteBpe } from '../runtime/data/index.ts';
+import { ByteBpeTokenizer, NAMED_CORPORA, loadGpt2Tokenizer, readDocuments, tokenizerFromJson, trainByteBpe } from '../runtime/data/index.ts';
 import { pairKey } from '../runtime/data/byte-bpe.ts';
 import { WordCounts } from '../runtime/data/bpe-trainer.ts';
 import { GPT2_SPLIT_PATTERN, MAX_WORD_LENGTH, preTokenize, splitPattern } from '../runtime/data/pretokenize.ts';
@@ -101,7 +101,7 @@ describe('byte-level BPE', () => {
   });
 
   it('learns the same merges as the textbook algorithm, in the same order', async () => {
-    const [address] = await defaultCorpusFiles();
+    const [address] = await NAMED_CORPORA.sotu.files();
     const text = [SAMPLE_TEXT, randomUnicode(mulberry32(3), 400), await readFile(address, 'utf8')].join('\n');
     const bpe = await trainByteBpe([text], { vocabSize: 256 + 300 + 1 });
     expect(bpe.toJSON().merges).toEqual(naiveMerges(text, 300));

@@ -10,11 +10,12 @@ import { mulberry32 } from '../runtime/init.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 
-const small: GPTConfig = { ...model.presets.tiny, nLayer: 1, nHead: 2, nEmbd: 32, vocabSize: 64, blockSize: 16, batchSize: 2 };
+const small: GPTConfig = { ...model.presets.tiny, nLayer: 1, nHead: 2, nEmbd: 32, vocabSize: 64, blockSize: 16 };
+const B = 2;
 
 function batch(seed: number): Batch {
   const rng = mulberry32(seed);
-  const n = small.batchSize * small.blockSize;
+  const n = B * small.blockSize;
   const tokens = () => Int32Array.from({ length: n }, () => Math.floor(rng() * small.vocabSize));
   return { idx: tokens(), targets: tokens() };
 }
@@ -22,11 +23,11 @@ function batch(seed: number): Batch {
 describe('eager dispatches per step', () => {
   it.for([1, 2])('the estimate from graphs equals what an eager step dispatches (%i micro-batches)', async (microBatches, t) => {
     const gpu = await gpuOrSkip(t);
-    const engine = await createEagerEngine({ def: model, config: small, seed: 1, gpu });
+    const engine = await createEagerEngine({ def: model, config: small, batchSize: B, seed: 1, gpu });
     const before = engine.dispatches;
     const { loss } = engine.step(Array.from({ length: microBatches }, (_, k) => batch(k + 1)), 1e-3);
     expect(Number.isFinite(await loss)).toBe(true);
-    const { graph, params } = traceForward(model, small);
+    const { graph, params } = traceForward(model, small, { batchSize: B });
     const estimate = eagerDispatchesPerStep(graph, params, { microBatches });
     expect(estimate.total, JSON.stringify(estimate)).toBe(engine.dispatches - before);
   });

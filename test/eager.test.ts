@@ -18,7 +18,8 @@ import { adamwUpdate } from '../runtime/train/adamw.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 
-const small: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true, batchSize: 2 };
+const small: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true };
+const B = 2;
 
 function tokens(n: number, vocab: number, seed: number): Int32Array {
   const rng = mulberry32(seed);
@@ -30,7 +31,7 @@ describe('eager mode', () => {
     const gpu = await gpuOrSkip(t);
     const eager = new EagerBackend(gpu);
     const o = new Ops(eager);
-    const { graph, params } = traceForward(model, small);
+    const { graph, params } = traceForward(model, small, { batchSize: B });
     const init = initParameters(params, 5);
     // Perturb away from LN gains of 1 and zero biases so every gradient is generic.
     params.forEach((p, k) => init.get(p.name)!.forEach((_, i, a) => (a[i] += randomArray(a.length, 100 + k, 0.2)[i])));
@@ -43,11 +44,11 @@ describe('eager mode', () => {
       }),
       small,
     );
-    const n = small.batchSize * small.blockSize;
+    const n = B * small.blockSize;
     const idx = tokens(n, small.vocabSize, 1);
     const targets = tokens(n, small.vocabSize, 2);
     eager.tape = [];
-    const shape = [small.batchSize, small.blockSize];
+    const shape = [B, small.blockSize];
     const { loss } = net.forward(new Tensor(eager, eager.upload(idx, shape, 'i32')), new Tensor(eager, eager.upload(targets, shape, 'i32')));
     const tape = eager.tape;
     eager.tape = undefined;
@@ -97,10 +98,10 @@ describe('eager mode', () => {
 
   it('the gradient norm computed on the device equals the reference; the pool stops growing after a step', async (t) => {
     const gpu = await gpuOrSkip(t);
-    const engine = await createEagerEngine({ def: model, config: small, seed: 11, gpu });
-    const { graph, params } = traceForward(model, small);
+    const engine = await createEagerEngine({ def: model, config: small, batchSize: B, seed: 11, gpu });
+    const { graph, params } = traceForward(model, small, { batchSize: B });
     const initial = await engine.exportState();
-    const n = small.batchSize * small.blockSize;
+    const n = B * small.blockSize;
     const batch = { idx: tokens(n, small.vocabSize, 21), targets: tokens(n, small.vocabSize, 22) };
     const inputs: Record<string, RefInput> = { idx: batch.idx, targets: batch.targets };
     for (const p of params) inputs[p.name] = Float64Array.from(initial.params.get(p.name)!.data);
@@ -115,8 +116,8 @@ describe('eager mode', () => {
 
   it('training steps on a fixed batch lower the loss; state exports and imports exactly', async (t) => {
     const gpu = await gpuOrSkip(t);
-    const engine = await createEagerEngine({ def: model, config: small, seed: 3, gpu });
-    const n = small.batchSize * small.blockSize;
+    const engine = await createEagerEngine({ def: model, config: small, batchSize: B, seed: 3, gpu });
+    const n = B * small.blockSize;
     const batch = { idx: tokens(n, small.vocabSize, 7), targets: tokens(n, small.vocabSize, 8) };
     const losses: number[] = [];
     for (let s = 0; s < 8; s++) losses.push(await engine.step([batch, batch], 3e-3).loss);
@@ -124,7 +125,7 @@ describe('eager mode', () => {
     expect(losses[7]).toBeLessThan(losses[0] - 0.3);
     const state = await engine.exportState();
     expect(state.step).toBe(8);
-    const other = await createEagerEngine({ def: model, config: small, seed: 99, gpu });
+    const other = await createEagerEngine({ def: model, config: small, batchSize: B, seed: 99, gpu });
     other.importState(state);
     expect(await other.evaluate([batch])).toBeCloseTo(await engine.evaluate([batch]), 6);
   });

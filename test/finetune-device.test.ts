@@ -14,12 +14,13 @@ import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 
-const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 64, bias: true, batchSize: 2 };
+const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 64, bias: true };
+const B = 2;
 const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, defaultPreset: 'toy' };
 
 function maskedBatch(seed: number): Batch & { lossMask: Float32Array } {
   const random = mulberry32(seed);
-  const n = TOY.batchSize * TOY.blockSize;
+  const n = B * TOY.blockSize;
   const idx = Int32Array.from({ length: n }, () => Math.floor(random() * TOY.vocabSize));
   const targets = Int32Array.from({ length: n }, () => Math.floor(random() * TOY.vocabSize));
   // Row 0 counts its last two targets, row 1 its last one: an answer after a prompt.
@@ -31,17 +32,17 @@ function maskedBatch(seed: number): Batch & { lossMask: Float32Array } {
 
 describe('loss mask on the device', () => {
   it('without lossMask the pretraining graph is unchanged; with it, loss_mask is one more input', () => {
-    const plain = printGraph(traceForward(toyModel, TOY).graph);
-    expect(printGraph(traceForward(toyModel, TOY, { lossMask: false }).graph)).toBe(plain);
+    const plain = printGraph(traceForward(toyModel, TOY, { batchSize: B }).graph);
+    expect(printGraph(traceForward(toyModel, TOY, { batchSize: B, lossMask: false }).graph)).toBe(plain);
     expect(plain).not.toContain('loss_mask');
-    expect(printGraph(traceForward(toyModel, TOY, { lossMask: true }).graph)).toContain('%loss_mask: f32[2,8]');
+    expect(printGraph(traceForward(toyModel, TOY, { batchSize: B, lossMask: true }).graph)).toContain('%loss_mask: f32[2,8]');
   });
 
   it('the compiled masked loss matches the reference; logitsAt matches lastLogits', async (t) => {
     const gpu = await gpuOrSkip(t);
     const seed = 11;
-    const compiled = await createCompiledEngine({ def: toyModel, config: TOY, seed, target: webgpuTarget(gpu), lossMask: true });
-    const traced = traceForward(toyModel, TOY, { lossMask: true });
+    const compiled = await createCompiledEngine({ def: toyModel, config: TOY, batchSize: B, seed, target: webgpuTarget(gpu), lossMask: true });
+    const traced = traceForward(toyModel, TOY, { batchSize: B, lossMask: true });
     const params = initParameters(traced.params, seed);
     const batch = maskedBatch(3);
     const [reference] = evaluate(traced.graph, { idx: batch.idx, targets: batch.targets, loss_mask: batch.lossMask, ...Object.fromEntries(params) });

@@ -28,7 +28,9 @@ import { loadCheckpoint, saveCheckpoint } from '../runtime/train/checkpoint.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { learningRate } from '../runtime/train/schedule.ts';
 
-const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 24, vocabSize: 300, bias: true, batchSize: 2 };
+const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 24, vocabSize: 300, bias: true };
+/** The micro-batch the pretrained checkpoint records (config.batchSize), so fine-tuning's. */
+const B = 2;
 const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, defaultPreset: 'toy' };
 const NO_GPU = { info: { vendor: 'reference', architecture: 'float64', description: 'host' } } as unknown as GpuContext;
 
@@ -48,13 +50,13 @@ class MaskedReferenceEngine implements TrainingEngine {
   private steps = 0;
   lossMasks: Float32Array[] = [];
 
-  constructor(private readonly def: ModelDefinition, private readonly config: ModelShape, seed: number, private readonly masked = true) {
-    const traced = traceForward(def, config, { lossMask: masked });
+  constructor(private readonly def: ModelDefinition, private readonly config: ModelShape, batchSize: number, seed: number, private readonly masked = true) {
+    const traced = traceForward(def, config, { batchSize, lossMask: masked });
     this.specs = traced.params;
     this.forward = traced.graph;
     this.joint = buildJointGraph(traced.graph);
     this.logits = logitsGraph(def, config);
-    this.batchSize = config.batchSize;
+    this.batchSize = batchSize;
     this.seqLen = config.blockSize;
     this.params = initParameters(this.specs, seed);
     for (const [name, data] of this.params) {
@@ -134,8 +136,8 @@ let scratch: string;
 let tokenizer: Tokenizer;
 let pretrained: string;
 const engines: MaskedReferenceEngine[] = [];
-const factory: FinetuneEngineFactory = async ({ def, config, seed, lossMask }) => {
-  const engine = new MaskedReferenceEngine(def, config, seed, lossMask);
+const factory: FinetuneEngineFactory = async ({ def, config, batchSize, seed, lossMask }) => {
+  const engine = new MaskedReferenceEngine(def, config, batchSize, seed, lossMask);
   engines.push(engine);
   return engine;
 };
@@ -154,7 +156,7 @@ beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), 'chotta-finetune-'));
   tokenizer = await trainByteBpe([...GOOD, ...BAD, 'Text: Label: good bad Review: Sentiment: positive negative'].map((s) => s.repeat(3)), { vocabSize: 300 });
   // A "pretrained" checkpoint as the trainer writes one: weights, moments, the tokenizer, the model's config.
-  const specs = traceForward(toyModel, TOY).params;
+  const specs = traceForward(toyModel, TOY, { batchSize: B }).params;
   const weights = initParameters(specs, 3);
   const tensors = new Map(specs.map((p) => [p.name, { shape: [...p.shape], data: weights.get(p.name)! }]));
   const zeros = new Map(specs.map((p) => [p.name, { shape: [...p.shape], data: new Float32Array(weights.get(p.name)!.length) }]));
@@ -164,7 +166,7 @@ beforeAll(async () => {
     moments: { m: zeros, v: zeros },
     state: {
       step: 10, tokensSeen: 0, sampler: { seed: 1, epoch: 0, cursor: 0, windowCount: 1 }, rng: null, lossHistory: [], data: {},
-      config: { modelFile: 'models/gpt.ts', preset: 'toy', modelConfig: { ...TOY } },
+      config: { modelFile: 'models/gpt.ts', preset: 'toy', modelConfig: { ...TOY }, batchSize: B },
       extra: { tokenizer: tokenizer.toJSON() as never },
     },
   });
@@ -247,7 +249,7 @@ describe('examples as rows', () => {
   });
 
   it('answerLogProbs: one forward pass per multi-token answer, log-probabilities summed', async () => {
-    const engine = new MaskedReferenceEngine(toyModel, TOY, 5);
+    const engine = new MaskedReferenceEngine(toyModel, TOY, B, 5);
     const prompt = [tokenizer.eotId, ...tokenizer.encode('Text: warm')];
     const answers = [tokenizer.encode(' good'), [7, 9]];
     const scores = await answerLogProbs(engine, prompt, answers);
@@ -279,7 +281,7 @@ describe('baselines', () => {
 
 describe('finetune and eval (reference engine)', () => {
   it('the masked loss is the mean cross-entropy of the masked targets only', async () => {
-    const engine = new MaskedReferenceEngine(toyModel, TOY, 9);
+    const engine = new MaskedReferenceEngine(toyModel, TOY, B, 9);
     const T = TOY.blockSize;
     const encoder = new ExampleEncoder(tokenizer, T);
     const rows = [encoder.encode({ prefix: 'Text: ', body: 'warm', suffix: '\nLabel:', completion: ' good' }), encoder.encode({ prefix: '', body: 'cold', suffix: '', completion: ' bad bad' })];
@@ -352,7 +354,7 @@ describe('finetune and eval (reference engine)', () => {
     const encoder = new ExampleEncoder(tokenizer, TOY.blockSize, reserve);
     const answers = task.labels!.map((l) => encoder.answer(l.answer));
     const accuracyUnder = async (weights: Map<string, Float32Array>) => {
-      const scorer = new MaskedReferenceEngine(toyModel, TOY, 0);
+      const scorer = new MaskedReferenceEngine(toyModel, TOY, B, 0);
       scorer.params = new Map([...weights].map(([name, data]) => [name, Float32Array.from(data)]));
       let correct = 0;
       for (const e of heldOut) {
@@ -371,7 +373,7 @@ describe('finetune and eval (reference engine)', () => {
     // Every training row's loss mask covers exactly the answer token(s).
     const answerTokens = new Set([tokenizer.encode(' good').length, tokenizer.encode(' bad').length]);
     for (const mask of engines.at(-1)!.lossMasks) {
-      for (let r = 0; r < TOY.batchSize; r++) expect(answerTokens).toContain(mask.subarray(r * TOY.blockSize, (r + 1) * TOY.blockSize).reduce((s, m) => s + m, 0));
+      for (let r = 0; r < B; r++) expect(answerTokens).toContain(mask.subarray(r * TOY.blockSize, (r + 1) * TOY.blockSize).reduce((s, m) => s + m, 0));
     }
     const saved = await loadCheckpoint(join(out, 'checkpoint'));
     expect(saved.state.step).toBe(4);

@@ -2,6 +2,7 @@
 // model predicts uniformly (loss ≈ ln vocab), both on the float64 reference interpreter.
 
 import { describe, expect, it } from 'vitest';
+import { defaultMicroBatch } from '../compiler/frontend/nn.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { initParameters, mulberry32 } from '../runtime/init.ts';
@@ -13,8 +14,8 @@ function randomTokens(n: number, vocab: number, seed: number): Int32Array {
   return Int32Array.from({ length: n }, () => Math.floor(rng() * vocab));
 }
 
-function modelInputs(config: GPTConfig, params: ReturnType<typeof traceForward>['params'], seed: number): Inputs {
-  const n = config.batchSize * config.blockSize;
+function modelInputs(config: GPTConfig, batchSize: number, params: ReturnType<typeof traceForward>['params'], seed: number): Inputs {
+  const n = batchSize * config.blockSize;
   const inputs: Inputs = { idx: randomTokens(n, config.vocabSize, seed), targets: randomTokens(n, config.vocabSize, seed + 1) };
   for (const [name, data] of initParameters(params, seed)) inputs[name] = Float64Array.from(data);
   return inputs;
@@ -22,9 +23,10 @@ function modelInputs(config: GPTConfig, params: ReturnType<typeof traceForward>[
 
 describe('GPT on the reference interpreter', () => {
   it('joint-graph gradients of a 2-layer, 16-dim GPT equal finite differences (relative error < 1e-5)', () => {
-    const config: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true, batchSize: 2 };
-    const { graph, params } = traceForward(model, config);
-    const inputs = modelInputs(config, params, 7);
+    const config: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true };
+    const batchSize = 2;
+    const { graph, params } = traceForward(model, config, { batchSize });
+    const inputs = modelInputs(config, batchSize, params, 7);
     // Move every parameter off its special initial value (LN gains of 1, zero biases) so that each
     // gradient is generic, and large enough (std 0.3) for the check to mean something.
     params.forEach((p, k) => {
@@ -46,8 +48,9 @@ describe('GPT on the reference interpreter', () => {
 
   it('tiny preset: the initial loss with random init is within 0.1 of ln(vocab)', () => {
     const config = model.presets.tiny;
-    const { graph, params } = traceForward(model, config);
-    const [loss] = evaluate(graph, modelInputs(config, params, 1337));
+    const batchSize = defaultMicroBatch(model, 'tiny');
+    const { graph, params } = traceForward(model, config, { batchSize });
+    const [loss] = evaluate(graph, modelInputs(config, batchSize, params, 1337));
     const expected = Math.log(config.vocabSize);
     expect(Math.abs(loss.data[0] - expected), `loss ${loss.data[0]} vs ln(${config.vocabSize}) = ${expected}`).toBeLessThan(0.1);
   });

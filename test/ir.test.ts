@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { printGraph } from '../compiler/ir/printer.ts';
+import { defaultMicroBatch } from '../compiler/frontend/nn.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { Tensor, TraceError } from '../compiler/frontend/tensor.ts';
 import { model } from '../models/gpt.ts';
@@ -13,7 +14,7 @@ import { evaluate } from '../compiler/ir/interpret.ts';
 
 describe('IR text form', () => {
   it('print → parse → print is the identity on the full GPT-2 joint graph', () => {
-    const joint = buildJointGraph(traceForward(model, model.presets.gpt2).graph);
+    const joint = buildJointGraph(traceForward(model, model.presets.gpt2, { batchSize: defaultMicroBatch(model, 'gpt2') }).graph);
     const text = printGraph(joint);
     expect(joint.nodes.length).toBeGreaterThan(3000);
     expect(printGraph(parseGraph(text))).toBe(text);
@@ -46,7 +47,7 @@ graph axpy(%a: f32[2,2] param, %x: f32[2,2]) {
 
 describe('tracing', () => {
   it('every op of the GPT-2 forward graph names its models/gpt.ts line', () => {
-    const text = printGraph(traceForward(model, model.presets.gpt2).graph);
+    const text = printGraph(traceForward(model, model.presets.gpt2, { batchSize: defaultMicroBatch(model, 'gpt2') }).graph);
     const opLines = text.split('\n').filter((l) => / = /.test(l));
     expect(opLines.length).toBeGreaterThan(1000);
     for (const line of opLines) expect(line).toMatch(/# models\/gpt\.ts:\d+$/);
@@ -66,8 +67,8 @@ describe('tracing', () => {
         },
       }),
     };
-    expect(() => traceForward(broken, model.presets.tiny)).toThrow(TraceError);
-    expect(() => traceForward(broken, model.presets.tiny)).toThrow(new RegExp(`^test/ir\\.test\\.ts:${lineOf('HOST-COMPARE')}: using it as a JavaScript number`));
+    expect(() => traceForward(broken, model.presets.tiny, { batchSize: defaultMicroBatch(model, 'tiny') })).toThrow(TraceError);
+    expect(() => traceForward(broken, model.presets.tiny, { batchSize: defaultMicroBatch(model, 'tiny') })).toThrow(new RegExp(`^test/ir\\.test\\.ts:${lineOf('HOST-COMPARE')}: using it as a JavaScript number`));
   });
 
   it('reading a traced tensor is an error naming the model line', async () => {
@@ -82,7 +83,7 @@ describe('tracing', () => {
         },
       }),
     };
-    traceForward(probe, model.presets.tiny);
+    traceForward(probe, model.presets.tiny, { batchSize: defaultMicroBatch(model, 'tiny') });
     await expect(pending).rejects.toThrow(new RegExp(`^test/ir\\.test\\.ts:${lineOf('HOST-READ')}: reading the value of a traced tensor`));
   });
 });

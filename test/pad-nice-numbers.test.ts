@@ -10,6 +10,7 @@ import { type Graph } from '../compiler/ir/graph.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { runPasses } from '../compiler/ir/pass.ts';
 import { printGraph } from '../compiler/ir/printer.ts';
+import { defaultMicroBatch } from '../compiler/frontend/nn.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { JOINT_CLEANUP, padNiceNumbers } from '../passes/index.ts';
@@ -21,8 +22,8 @@ import { randomArray } from './support/gradcheck.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { runOnDevice } from './support/run-graph.ts';
 
-const forwardOf = (config: GPTConfig) => {
-  const traced = traceForward(model, config);
+const forwardOf = (config: GPTConfig, batchSize: number) => {
+  const traced = traceForward(model, config, { batchSize });
   return { ...traced, graph: runPasses(traced.graph, JOINT_CLEANUP).graph };
 };
 
@@ -33,11 +34,12 @@ function jointGraph(forward: Graph, pad: boolean): Graph {
 }
 
 /** An awkward vocabulary (1000 → 1024) on a model small enough for the reference interpreter. */
-const SMALL: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 16, vocabSize: 1000, bias: true, batchSize: 2 };
+const SMALL: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 16, vocabSize: 1000, bias: true };
+const B = 2;
 
-function gptInputs(config: GPTConfig, params: ReturnType<typeof traceForward>['params'], seed: number): Record<string, Float32Array | Int32Array> {
+function gptInputs(config: GPTConfig, batchSize: number, params: ReturnType<typeof traceForward>['params'], seed: number): Record<string, Float32Array | Int32Array> {
   const rng = mulberry32(seed);
-  const tokens = () => Int32Array.from({ length: config.batchSize * config.blockSize }, () => Math.floor(rng() * config.vocabSize));
+  const tokens = () => Int32Array.from({ length: batchSize * config.blockSize }, () => Math.floor(rng() * config.vocabSize));
   const inputs: Record<string, Float32Array | Int32Array> = { idx: tokens(), targets: tokens() };
   const initial = initParameters(params, seed);
   // Off the special initial values (unit gains, zero biases), so that every gradient is generic;
@@ -91,7 +93,7 @@ describe('pad-nice-numbers on the GPT presets', () => {
   });
 
   it('pads GPT-2\'s vocabulary 50257 → 50304 and nothing else', () => {
-    const { graph } = forwardOf(model.presets.gpt2);
+    const { graph } = forwardOf(model.presets.gpt2, defaultMicroBatch(model, 'gpt2'));
     const padded = padRecords(graph).filter((r) => r.padded);
     expect(padded.map((r) => [r.dim, r.from, r.to, r.operand])).toEqual([['N', 50257, 50304, '%wte.weight rows']]);
     expect(padded[0].extraFlops).toBeCloseTo(47 / 50257, 12);
@@ -105,7 +107,7 @@ describe('pad-nice-numbers on the GPT presets', () => {
   });
 
   it('leaves the tiny preset (vocabulary 4096) exactly as it was', () => {
-    const { graph } = forwardOf(model.presets.tiny);
+    const { graph } = forwardOf(model.presets.tiny, defaultMicroBatch(model, 'tiny'));
     const { graph: after, counters } = runPasses(graph, [padNiceNumbers]);
     expect(printGraph(after)).toBe(printGraph(graph));
     expect(counters['pad-nice-numbers']['padded-dims']).toBe(0);
@@ -180,10 +182,10 @@ describe('pad-nice-numbers: the per-dim FLOP limit √(17/16) − 1, at its edge
 });
 
 describe('loss and gradients with and without the pass (vocabulary 1000 → 1024)', () => {
-  const { graph: forward, params } = forwardOf(SMALL);
+  const { graph: forward, params } = forwardOf(SMALL, B);
   const plain = jointGraph(forward, false);
   const padded = jointGraph(forward, true);
-  const inputs = gptInputs(SMALL, params, 5);
+  const inputs = gptInputs(SMALL, B, params, 5);
 
   it('the pass pads the LM head, and the gradient graph reads the padded logits', () => {
     expect(padRecords(forward).filter((r) => r.padded).map((r) => `${r.from}→${r.to}`)).toEqual(['1000→1024']);

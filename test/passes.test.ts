@@ -14,6 +14,7 @@ import { isGraphInput, nextStateName, numel, stateInputOf, type Graph, type Node
 import { formatCounters, GraphRewriter, runPasses, type Pass, type PassCounters } from '../compiler/ir/pass.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { printGraph } from '../compiler/ir/printer.ts';
+import { defaultMicroBatch } from '../compiler/frontend/nn.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { ALL_PASSES, JOINT_CLEANUP, passNamed } from '../passes/index.ts';
@@ -388,9 +389,9 @@ graph sig(%x: f32[2], %unused: f32[2]) {
 // ---------------------------------------------------------------------------------------------
 // The GPT joint graph
 
-function gptInputs(config: GPTConfig, params: ReturnType<typeof traceForward>['params'], seed: number): Record<string, RefInput> {
+function gptInputs(config: GPTConfig, batchSize: number, params: ReturnType<typeof traceForward>['params'], seed: number): Record<string, RefInput> {
   const rng = mulberry32(seed);
-  const tokens = () => Int32Array.from({ length: config.batchSize * config.blockSize }, () => Math.floor(rng() * config.vocabSize));
+  const tokens = () => Int32Array.from({ length: batchSize * config.blockSize }, () => Math.floor(rng() * config.vocabSize));
   const inputs: Record<string, RefInput> = { idx: tokens(), targets: tokens() };
   const initial = initParameters(params, seed);
   // Off the special initial values (unit gains, zero biases), so that every gradient is generic.
@@ -404,7 +405,7 @@ function gptInputs(config: GPTConfig, params: ReturnType<typeof traceForward>['p
 
 describe('cleanup of the GPT joint graph (canonicalize, cse, dce)', () => {
   it('shrinks the tiny preset joint graph and leaves it in canonical form', () => {
-    const joint = buildJointGraph(traceForward(model, model.presets.tiny).graph);
+    const joint = buildJointGraph(traceForward(model, model.presets.tiny, { batchSize: defaultMicroBatch(model, 'tiny') }).graph);
     const steps: string[] = [`joint ${joint.nodes.length} nodes`];
     const { graph } = runPasses(joint, JOINT_CLEANUP, { onPass: (name, g, c) => steps.push(`${formatCounters(name, c)} → ${g.nodes.length} nodes`) });
     console.info(`tiny preset:\n  ${steps.join('\n  ')}`);
@@ -429,12 +430,13 @@ describe('cleanup of the GPT joint graph (canonicalize, cse, dce)', () => {
   });
 
   it('gives the same loss and gradients on the reference interpreter (a 2-layer, 16-dim GPT)', () => {
-    const config: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true, batchSize: 2 };
-    const { graph: forward, params } = traceForward(model, config);
+    const config: GPTConfig = { nLayer: 2, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 32, bias: true };
+    const batchSize = 2;
+    const { graph: forward, params } = traceForward(model, config, { batchSize });
     const joint = buildJointGraph(forward);
     const { graph: cleaned } = runPasses(joint, JOINT_CLEANUP);
     expect(cleaned.nodes.length).toBeLessThan(joint.nodes.length);
-    const inputs = gptInputs(config, params, 11);
+    const inputs = gptInputs(config, batchSize, params, 11);
     const before = evaluate(joint, inputs);
     const after = evaluate(cleaned, inputs);
     expect(after.length).toBe(params.length + 1);

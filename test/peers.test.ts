@@ -7,10 +7,10 @@ import type { TestContext } from 'vitest';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPeer, learnableBatches, ourEagerStart, terminateShimWorkers, type PeerName } from '../bench/peers/index.ts';
 import { installWebGpuGlobals } from '../bench/peers/webgpu-globals.ts';
-import type { GPTConfig } from '../models/gpt.ts';
+import type { BenchConfig } from '../bench/peers/peer.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 
-const config: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 64, bias: true, batchSize: 2 };
+const config: BenchConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 64, bias: true, batchSize: 2 };
 const STEPS = 3;
 const LR = 1e-2; // large enough that 3 steps move the loss well beyond the tolerance
 const batches = learnableBatches(config, STEPS, 7);

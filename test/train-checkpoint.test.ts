@@ -9,7 +9,9 @@ import {
   writeSafetensors,
   type Checkpoint,
   type HostTensor,
+  type LoadedCheckpoint,
 } from '../runtime/train/checkpoint.ts';
+import { fallbackNotice, runShape } from '../runtime/train/trainer.ts';
 
 let dir: string;
 beforeEach(async () => {
@@ -143,10 +145,14 @@ describe('checkpoints', () => {
     expect(recovered.state.step).toBe(1);
     expect(recovered.parameters).toEqual(tinyCheckpoint(1).parameters);
 
-    // The next save completes the interrupted swap's work and leaves nothing behind.
+    expect(recovered.loadedFrom).toBe(`${target}.previous`);
+    expect(recovered.fellBack).toMatch(/does not exist/);
+
+    // The next save puts a complete checkpoint in place; the older one stays beside it.
     await saveCheckpoint(target, tinyCheckpoint(3));
-    expect((await loadCheckpoint(target)).state.step).toBe(3);
-    expect(await fs.readdir(dir)).toEqual(['ckpt']);
+    const loaded = await loadCheckpoint(target);
+    expect([loaded.state.step, loaded.loadedFrom, loaded.fellBack]).toEqual([3, target, undefined]);
+    expect((await fs.readdir(dir)).sort()).toEqual(['ckpt', 'ckpt.previous']);
   });
 
   it('leaves the previous checkpoint in place when writing the new one fails', async () => {
@@ -174,14 +180,40 @@ describe('checkpoints', () => {
     await fs.writeFile(join(target, 'state.json'), JSON.stringify({ ...tinyCheckpoint(1).state, step: -1 }));
     await expect(loadCheckpoint(target)).rejects.toThrow('"step" is not a non-negative integer');
 
-    await saveCheckpoint(target, tinyCheckpoint(1));
+    // With no checkpoint before it to fall back to, each fault is an error naming the file.
+    const fresh = async () => {
+      await fs.rm(target, { recursive: true, force: true });
+      await fs.rm(`${target}.previous`, { recursive: true, force: true });
+      await saveCheckpoint(target, tinyCheckpoint(1));
+    };
+    await fresh();
     const model = join(target, 'model.safetensors');
     await fs.truncate(model, (await fs.stat(model)).size - 1);
     await expect(loadCheckpoint(target)).rejects.toThrow(`${model}: the tensors cover`);
 
-    await saveCheckpoint(target, tinyCheckpoint(1));
+    await fresh();
     await fs.rm(join(target, 'optimizer.safetensors'));
     await expect(loadCheckpoint(target)).rejects.toThrow('is incomplete: optimizer.safetensors is missing');
+  });
+
+  it('falls back to the checkpoint before when the last one fails to load, and says why', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    await saveCheckpoint(target, tinyCheckpoint(2));
+    expect((await loadCheckpoint(`${target}.previous`)).state.step).toBe(1);
+    const model = join(target, 'model.safetensors');
+    await fs.truncate(model, (await fs.stat(model)).size - 1);
+    const loaded = await loadCheckpoint(target);
+    expect(loaded.state.step).toBe(1);
+    expect(loaded.parameters).toEqual(tinyCheckpoint(1).parameters);
+    expect(loaded.loadedFrom).toBe(`${target}.previous`);
+    expect(loaded.fellBack).toContain(`${model}: the tensors cover`);
+    expect(fallbackNotice(loaded)).toBe(`warning: ${target} failed to load (${loaded.fellBack}); using ${target}.previous, the checkpoint saved before it`);
+    expect(fallbackNotice(await loadCheckpoint(`${target}.previous`))).toBeUndefined();
+
+    // Both broken: the error names both faults.
+    await fs.writeFile(join(`${target}.previous`, 'state.json'), '{');
+    await expect(loadCheckpoint(target)).rejects.toThrow(/the tensors cover.*; and the checkpoint before it failed too: .*state\.json: not valid JSON/);
   });
 
   it('refuses moments that do not match the parameters', async () => {
@@ -195,5 +227,20 @@ describe('checkpoints', () => {
     optimizer.tensors.delete('m.wte.weight');
     await writeSafetensors(join(target, 'optimizer.safetensors'), optimizer.tensors);
     await expect(loadCheckpoint(target)).rejects.toThrow('no m.wte.weight for parameter wte.weight');
+  });
+});
+
+describe("a run's shape (runShape)", () => {
+  it('moves the micro-batch out of an old checkpoint\'s modelConfig; a new one keeps it in config.batchSize', () => {
+    const shape = { nLayer: 1, nHead: 2, nEmbd: 4, vocabSize: 5, blockSize: 3, bias: true };
+    const withConfig = (config: Checkpoint['state']['config']): LoadedCheckpoint => {
+      const checkpoint = tinyCheckpoint(1);
+      return { ...checkpoint, state: { ...checkpoint.state, config: { modelFile: 'models/gpt.ts', preset: 'tiny', ...config } }, loadedFrom: join(dir, 'ckpt') };
+    };
+    // Written before the micro-batch left the model config: modelConfig.batchSize, no config.batchSize.
+    const old = withConfig({ modelConfig: { ...shape, batchSize: 2 } });
+    expect(old.state.config.batchSize).toBeUndefined();
+    expect(runShape(old)).toEqual({ modelConfig: shape, batchSize: 2 });
+    expect(runShape(withConfig({ modelConfig: shape, batchSize: 3 }))).toEqual({ modelConfig: shape, batchSize: 3 });
   });
 });

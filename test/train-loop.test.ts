@@ -21,8 +21,10 @@ import { accumulationSteps, learningRate } from '../runtime/train/schedule.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { ReferenceEngine, referenceEngines, type EngineLog } from './support/reference-engine.ts';
 
-const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 512, bias: true, batchSize: 2 };
-const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, defaultPreset: 'toy' };
+const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 512, bias: true };
+/** The toy preset's micro-batch (ModelDefinition.microBatch): what train() uses, no batchSize being given. */
+const B = 2;
+const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, microBatch: { toy: B }, defaultPreset: 'toy' };
 /** The reference engine runs on the CPU and never touches a device. */
 const NO_GPU = {} as GpuContext;
 
@@ -130,7 +132,7 @@ describe('train', () => {
     expect(log.microBatchCounts).toEqual([2, 2, 2, 2, 3, 3, 3]);
     const checkpoint = await loadCheckpoint(join(scratch, 'schedule', 'checkpoint'));
     expect(checkpoint.state.config).toMatchObject(schedule);
-    expect(checkpoint.state.tokensSeen).toBe(17 * TOY.batchSize * TOY.blockSize);
+    expect(checkpoint.state.tokensSeen).toBe(17 * B * TOY.blockSize);
     const csv = (await readFile(join(scratch, 'schedule', 'loss.csv'), 'utf8')).trim().split('\n').slice(1);
     expect(csv.map((line) => Number(line.split(',')[3]))).toEqual([...steps, 7].map(lrAt));
     expect(output.text).toMatch(/7 steps · lr 0\.004 \(warmup 3, cosine to 0\.0014\) · 2→3 micro-batches of 2×8 over 4 steps/);
@@ -149,11 +151,12 @@ describe('train', () => {
     const { checkpoint, result } = straight;
     const { state } = checkpoint;
     expect(state.step).toBe(6);
-    expect(state.tokensSeen).toBe((1 + 1 + 1 + 2 + 2 + 2) * TOY.batchSize * TOY.blockSize);
-    expect(state.sampler.cursor).toBe(9 * TOY.batchSize);
+    expect(state.tokensSeen).toBe((1 + 1 + 1 + 2 + 2 + 2) * B * TOY.blockSize);
+    expect(state.sampler.cursor).toBe(9 * B);
     expect(withoutTimings(checkpoint)).toEqual(withoutTimings(result));
     // The tokenizer has 300 ids, fewer than the preset's 512: the model's vocabulary shrinks to it.
     expect(state.config.modelConfig).toEqual({ ...TOY, vocabSize: 300 });
+    expect(state.config.batchSize).toBe(B);
     expect(checkpoint.parameters.get('wte.weight')!.shape).toEqual([300, 16]);
     expect(state.config).toMatchObject({ steps: 6, maxLr: 1e-2, warmupSteps: 2, rampSteps: 3, tokenizer: 'bpe:300', seed: 7 });
     const prepared = await prepareData({ source: corpusPath, tokenizer: { bpe: 300 }, cacheDir: join(scratch, 'cache') });
@@ -206,7 +209,7 @@ describe('train', () => {
     const windows = windowCount(data.train.length, TOY.blockSize);
     const all = fillBatch(data.train, Array.from({ length: windows }, (_, i) => i), TOY.blockSize);
     const expected = Array.from({ length: windows }, (_, i) => all.idx.slice(i * TOY.blockSize, (i + 1) * TOY.blockSize).join(','));
-    const perStep = 2 * TOY.batchSize;
+    const perStep = 2 * B;
     const { log, factory } = referenceEngines();
     await train(
       options('epoch', { steps: Math.ceil(windows / perStep) + 1, startMicroBatches: 2, rampSteps: 0, evalBatches: 0, warmupSteps: 0 }),
@@ -264,7 +267,7 @@ describe('sample', () => {
 
     // The first greedy token is the argmax of the logits after end-of-text and the prompt.
     const data = await loadPreparedData((await prepareData({ source: corpusPath, tokenizer: { bpe: 300 }, cacheDir: join(scratch, 'cache') })).dir);
-    const engine = new ReferenceEngine(toyModel, { ...TOY, vocabSize: 300, batchSize: 1 }, 0);
+    const engine = new ReferenceEngine(toyModel, { ...TOY, vocabSize: 300 }, 1, 0);
     engine.importState(engineStateOf(straight.checkpoint));
     const logits = await engine.lastLogits(Int32Array.from([data.tokenizer.eotId, ...data.tokenizer.encode('the river')]));
     expect(greedy.generated[0]).toBe(logits.indexOf(Math.max(...logits)));

@@ -12,7 +12,8 @@
 
 import { webgpuTarget } from '../../backends/index.ts';
 import { parseArgs } from 'node:util';
-import { presets, type GPTConfig } from '../../models/gpt.ts';
+import { model, presets } from '../../models/gpt.ts';
+import type { BenchConfig } from './peer.ts';
 import { createCompiledEngine } from '../../runtime/engines/compiled-engine.ts';
 import type { TrainingEngine } from '../../runtime/engines/engine.ts';
 import { createPeer, learnableBatches, loadGpt, median, ourEagerStart, PEER_NAMES, terminateShimWorkers, type PeerName } from './index.ts';
@@ -29,8 +30,8 @@ const { values } = parseArgs({
   },
 });
 // 'micro' is test/peers.test.ts's size, for a quick look.
-const MICRO: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 64, bias: true, batchSize: 2 };
-const config: GPTConfig = values.preset === 'micro' ? MICRO : presets[values.preset!];
+const MICRO: BenchConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 64, bias: true, batchSize: 2 };
+const config: BenchConfig | undefined = values.preset === 'micro' ? MICRO : presets[values.preset!] && { ...presets[values.preset!], batchSize: model.microBatch![values.preset!] ?? 8 };
 if (!config) throw new Error(`no preset ${values.preset}`);
 const steps = Number(values.steps);
 const lr = Number(values.lr);
@@ -67,7 +68,7 @@ const { engine: eager, weights } = await ourEagerStart(config, gpu);
 columns.push(await runEngine('eager', eager));
 if (!values['no-compiled']) {
   // Seeded as the eager engine, so it starts from the same weights (as bench/step.mts relies on).
-  const compiled = await createCompiledEngine({ def: await loadGpt(), config, seed: 1337, target: webgpuTarget(gpu), cacheDir: '.chotta/compile', log });
+  const compiled = await createCompiledEngine({ def: await loadGpt(), config, batchSize: config.batchSize, seed: 1337, target: webgpuTarget(gpu), cacheDir: '.chotta/compile', log });
   columns.push(await runEngine('compiled', compiled));
 }
 

@@ -10,6 +10,9 @@
 // device; the only host read is the loss.
 
 import type { GPTConfig } from '../../models/gpt.ts';
+
+/** A benchmarked shape: the model's config and the micro-batch every system steps on. */
+export type BenchConfig = GPTConfig & { batchSize: number };
 import { GPT3_ADAMW } from '../../runtime/engines/engine.ts';
 
 export interface AdamWOptions {
@@ -25,7 +28,7 @@ export interface AdamWOptions {
 export const DEFAULT_ADAMW: AdamWOptions = { ...GPT3_ADAMW };
 
 export interface PeerOptions {
-  config: GPTConfig;
+  config: BenchConfig;
   /** Initial weights by our parameter names (wte.weight, wpe.weight, h.0.ln_1.weight, …, ln_f.bias). */
   weights: Map<string, Float32Array>;
   /** Learning rate, constant over the peer's life (the cross-check and the bench use one rate). */

@@ -122,11 +122,13 @@ export interface LanguageModel {
   forward(idx: Tensor, targets?: Tensor): { logits: Tensor; loss?: Tensor };
 }
 
-/** The shape facts every preset states, so a trace has static input shapes. */
+/**
+ * The shape facts every preset states. The micro-batch is not one of them: it belongs to the trace
+ * (TraceOptions.batchSize), as in nanoGPT, whose GPTConfig has none.
+ */
 export interface ModelShape {
   vocabSize: number;
   blockSize: number;
-  batchSize: number;
 }
 
 /** What a model module exports (as `model`): presets and a constructor from parameters. */
@@ -134,7 +136,14 @@ export interface ModelDefinition<C extends ModelShape = ModelShape> {
   name: string;
   presets: Record<string, C>;
   defaultPreset: string;
+  /** The micro-batch (sequences) each preset trains with unless told otherwise; 8 where none is given. Not part of the config: the model does not depend on it. */
+  microBatch?: Record<string, number>;
   create(params: ParamScope, config: C): LanguageModel;
+}
+
+/** The micro-batch a preset trains with by default (ModelDefinition.microBatch). */
+export function defaultMicroBatch(def: ModelDefinition<any>, preset: string): number {
+  return def.microBatch?.[preset] ?? 8;
 }
 
 export function defineModel<C extends ModelShape>(def: ModelDefinition<C>): ModelDefinition<C> {

@@ -14,8 +14,8 @@ export interface TracedModel {
 }
 
 export interface TraceOptions {
-  /** Override the preset's batch size (the graph's static batch dimension). */
-  batchSize?: number;
+  /** The micro-batch: the graph's static batch dimension (a property of the trace, not of the model). */
+  batchSize: number;
   /** Override the sequence length (defaults to the preset's context). */
   seqLen?: number;
   /**
@@ -26,17 +26,17 @@ export interface TraceOptions {
 }
 
 /** Trace the training forward pass: inputs `idx` and `targets` (i32 [B, T]) and parameters; output `loss`. */
-export function traceForward<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions = {}): TracedModel {
+export function traceForward<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions): TracedModel {
   return traceModel(def, config, opts, 'loss');
 }
 
 /** Trace inference: input `idx` (i32 [B, T]) and parameters; output `logits` ([B, T, vocab]). */
-export function traceLogits<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions = {}): TracedModel {
+export function traceLogits<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions): TracedModel {
   return traceModel(def, config, opts, 'logits');
 }
 
 function traceModel<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: TraceOptions, output: 'loss' | 'logits'): TracedModel {
-  const B = opts.batchSize ?? config.batchSize;
+  const B = opts.batchSize;
   const T = opts.seqLen ?? config.blockSize;
   const graph = new GraphBuilder(`${def.name}_${output === 'loss' ? 'forward' : 'logits'}`);
   const builder = new GraphOpBuilder(graph);

@@ -6,6 +6,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { buildJointGraph } from '../autodiff/autograd.ts';
 import { choosePreset, loadModel } from '../frontend/load-model.ts';
+import { defaultMicroBatch } from '../frontend/nn.ts';
 import { UsageError } from '../ir/errors.ts';
 import { PROGRAMS, type ProgramName } from '../pipeline.ts';
 import { BACKENDS, backendNamed } from '../../backends/index.ts';
@@ -71,7 +72,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('dump-dir', { type: 'string', describe: 'write every stage of every program (DIR/<program>/NN-<stage>.ir), each kernel (DIR/<program>/kernels/<name>.wgsl) and each plan (DIR/<program>/plan.txt)' })
     .option('stats', { type: 'boolean', describe: 'print parameters, op counts, FLOPs, and for one training step: compiled kernels vs eager dispatches, peak bytes, every pass\'s counters' })
     .option('preset', { type: 'string', describe: "model preset (e.g. gpt2, tiny); the model's default if omitted" })
-    .option('batch', { type: 'number', describe: "override the preset's micro-batch size" })
+    .option('batch', { type: 'number', describe: "sequences per micro-batch (the trace's batch dimension); the preset's default if omitted" })
     .option('seq', { type: 'number', describe: 'override the sequence length (at most the context)' })
     .option('max-storage-buffers', { type: 'number', default: DEFAULT_MAX_STORAGE_BUFFERS, describe: "storage buffers a kernel may bind (WebGPU's guaranteed minimum; the runtime uses its adapter's limit)" })
     .example('$0 models/gpt.ts --dump-ir', 'the fused GPT-2 forward (evaluate) graph, each op with its models/gpt.ts line')
@@ -103,7 +104,7 @@ export async function main(argv: string[]): Promise<void> {
   const program: ProgramName = args.backward ? 'gradient' : (args.program ?? 'evaluate');
   const style = styleFor(c);
 
-  const shape = { batchSize: args.batch, seqLen: args.seq };
+  const shape = { batchSize: args.batch ?? defaultMicroBatch(def, preset.name), seqLen: args.seq };
   const backend = backendNamed(args.backend);
   if (args.emit !== undefined && args.emit !== backend.language) throw new UsageError(`--emit ${args.emit}: the ${backend.name} backend writes ${backend.language}`);
   const r = compileWithStages(def, preset.config, { optimizer: GPT3_ADAMW, maxStorageBuffers, ...shape }, backend);

@@ -3,8 +3,8 @@
 
 export { detectCorpusFormat, listCorpusFiles, readDocuments, type CorpusFormat, type ReadDocumentsOptions } from './corpus.ts';
 export { wikiMarkupToPlainText } from './wiki-markup.ts';
-export { isWikiTextArticleHeading } from './wikitext.ts';
-export { DEFAULT_CORPUS_DESCRIPTION, defaultCorpusFiles } from './default-corpus.ts';
+export { isWikiTextArticleHeading, wikiTextToPlain } from './wikitext.ts';
+export { DEFAULT_CORPUS, DEFAULT_CORPUS_DESCRIPTION, NAMED_CORPORA, namedCorporaHelp, namedCorpus, type NamedCorpus } from './named-corpora.ts';
 export {
   tokenizerFromJson,
   validateTokenizerSpec,

@@ -14,6 +14,7 @@ import { trainByteBpeOnWordCounts, WordCounts } from './bpe-trainer.ts';
 import { readDocumentsOfFile } from './corpus.ts';
 import { DocumentSpool } from './document-spool.ts';
 import { loadGpt2Tokenizer } from './gpt2-tokenizer.ts';
+import { namedCorpus } from './named-corpora.ts';
 import { digestSource, type SourceDigest } from './source-digest.ts';
 import { readTokenFile, TokenFileWriter, tokenDtypeFor, type TokenArray, type TokenDtype } from './token-files.ts';
 import {
@@ -26,11 +27,11 @@ import {
 } from './tokenizer.ts';
 
 /** Bump when readers, tokenizers or file layout change what a cache entry would contain. */
-const PIPELINE_VERSION = 1;
+const PIPELINE_VERSION = 2;
 const PROGRESS_INTERVAL_MS = 2000;
 
 export interface PrepareDataOptions {
-  /** A corpus file, a folder of them, or 'default' (the embedded corpus). */
+  /** A corpus file, a folder of them, or a named corpus ('default', 'wikipedia', 'sotu': named-corpora.ts). */
   source: string;
   tokenizer: TokenizerSpec;
   /** Default `.chotta/data`. */
@@ -39,7 +40,7 @@ export interface PrepareDataOptions {
   valFraction?: number;
   /** Seeds the choice of validation documents; default 1337. */
   seed?: number;
-  /** Validate on this source instead of a split of `source` (which is then trained on whole). */
+  /** Validate on this source instead of a split of `source` (which is then trained on whole). Default: the named corpus's own evaluation split, if it has one. */
   evalSource?: string;
   onProgress?: (message: string) => void;
 }
@@ -104,9 +105,10 @@ export async function prepareData(options: PrepareDataOptions): Promise<Prepared
   const report = options.onProgress ?? (() => {});
   const cacheDir = resolve(options.cacheDir ?? '.chotta/data');
 
-  report(`hashing ${options.source}${options.evalSource ? ` and ${options.evalSource}` : ''}`);
+  const evalName = options.evalSource ?? namedCorpus(options.source)?.corpus.evalSource;
+  report(`hashing ${options.source}${evalName ? ` and ${evalName}` : ''}`);
   const source = await digestSource(options.source);
-  const evalSource = options.evalSource === undefined ? undefined : await digestSource(options.evalSource);
+  const evalSource = evalName === undefined ? undefined : await digestSource(evalName);
   const hash = sha256Hex(
     JSON.stringify({
       pipeline: PIPELINE_VERSION,

@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, relative } from 'node:path';
 import { detectCorpusFormat, listCorpusFiles, type CorpusFormat } from './corpus.ts';
-import { defaultCorpusFiles } from './default-corpus.ts';
+import { namedCorpus } from './named-corpora.ts';
 
 export interface CorpusFile {
   path: string;
@@ -15,7 +15,7 @@ export interface CorpusFile {
 }
 
 export interface SourceDigest {
-  /** As given: a path, or 'default'. */
+  /** As given: a path, or a corpus's name (named-corpora.ts). */
   source: string;
   files: CorpusFile[];
   bytes: number;
@@ -23,17 +23,17 @@ export interface SourceDigest {
 }
 
 export async function digestSource(source: string): Promise<SourceDigest> {
-  const isDefault = source === 'default';
-  const paths = isDefault ? await defaultCorpusFiles() : await listCorpusFiles(source);
-  const isFolder = isDefault || (await stat(source)).isDirectory();
+  const named = namedCorpus(source);
+  const paths = named ? await named.corpus.files() : await listCorpusFiles(source);
+  const isFolder = !named && (await stat(source)).isDirectory();
   const hash = createHash('sha256');
   const files: CorpusFile[] = [];
   let bytes = 0;
   for (const path of paths) {
-    const format: CorpusFormat = isDefault ? 'text' : await detectCorpusFormat(path);
+    const format: CorpusFormat = named ? named.corpus.format : await detectCorpusFormat(path);
     files.push({ path, format });
-    const name = isDefault ? basename(path) : isFolder ? relative(source, path).replaceAll('\\', '/') : '';
-    hash.update(`${isDefault ? 'default:' : ''}${name}\0${format}\0`);
+    const name = named ? basename(path) : isFolder ? relative(source, path).replaceAll('\\', '/') : '';
+    hash.update(`${named ? `named:${named.name}:` : ''}${name}\0${format}\0`);
     // Length first, so that no two different file lists hash alike by shifting bytes between files.
     hash.update(`${(await stat(path)).size}\0`);
     for await (const chunk of createReadStream(path)) {

@@ -4,7 +4,7 @@
 // uploaded, the gradient program runs once per micro-batch, the update program once, and the loss
 // and gradient norm are read back later. Nothing in the step waits for the device.
 
-import { compileTraining, type ProgramName } from '../../compiler/pipeline.ts';
+import { compileTraining } from '../../compiler/pipeline.ts';
 import type { DeviceValues, Executor, KernelProfiler, RenderedProgram, RenderedTraining, Target } from '../../backends/index.ts';
 import { numel } from '../../compiler/ir/graph.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
@@ -20,6 +20,8 @@ import { initParameters } from '../init.ts';
 export interface CompiledEngineContext<P extends RenderedProgram = RenderedProgram> {
   def: ModelDefinition;
   config: ModelShape;
+  /** The micro-batch the gradient and evaluate programs take (sequences). */
+  batchSize: number;
   seed: number;
   /** The backend on its device (backends/index.ts: webgpuTarget). Profiling is WebGPU's timestamp queries today. */
   target: Target<P, KernelProfiler>;
@@ -36,18 +38,19 @@ export async function createCompiledEngine<P extends RenderedProgram>(ctx: Compi
   const optimizer = ctx.optimizer ?? GPT3_ADAMW;
   const log = ctx.log ?? (() => {});
   const { target } = ctx;
-  const options = { optimizer, maxStorageBuffers: target.maxStorageBuffers, lossMask: ctx.lossMask };
+  const options = { optimizer, maxStorageBuffers: target.maxStorageBuffers, batchSize: ctx.batchSize, lossMask: ctx.lossMask };
   const compile = () => target.render(compileTraining(ctx.def, ctx.config, options), log);
   let result: CacheResult<RenderedTraining<P>>;
   if (ctx.cacheDir) {
     // What the model computes (both traced paths) and how its weights start: a change to either misses.
-    const training = traceForward(ctx.def, ctx.config, { lossMask: ctx.lossMask });
+    const training = traceForward(ctx.def, ctx.config, { batchSize: ctx.batchSize, lossMask: ctx.lossMask });
     const inference = traceLogits(ctx.def, ctx.config, { batchSize: 1 });
     const key = cacheKey([
       printGraph(training.graph),
       printGraph(inference.graph),
       training.params,
       ctx.config,
+      ctx.batchSize,
       optimizer,
       target.maxStorageBuffers,
       compilerVersion(),
@@ -80,8 +83,8 @@ export async function createCompiledEngine<P extends RenderedProgram>(ctx: Compi
 
 /** An engine over programs already rendered by `ctx.target` (createCompiledEngine compiles them, or loads them from the cache). */
 export async function openCompiledEngine<P extends RenderedProgram>(ctx: CompiledEngineContext<P>, compiled: RenderedTraining<P>): Promise<CompiledEngine<P>> {
-  const { batchSize, blockSize } = ctx.config;
-  const values = deviceValues(compiled, batchSize * blockSize, blockSize, ctx.lossMask === true);
+  const { blockSize } = ctx.config;
+  const values = deviceValues(compiled, ctx.batchSize * blockSize, blockSize, ctx.lossMask === true);
   const executor = await ctx.target.open(compiled.programs, values, { logits: { idx: 'idx1' } });
   return new CompiledEngine(ctx, compiled, executor);
 }
@@ -130,7 +133,7 @@ export class CompiledEngine<P extends RenderedProgram = RenderedProgram> impleme
     this.compiled = compiled;
     this.executor = executor;
     this.params = compiled.params;
-    this.batchSize = ctx.config.batchSize;
+    this.batchSize = ctx.batchSize;
     this.seqLen = ctx.config.blockSize;
     this.lossMask = ctx.lossMask === true;
     this.accumulators = [...new Set(this.params.map((p) => compiled.layout?.views[gradSumName(p.name)]?.buffer ?? gradSumName(p.name)))];

@@ -25,6 +25,8 @@ interface Parameter {
 export interface EagerEngineContext {
   def: ModelDefinition;
   config: ModelShape;
+  /** The micro-batch every call takes (sequences). */
+  batchSize: number;
   seed: number;
   gpu: GpuContext;
   optimizer?: OptimizerSettings;
@@ -50,7 +52,7 @@ export class EagerEngine implements TrainingEngine {
     this.backend = new EagerBackend(ctx.gpu);
     this.ops = new Ops(this.backend);
     this.optimizer = ctx.optimizer ?? GPT3_ADAMW;
-    this.batchSize = ctx.config.batchSize;
+    this.batchSize = ctx.batchSize;
     this.seqLen = ctx.config.blockSize;
     const specs: ParamSpec[] = [];
     // Build the model once; its layers hold Tensors over the parameter buffers created here.

@@ -5,10 +5,10 @@ import { readFile } from 'node:fs/promises';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
-import { asUsageError, engineStateOf } from '../train/trainer.ts';
+import { asUsageError, engineStateOf, loadRunCheckpoint } from '../train/trainer.ts';
 import { ExampleEncoder } from './encode.ts';
 import { classify, completionLoss, textPerplexity } from './evaluate.ts';
-import { DEFAULT_FINETUNE_CONFIG, loadRunCheckpoint, modelOf, type FinetuneEngineFactory } from './finetune.ts';
+import { DEFAULT_FINETUNE_CONFIG, modelOf, type FinetuneEngineFactory } from './finetune.ts';
 import { loadTask } from './tasks.ts';
 
 export interface EvalOptions {
@@ -41,17 +41,17 @@ export async function evaluateCheckpoint(options: EvalOptions, createEngine: Fin
   if (!Number.isInteger(limit) || limit < 0) throw new UsageError(`--eval-examples must be a non-negative integer; got ${limit}`);
   const task = options.task !== undefined ? loadTask(options.task, { labels: options.labels }) : undefined;
   const checkpoint = await loadRunCheckpoint(options.ckpt);
-  const { tokenizer, def, modelConfig } = await modelOf(checkpoint, options.def);
+  const { tokenizer, def, modelConfig, batchSize } = await modelOf(checkpoint, options.def);
   let text: string | undefined;
   if (options.text !== undefined) text = await asUsageError(readFile(options.text, 'utf8'), `--text ${options.text}`);
 
   const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, seed: 0, gpu, lossMask: task !== undefined });
+  const engine = await createEngine({ def, config: modelConfig, batchSize, seed: 0, gpu, lossMask: task !== undefined });
   engine.importState(engineStateOf(checkpoint));
 
   if (text !== undefined) {
     const tokens = tokenizer.encode(text);
-    const maxBatches = limit > 0 ? Math.max(1, Math.ceil(limit / modelConfig.batchSize)) : Infinity;
+    const maxBatches = limit > 0 ? Math.max(1, Math.ceil(limit / batchSize)) : Infinity;
     const r = await asUsageError(textPerplexity(engine, tokens, maxBatches), `--text ${options.text}`);
     return { ...r, count: r.windows, text: `${options.text}: perplexity ${r.perplexity.toFixed(2)} (loss ${r.loss.toFixed(4)}) over ${r.windows} windows of ${modelConfig.blockSize} tokens` };
   }

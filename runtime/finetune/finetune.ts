@@ -27,7 +27,7 @@ import { writeLossCurve, type LossRow } from '../train/loss-curve.ts';
 import { formatDuration, ProgressReporter, type ProgressStream } from '../train/progress.ts';
 import { EpochSampler } from '../train/sampler.ts';
 import { learningRate } from '../train/schedule.ts';
-import { asUsageError, CHECKPOINT_DIR, engineStateOf, locateModelFile } from '../train/trainer.ts';
+import { asUsageError, CHECKPOINT_DIR, engineStateOf, loadRunCheckpoint, locateModelFile, runShape } from '../train/trainer.ts';
 import { accuracyOf, BagOfWordsClassifier, majorityLabel } from './baselines.ts';
 import { exampleBatch, ExampleEncoder, type EncodedExample } from './encode.ts';
 import { classify, completionLoss } from './evaluate.ts';
@@ -88,6 +88,7 @@ export const DEFAULT_FINETUNE_CONFIG: Omit<FinetuneConfig, 'ckpt' | 'task'> = {
 export type FinetuneEngineFactory = (ctx: {
   def: ModelDefinition;
   config: ModelShape & Record<string, unknown>;
+  batchSize: number;
   seed: number;
   gpu: GpuContext;
   lossMask: boolean;
@@ -131,7 +132,7 @@ export async function finetune(options: FinetuneOptions, createEngine: FinetuneE
   // Everything that can be wrong with the task is found before a device is touched.
   const task = loadTask(config.task, { labels: config.labels ?? undefined });
   const pretrained = await loadRunCheckpoint(config.ckpt);
-  const { tokenizer, def, modelConfig } = await modelOf(pretrained, options.def);
+  const { tokenizer, def, modelConfig, batchSize } = await modelOf(pretrained, options.def);
   if (config.context !== null && options.context === undefined) config.context = Math.min(config.context, modelConfig.blockSize);
   if (config.context !== null) {
     if (!Number.isInteger(config.context) || config.context < 2 || config.context > modelConfig.blockSize) {
@@ -141,7 +142,7 @@ export async function finetune(options: FinetuneOptions, createEngine: FinetuneE
   }
   const pretrainedState = withContext(engineStateOf(pretrained), modelConfig.blockSize);
   const T = modelConfig.blockSize;
-  const B = modelConfig.batchSize;
+  const B = batchSize;
   const reserve = Math.max(0, ...(task.labels ?? []).map((l) => tokenizer.encode(l.answer).length));
   const encoder = new ExampleEncoder(tokenizer, T, reserve);
   const heldOut = config.evalExamples > 0 ? task.test.slice(0, config.evalExamples) : task.test;
@@ -167,7 +168,7 @@ export async function finetune(options: FinetuneOptions, createEngine: FinetuneE
   log(`${config.steps} steps of ${config.microBatches}×${B} examples · lr ${config.maxLr} (warmup ${config.warmupSteps}, cosine to ${config.maxLr * config.minLrRatio}) · from ${pretrained.loadedFrom} · writing to ${outDir}`);
 
   const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, seed: config.seed, gpu, lossMask: true });
+  const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, gpu, lossMask: true });
   const randomInit = config.baselines ? await engine.exportState() : undefined;
   const rows: ReportRow[] = [];
   const score = async (name: string, note: string): Promise<ReportRow> => {
@@ -252,20 +253,14 @@ function withContext(state: EngineState, context: number): EngineState {
   return { ...state, params };
 }
 
-/** A run folder's checkpoint, or the checkpoint folder itself. */
-export async function loadRunCheckpoint(dir: string): Promise<LoadedCheckpoint> {
-  const inRun = join(dir, CHECKPOINT_DIR);
-  const target = existsSync(inRun) || existsSync(`${inRun}.previous`) ? inRun : dir;
-  return asUsageError(loadCheckpoint(target), `--ckpt ${dir}`);
-}
 
-/** The tokenizer, model and shapes a checkpoint was trained with. */
-export async function modelOf(checkpoint: LoadedCheckpoint, given?: ModelDefinition): Promise<{ tokenizer: Tokenizer; def: ModelDefinition; modelConfig: ModelShape & Record<string, unknown> }> {
+/** The tokenizer, model and shapes (model config and micro-batch) a checkpoint was trained with. */
+export async function modelOf(checkpoint: LoadedCheckpoint, given?: ModelDefinition): Promise<{ tokenizer: Tokenizer; def: ModelDefinition; modelConfig: ModelShape & Record<string, unknown>; batchSize: number }> {
   const { config, extra } = checkpoint.state;
   if (!extra?.tokenizer) throw new UsageError(`${checkpoint.loadedFrom} has no tokenizer in its state.json; it was not written by the trainer`);
   const tokenizer = await tokenizerFromJson(extra.tokenizer as unknown as TokenizerJson);
   const def = given ?? (await loadModel(locateModelFile(String(config.modelFile))));
-  return { tokenizer, def, modelConfig: { ...(config.modelConfig as unknown as ModelShape & Record<string, unknown>) } };
+  return { tokenizer, def, ...runShape(checkpoint) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,12 +324,13 @@ async function trainVariant(run: VariantRun): Promise<{ finished: boolean; train
         tokensSeen,
         sampler: sampler.state(),
         rng: null,
-        // What chotta eval and chotta sample read (modelFile, modelConfig), and the fine-tuning recipe.
+        // What chotta eval and chotta sample read (modelFile, modelConfig, batchSize), and the fine-tuning recipe.
         config: {
           ...(run.pretrained.state.config as { [key: string]: JsonValue }),
           ...(config as unknown as { [key: string]: JsonValue }),
           outDir: variant.dir,
           modelConfig: run.modelConfig as unknown as JsonValue,
+          batchSize: run.engine.batchSize,
           optimizer: { ...GPT3_ADAMW },
         },
         data: { task: task.name, split: task.split, trainExamples: task.train.length },

@@ -8,9 +8,11 @@
 //
 // Saving never touches the last good checkpoint until a complete new one is on disk: the new one is
 // written and fsynced in a sibling temporary directory, the old one is moved aside to
-// `<dir>.previous`, the new one is renamed into place, and only then is the old one deleted. A crash
-// at any point leaves either `<dir>` or `<dir>.previous` complete, and `loadCheckpoint` falls back
-// to the second when the first is missing. One process writes a given checkpoint directory.
+// `<dir>.previous` (replacing the one before it), and the new one is renamed into place. The
+// previous checkpoint stays: a crash at any point leaves `<dir>` or `<dir>.previous` complete, and
+// a `<dir>` that fails to load (missing, truncated, corrupt: a disk that lied about fsync, a copy
+// cut short) falls back to `<dir>.previous`, one save earlier, and says why. One process writes a
+// given checkpoint directory (run-lock.ts).
 
 import { randomBytes } from 'node:crypto';
 // The default export is the module object itself, which tests can spy on to simulate a crash.
@@ -48,8 +50,10 @@ export interface Checkpoint {
 }
 
 export interface LoadedCheckpoint extends Checkpoint {
-  /** The directory actually read: `<dir>.previous` when a save was interrupted mid-swap. */
+  /** The directory actually read: `<dir>.previous` when `<dir>` is missing or failed to load. */
   loadedFrom: string;
+  /** Why `<dir>` itself was not used, when `loadedFrom` is `<dir>.previous`. */
+  fellBack?: string;
 }
 
 export const MODEL_FILE = 'model.safetensors';
@@ -81,7 +85,7 @@ export async function saveCheckpoint(dir: string, checkpoint: Checkpoint): Promi
     await syncDirectory(temporary);
 
     if (await exists(target)) {
-      // A `.previous` beside a complete `<dir>` is left from a save that died after its swap.
+      // The checkpoint before the last one gives way to the last one.
       await fs.rm(previous, { recursive: true, force: true });
       await fs.rename(target, previous);
     }
@@ -91,16 +95,29 @@ export async function saveCheckpoint(dir: string, checkpoint: Checkpoint): Promi
     await fs.rm(temporary, { recursive: true, force: true });
     throw error;
   }
-  await fs.rm(previous, { recursive: true, force: true });
 }
 
+/** `<dir>`, or `<dir>.previous` when `<dir>` is missing or fails to load (the result's `fellBack` says why). */
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const target = resolve(dir);
-  let from = target;
+  const previous = target + PREVIOUS_SUFFIX;
   if (!(await exists(target))) {
-    if (!(await exists(target + PREVIOUS_SUFFIX))) throw new Error(`no checkpoint at ${dir}: the directory does not exist`);
-    from = target + PREVIOUS_SUFFIX;
+    if (!(await exists(previous))) throw new Error(`no checkpoint at ${dir}: the directory does not exist`);
+    return { ...(await loadCheckpointFrom(previous)), fellBack: `${target} does not exist (a save was interrupted mid-swap)` };
   }
+  try {
+    return await loadCheckpointFrom(target);
+  } catch (error) {
+    if (!(await exists(previous))) throw error;
+    try {
+      return { ...(await loadCheckpointFrom(previous)), fellBack: (error as Error).message };
+    } catch (second) {
+      throw new Error(`${(error as Error).message}; and the checkpoint before it failed too: ${(second as Error).message}`, { cause: error });
+    }
+  }
+}
+
+async function loadCheckpointFrom(from: string): Promise<LoadedCheckpoint> {
   for (const file of [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]) {
     if (!(await exists(join(from, file)))) throw new Error(`checkpoint ${from} is incomplete: ${file} is missing`);
   }

@@ -2,16 +2,13 @@
 // each drawn from the model's last-position logits (temperature, then top-k), with the context
 // cut to the last block-size tokens. Decoded text is streamed as it is generated.
 
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { loadModel } from '../../compiler/frontend/load-model.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
+import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { mulberry32 } from '../init.ts';
-import { loadCheckpoint, type LoadedCheckpoint } from './checkpoint.ts';
-import { asUsageError, CHECKPOINT_DIR, engineStateOf, locateModelFile, type EngineFactory } from './trainer.ts';
+import { asUsageError, engineStateOf, loadRunCheckpoint, locateModelFile, runShape, type EngineFactory } from './trainer.ts';
 
 export interface SampleOptions {
   /** A run folder (holding checkpoint/) or a checkpoint folder. */
@@ -53,10 +50,10 @@ export async function sample(options: SampleOptions, createEngine: EngineFactory
   if (!extra?.tokenizer) throw new UsageError(`${checkpoint.loadedFrom} has no tokenizer in its state.json; it was not written by the trainer`);
   const tokenizer = await tokenizerFromJson(extra.tokenizer as unknown as TokenizerJson);
   const def = options.def ?? (await loadModel(locateModelFile(String(config.modelFile))));
-  // One sequence at a time: the engine's batch is 1 (the weights do not depend on it).
-  const modelConfig = { ...(config.modelConfig as unknown as ModelShape & Record<string, unknown>), batchSize: 1 };
+  const { modelConfig } = runShape(checkpoint);
   const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, seed, gpu });
+  // One sequence at a time: the engine's micro-batch is 1 (the weights do not depend on it).
+  const engine = await createEngine({ def, config: modelConfig, batchSize: 1, seed, gpu });
   engine.importState(engineStateOf(checkpoint));
 
   // Training put end-of-text before every document, so starting with it asks for a document's start.
@@ -77,12 +74,6 @@ export async function sample(options: SampleOptions, createEngine: EngineFactory
   return { text: prompt + tokenizer.decode(generated), generated };
 }
 
-/** A run folder's checkpoint, or the checkpoint folder itself. */
-async function loadRunCheckpoint(dir: string): Promise<LoadedCheckpoint> {
-  const inRun = join(dir, CHECKPOINT_DIR);
-  const target = existsSync(inRun) || existsSync(`${inRun}.previous`) ? inRun : dir;
-  return asUsageError(loadCheckpoint(target), `--ckpt ${dir}`);
-}
 
 function definedOnly<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;

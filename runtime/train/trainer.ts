@@ -15,7 +15,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { choosePreset, loadModel } from '../../compiler/frontend/load-model.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
-import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts';
+import { defaultMicroBatch, type ModelDefinition, type ModelShape } from '../../compiler/frontend/nn.ts';
 import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
@@ -36,9 +36,9 @@ export interface TrainConfig {
   /** A model module, as chotta-compile takes it; looked up from the working directory, then from ChottaGPT's own folder. */
   modelFile: string;
   preset: string;
-  /** Changes to the preset's settings, e.g. { nLayer: 2, batchSize: 4 }. */
+  /** Changes to the preset's settings, e.g. { nLayer: 2, vocabSize: 512 }. */
   modelOverrides: { [key: string]: number | boolean };
-  /** A corpus file or folder, or 'default' (the embedded State of the Union corpus). */
+  /** A corpus file or folder, or a named corpus: 'default' (= 'wikipedia', the embedded WikiText-2 articles), 'sotu' (runtime/data/named-corpora.ts). */
   data: string;
   /** Validate on this corpus instead of a held-out tenth of `data`. */
   evalData: string | null;
@@ -59,6 +59,8 @@ export interface TrainConfig {
   minLrRatio: number;
   /** null: 10% of the steps. */
   warmupSteps: number | null;
+  /** Sequences per micro-batch: the compiled programs' static batch dimension (a property of the trace, not of the model). null: the preset's (ModelDefinition.microBatch). */
+  batchSize: number | null;
   /** Micro-batches accumulated per optimizer step: start, then ramped linearly to full (GPT-3's batch ramp). */
   startMicroBatches: number;
   fullMicroBatches: number;
@@ -92,6 +94,7 @@ export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
   maxLr: 1e-3,
   minLrRatio: 0.1,
   warmupSteps: null,
+  batchSize: null,
   startMicroBatches: 1,
   fullMicroBatches: 2,
   rampSteps: null,
@@ -103,12 +106,14 @@ export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
 };
 
 /** The configuration with every default decided: what a checkpoint records. */
-export type ResolvedTrainConfig = TrainConfig & { warmupSteps: number; rampSteps: number; outDir: string };
+export type ResolvedTrainConfig = TrainConfig & { batchSize: number; warmupSteps: number; rampSteps: number; outDir: string };
 
 /** Makes the engine; the caller decides which kind. */
 export type EngineFactory = (ctx: {
   def: ModelDefinition;
   config: ModelShape & Record<string, unknown>;
+  /** The micro-batch (sequences) every step's calls take. */
+  batchSize: number;
   seed: number;
   gpu: GpuContext;
 }) => Promise<TrainingEngine>;
@@ -161,6 +166,8 @@ export async function train(options: TrainOptions, createEngine: EngineFactory):
   const log = (line: string) => progressStream.write(`${line}\n`);
 
   const saved = options.resume ? await asUsageError(loadCheckpoint(checkpointDir), `cannot resume from ${outDir}`) : undefined;
+  const notice = saved && fallbackNotice(saved);
+  if (notice) log(notice);
   const modelFile = given.modelFile ?? (saved?.state.config.modelFile as string | undefined) ?? DEFAULT_TRAIN_CONFIG.modelFile;
   const def = options.def ?? (await loadModel(locateModelFile(modelFile)));
   const config = saved ? configForResume(saved, given, outDir) : resolveConfig(given, outDir, def);
@@ -182,13 +189,14 @@ export async function train(options: TrainOptions, createEngine: EngineFactory):
   const data = await asUsageError(loadPreparedData(prepared.dir), `the prepared data in ${prepared.dir} (delete it to prepare again)`);
   if (saved) checkSameData(saved, prepared, data);
   const modelConfig = modelConfigFor(preset, config.modelOverrides, data.tokenizer.vocabSize, log);
-  if (saved && JSON.stringify(modelConfig) !== JSON.stringify(saved.state.config.modelConfig)) {
+  const savedModel = saved && runShape(saved).modelConfig;
+  if (savedModel && JSON.stringify(modelConfig) !== JSON.stringify(savedModel)) {
     throw new UsageError(
       `the model is not the run's: ${def.name}/${config.preset} now gives ${JSON.stringify(modelConfig)}, ` +
-        `the run has ${JSON.stringify(saved.state.config.modelConfig)} (did the model file's preset change?)`,
+        `the run has ${JSON.stringify(savedModel)} (did the model file's preset change?)`,
     );
   }
-  const B = modelConfig.batchSize;
+  const B = config.batchSize;
   const T = modelConfig.blockSize;
   const trainWindows = windowCount(data.train.length, T);
   if (trainWindows === 0) {
@@ -210,7 +218,7 @@ export async function train(options: TrainOptions, createEngine: EngineFactory):
   let tokensSeen = saved?.state.tokensSeen ?? 0;
 
   const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, seed: config.seed, gpu });
+  const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, gpu });
   if (saved) engine.importState(engineStateOf(saved));
 
   log(
@@ -377,7 +385,9 @@ function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDe
   const vocabSize = (merged.modelOverrides.vocabSize as number | undefined) ?? config.vocabSize;
   const tokenizer = merged.tokenizer === 'auto' ? (vocabSize >= GPT2_VOCAB_SIZE ? 'gpt2' : `bpe:${vocabSize}`) : merged.tokenizer;
   parseTokenizerSpec(tokenizer);
-  return { ...merged, tokenizer, warmupSteps, rampSteps, outDir };
+  const batchSize = merged.batchSize ?? defaultMicroBatch(def, merged.preset);
+  positive('batchSize', batchSize);
+  return { ...merged, tokenizer, batchSize, warmupSteps, rampSteps, outDir };
 }
 
 /**
@@ -386,7 +396,8 @@ function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDe
  * the point of resuming is to continue the same run.
  */
 function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, outDir: string): ResolvedTrainConfig {
-  const config = { ...(saved.state.config as unknown as ResolvedTrainConfig) };
+  const { batchSize } = runShape(saved);
+  const config = { ...(saved.state.config as unknown as ResolvedTrainConfig), batchSize };
   const differing: string[] = [];
   for (const [key, value] of Object.entries(given) as [keyof TrainConfig, unknown][]) {
     if (CHANGEABLE_ON_RESUME.has(key)) continue;
@@ -403,6 +414,35 @@ function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, o
     throw new UsageError(`--checkpoint-interval must be an integer of at least 1; got ${config.checkpointInterval}`);
   }
   return { ...config, outDir };
+}
+
+/** The warning for a checkpoint that was not the one asked for (LoadedCheckpoint.fellBack), or undefined. */
+export function fallbackNotice(saved: LoadedCheckpoint): string | undefined {
+  if (saved.fellBack === undefined) return undefined;
+  const asked = saved.loadedFrom.replace(/\.previous$/, '');
+  return `warning: ${asked} failed to load (${saved.fellBack}); using ${saved.loadedFrom}, the checkpoint saved before it`;
+}
+
+/** A run folder's checkpoint, or the checkpoint folder itself; a fallback to the one before is reported on `log`. */
+export async function loadRunCheckpoint(dir: string, log: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): Promise<LoadedCheckpoint> {
+  const inRun = join(dir, CHECKPOINT_DIR);
+  const target = existsSync(inRun) || existsSync(`${inRun}.previous`) ? inRun : dir;
+  const saved = await asUsageError(loadCheckpoint(target), `--ckpt ${dir}`);
+  const notice = fallbackNotice(saved);
+  if (notice) log(notice);
+  return saved;
+}
+
+/**
+ * A run's model config and micro-batch, as its checkpoint records them. Checkpoints written before
+ * the micro-batch left the model config (it is the trace's, not the model's) kept it there as
+ * modelConfig.batchSize: it is moved out, so those runs still resume, sample and fine-tune.
+ */
+export function runShape(saved: LoadedCheckpoint): { modelConfig: ModelShape & Record<string, unknown>; batchSize: number } {
+  const { batchSize: legacy, ...modelConfig } = saved.state.config.modelConfig as unknown as ModelShape & Record<string, unknown>;
+  const batchSize = (saved.state.config.batchSize as number | undefined) ?? (legacy as number | undefined);
+  if (!batchSize) throw new UsageError(`${saved.loadedFrom}: the checkpoint records no micro-batch (config.batchSize); it was not written by the trainer`);
+  return { modelConfig, batchSize };
 }
 
 /** 'gpt2' or 'bpe:N' (also 'bpeN', 'bpe-N'). */

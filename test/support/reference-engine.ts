@@ -86,14 +86,15 @@ export class ReferenceEngine implements TrainingEngine {
   constructor(
     private readonly def: ModelDefinition,
     private readonly config: ModelShape,
+    batchSize: number,
     seed: number,
     options: ReferenceEngineOptions = {},
   ) {
-    const traced = traceForward(def, config);
+    const traced = traceForward(def, config, { batchSize });
     this.specs = traced.params;
     this.forward = traced.graph;
     this.joint = buildJointGraph(traced.graph);
-    this.batchSize = config.batchSize;
+    this.batchSize = batchSize;
     this.seqLen = config.blockSize;
     this.log = options.log ?? emptyLog();
     this.optimizer = options.optimizer ?? GPT3_OPTIMIZER;
@@ -202,8 +203,8 @@ export function traceLogits(def: ModelDefinition, config: ModelShape, length: nu
 /** A factory for the trainer whose engines all write to one log; `failAtStep` throws as that step is queued. */
 export function referenceEngines(hooks: { failAtStep?: number; onStep?: (index: number) => void } = {}): { log: EngineLog; factory: EngineFactory } {
   const log = emptyLog();
-  const factory: EngineFactory = async ({ def, config, seed }) =>
-    new ReferenceEngine(def, config, seed, {
+  const factory: EngineFactory = async ({ def, config, batchSize, seed }) =>
+    new ReferenceEngine(def, config, batchSize, seed, {
       log,
       beforeStep: (index) => {
         if (index === hooks.failAtStep) throw new Error(`simulated crash at step ${index}`);
