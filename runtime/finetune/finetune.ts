@@ -27,6 +27,7 @@ import { writeLossCurve, type LossRow } from '../train/loss-curve.ts';
 import { formatDuration, ProgressReporter, type ProgressStream } from '../train/progress.ts';
 import { EpochSampler } from '../train/sampler.ts';
 import { learningRate } from '../train/schedule.ts';
+import { acquireRunLock } from '../train/run-lock.ts';
 import { asUsageError, CHECKPOINT_DIR, engineStateOf, loadRunCheckpoint, locateModelFile, runShape } from '../train/trainer.ts';
 import { accuracyOf, BagOfWordsClassifier, majorityLabel } from './baselines.ts';
 import { exampleBatch, ExampleEncoder, type EncodedExample } from './encode.ts';
@@ -128,6 +129,19 @@ export async function finetune(options: FinetuneOptions, createEngine: FinetuneE
   const outDir = config.outDir ?? join('runs', `finetune-${config.task.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '')}`);
   const progressStream = options.progress ?? process.stderr;
   const log = (line: string) => progressStream.write(`${line}\n`);
+  const lock = acquireRunLock(outDir, `chotta finetune${options.resume ? ' --resume' : ''}`, log);
+  try {
+    return await finetuneLocked(options, createEngine, { started, config, outDir, progressStream, log });
+  } finally {
+    lock.release();
+  }
+}
+
+async function finetuneLocked(
+  options: FinetuneOptions,
+  createEngine: FinetuneEngineFactory,
+  { started, config, outDir, progressStream, log }: { started: number; config: ReturnType<typeof resolveConfig>; outDir: string; progressStream: NonNullable<FinetuneOptions["progress"]>; log: (line: string) => void },
+): Promise<FinetuneResult> {
 
   // Everything that can be wrong with the task is found before a device is touched.
   const task = loadTask(config.task, { labels: config.labels ?? undefined });

@@ -19,6 +19,7 @@ import { defaultMicroBatch, type ModelDefinition, type ModelShape } from '../../
 import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
+import { acquireRunLock } from './run-lock.ts';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
 import { writeLossCurve, type LossRow } from './loss-curve.ts';
 import { formatCount, formatDuration, ProgressReporter, type ProgressStream } from './progress.ts';
@@ -158,12 +159,22 @@ const GPT2_VOCAB_SIZE = 50257;
 // ---------------------------------------------------------------------------------------------
 
 export async function train(options: TrainOptions, createEngine: EngineFactory): Promise<TrainResult> {
-  const started = performance.now();
   const given = givenConfig(options);
   const outDir = given.outDir ?? defaultOutDir(given.preset ?? DEFAULT_TRAIN_CONFIG.preset);
-  const checkpointDir = join(outDir, CHECKPOINT_DIR);
   const progressStream = options.progress ?? process.stderr;
   const log = (line: string) => progressStream.write(`${line}\n`);
+  const lock = acquireRunLock(outDir, `chotta train${options.resume ? ' --resume' : ''}`, log);
+  try {
+    return await trainLocked(options, createEngine, given, outDir, log);
+  } finally {
+    lock.release();
+  }
+}
+
+async function trainLocked(options: TrainOptions, createEngine: EngineFactory, given: Partial<TrainConfig>, outDir: string, log: (line: string) => void): Promise<TrainResult> {
+  const started = performance.now();
+  const checkpointDir = join(outDir, CHECKPOINT_DIR);
+  const progressStream = options.progress ?? process.stderr;
 
   const saved = options.resume ? await asUsageError(loadCheckpoint(checkpointDir), `cannot resume from ${outDir}`) : undefined;
   const notice = saved && fallbackNotice(saved);

@@ -1,0 +1,82 @@
+// One writer per run folder. `chotta train` and `chotta finetune` take `<out>/run.lock` before they
+// read or write anything there: the file is created exclusively (O_EXCL) and names the process
+// that holds it. A second run on the folder refuses, naming that process; a lock whose process is
+// gone (a crash, kill -9) is taken over with a notice. The lock goes when the run ends, however it
+// ends short of a hard kill.
+
+import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { UsageError } from '../../compiler/ir/errors.ts';
+
+export const LOCK_FILE = 'run.lock';
+
+interface Holder {
+  pid: number;
+  host: string;
+  command: string;
+  started: string;
+}
+
+export interface RunLock {
+  readonly path: string;
+  /** Removes the lock (once; later calls do nothing). */
+  release(): void;
+}
+
+/** Whether a process of this machine is alive (EPERM: alive, but another user's). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function readHolder(path: string): Holder | undefined {
+  try {
+    const h = JSON.parse(readFileSync(path, 'utf8')) as Partial<Holder>;
+    return Number.isInteger(h.pid) && typeof h.host === 'string' ? (h as Holder) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Takes `dir`'s run lock for `command` (e.g. 'chotta train'), or throws a UsageError naming the process that has it. */
+export function acquireRunLock(dir: string, command: string, log: (line: string) => void): RunLock {
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, LOCK_FILE);
+  const mine: Holder = { pid: process.pid, host: hostname(), command, started: new Date().toISOString() };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(path, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 2) throw error;
+    }
+    const holder = readHolder(path);
+    const describe = (h: Holder) => `process ${h.pid} (${h.command}, started ${h.started}${h.host === mine.host ? '' : ` on ${h.host}`})`;
+    if (holder && (holder.host !== mine.host || alive(holder.pid))) {
+      throw new UsageError(
+        `${dir} is in use by ${describe(holder)}; wait for it to finish or give another --out` +
+          (holder.host === mine.host ? ` (if process ${holder.pid} is not a chotta run, delete ${path})` : ''),
+      );
+    }
+    log(holder ? `notice: taking over the stale lock ${path} of ${describe(holder)}, which is no longer running` : `notice: replacing the unreadable lock ${path}`);
+    unlinkSync(path);
+  }
+  let held = true;
+  const release = () => {
+    if (!held) return;
+    held = false;
+    process.off('exit', release);
+    try {
+      if (readHolder(path)?.pid === process.pid) unlinkSync(path);
+    } catch {
+      // Gone already: nothing to release.
+    }
+  };
+  process.on('exit', release);
+  return { path, release };
+}
