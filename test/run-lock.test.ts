@@ -9,6 +9,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { acquireRunLock, LOCK_FILE } from '../runtime/train/run-lock.ts';
 import { train } from '../runtime/train/trainer.ts';
 import { finetune } from '../runtime/finetune/finetune.ts';
+import { model } from '../models/gpt.ts';
+import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 
 const children: ReturnType<typeof spawn>[] = [];
 afterEach(() => {
@@ -80,7 +82,7 @@ describe('run lock', () => {
     expect(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid).toBe(pid);
   });
 
-  it('chotta train and chotta finetune refuse a folder in use before touching it', async () => {
+  it('chotta train and chotta finetune refuse a folder in use (train once its settings are checked)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'chotta-lock-'));
     const pid = liveProcess();
     holdLock(dir, pid);
@@ -88,8 +90,24 @@ describe('run lock', () => {
       throw new Error('no engine should be made');
     };
     const progress = { write: () => true };
-    await expect(train({ outDir: dir, steps: 1, progress }, noEngine)).rejects.toThrow(`is in use by process ${pid}`);
+    const def = model as unknown as ModelDefinition;
+    await expect(train({ outDir: dir, steps: 1, progress, def }, noEngine)).rejects.toThrow(`is in use by process ${pid}`);
     await expect(finetune({ outDir: dir, ckpt: join(dir, 'none'), task: 'sst2', progress }, noEngine)).rejects.toThrow(`is in use by process ${pid}`);
     expect(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid).toBe(pid);
+  });
+});
+
+describe('run lock, folders', () => {
+  it('a run that wrote nothing leaves no folders it created; one that wrote keeps its folder', () => {
+    const root = mkdtempSync(join(tmpdir(), 'chotta-lock-'));
+    const deep = join(root, 'a', 'b', 'run');
+    acquireRunLock(deep, 'chotta train', () => {}).release();
+    expect(existsSync(join(root, 'a'))).toBe(false);
+    expect(existsSync(root)).toBe(true);
+    const lock = acquireRunLock(deep, 'chotta train', () => {});
+    writeFileSync(join(deep, 'loss.csv'), 'step,loss\n');
+    lock.release();
+    expect(existsSync(join(deep, 'loss.csv'))).toBe(true);
+    expect(existsSync(join(deep, LOCK_FILE))).toBe(false);
   });
 });

@@ -2,11 +2,11 @@
 // read or write anything there: the file is created exclusively (O_EXCL) and names the process
 // that holds it. A second run on the folder refuses, naming that process; a lock whose process is
 // gone (a crash, kill -9) is taken over with a notice. The lock goes when the run ends, however it
-// ends short of a hard kill.
+// ends short of a hard kill, and so do the folders it created if the run left nothing in them.
 
-import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { UsageError } from '../../compiler/ir/errors.ts';
 
 export const LOCK_FILE = 'run.lock';
@@ -45,7 +45,7 @@ function readHolder(path: string): Holder | undefined {
 
 /** Takes `dir`'s run lock for `command` (e.g. 'chotta train'), or throws a UsageError naming the process that has it. */
 export function acquireRunLock(dir: string, command: string, log: (line: string) => void): RunLock {
-  mkdirSync(dir, { recursive: true });
+  const created = mkdirSync(dir, { recursive: true });
   const path = join(dir, LOCK_FILE);
   const mine: Holder = { pid: process.pid, host: hostname(), command, started: new Date().toISOString() };
   for (let attempt = 0; ; attempt++) {
@@ -75,6 +75,16 @@ export function acquireRunLock(dir: string, command: string, log: (line: string)
       if (readHolder(path)?.pid === process.pid) unlinkSync(path);
     } catch {
       // Gone already: nothing to release.
+    }
+    // A run that failed before writing anything leaves no empty folders behind.
+    if (created === undefined) return;
+    for (let d = resolve(dir); ; d = dirname(d)) {
+      try {
+        rmdirSync(d);
+      } catch {
+        break; // not empty (or not ours to remove)
+      }
+      if (d === resolve(created)) break;
     }
   };
   process.on('exit', release);

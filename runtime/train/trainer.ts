@@ -159,32 +159,45 @@ const GPT2_VOCAB_SIZE = 50257;
 // ---------------------------------------------------------------------------------------------
 
 export async function train(options: TrainOptions, createEngine: EngineFactory): Promise<TrainResult> {
+  const started = performance.now();
   const given = givenConfig(options);
   const outDir = given.outDir ?? defaultOutDir(given.preset ?? DEFAULT_TRAIN_CONFIG.preset);
-  const progressStream = options.progress ?? process.stderr;
-  const log = (line: string) => progressStream.write(`${line}\n`);
-  const lock = acquireRunLock(outDir, `chotta train${options.resume ? ' --resume' : ''}`, log);
-  try {
-    return await trainLocked(options, createEngine, given, outDir, log);
-  } finally {
-    lock.release();
-  }
-}
-
-async function trainLocked(options: TrainOptions, createEngine: EngineFactory, given: Partial<TrainConfig>, outDir: string, log: (line: string) => void): Promise<TrainResult> {
-  const started = performance.now();
   const checkpointDir = join(outDir, CHECKPOINT_DIR);
   const progressStream = options.progress ?? process.stderr;
+  const log = (line: string) => progressStream.write(`${line}\n`);
 
+  // Everything that can be wrong with the settings is found before the run folder is touched.
   const saved = options.resume ? await asUsageError(loadCheckpoint(checkpointDir), `cannot resume from ${outDir}`) : undefined;
   const notice = saved && fallbackNotice(saved);
   if (notice) log(notice);
   const modelFile = given.modelFile ?? (saved?.state.config.modelFile as string | undefined) ?? DEFAULT_TRAIN_CONFIG.modelFile;
   const def = options.def ?? (await loadModel(locateModelFile(modelFile)));
   const config = saved ? configForResume(saved, given, outDir) : resolveConfig(given, outDir, def);
-  if (!saved && checkpointExists(checkpointDir)) {
-    throw new UsageError(`${outDir} already holds a run's checkpoint; continue it with --resume, or give --out a new folder`);
+  // One writer from here on: the lock is taken before the folder is checked or written.
+  const lock = acquireRunLock(outDir, `chotta train${saved ? ' --resume' : ''}`, log);
+  try {
+    if (!saved && checkpointExists(checkpointDir)) {
+      throw new UsageError(`${outDir} already holds a run's checkpoint; continue it with --resume, or give --out a new folder`);
+    }
+    return await trainLocked(options, createEngine, { started, outDir, checkpointDir, progressStream, log, saved, def, config });
+  } finally {
+    lock.release();
   }
+}
+
+interface RunStart {
+  started: number;
+  outDir: string;
+  checkpointDir: string;
+  progressStream: NonNullable<TrainOptions['progress']>;
+  log: (line: string) => void;
+  saved: LoadedCheckpoint | undefined;
+  def: ModelDefinition;
+  config: ResolvedTrainConfig;
+}
+
+async function trainLocked(options: TrainOptions, createEngine: EngineFactory, start: RunStart): Promise<TrainResult> {
+  const { started, outDir, checkpointDir, progressStream, log, saved, def, config } = start;
   const preset = choosePreset(def, config.preset);
 
   const prepared = await asUsageError(
