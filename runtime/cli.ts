@@ -37,10 +37,11 @@ export async function main(argv: string[]): Promise<void> {
     .command('sample', 'generate text from a trained checkpoint', sampleOptions, sampleCommand)
     .command('finetune', 'fine-tune a pretrained checkpoint for a task (loss on the answer only)', finetuneOptions, finetuneCommand)
     .command('eval', "a checkpoint's accuracy on a task's held-out split, or its perplexity on a text file", evalOptions, evalCommand)
+    .command('export', "write a run's weights and tokenizer as a Hugging Face GPT-2 folder", exportOptions, exportCommand)
     .example('$0 info', 'is there a GPU (or a software one)?')
     .example('$0 train --steps 100', 'train the tiny preset on the embedded Wikipedia articles into runs/tiny')
     .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', 'text from it')
-    .demandCommand(1, 'name a command: info, data prepare, train, sample, finetune or eval')
+    .demandCommand(1, 'name a command: info, data prepare, train, sample, finetune, eval or export')
     .epilogue(EPILOGUE)
     .strict()
     .help()
@@ -245,7 +246,7 @@ async function trainCommand(args: TrainArgs): Promise<void> {
 
 function sampleOptions(y: Argv) {
   return y
-    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (e.g. runs/tiny) or its checkpoint folder' })
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (e.g. runs/tiny) or its checkpoint folder, or hf:DIR (a Hugging Face GPT-2 folder)' })
     .option('prompt', { type: 'string', default: SAMPLE_DEFAULTS.prompt, describe: 'text to continue; empty starts a fresh document' })
     .option('tokens', { type: 'number', default: SAMPLE_DEFAULTS.tokens, describe: 'tokens to generate' })
     .option('temperature', { type: 'number', default: SAMPLE_DEFAULTS.temperature, describe: '<1 more likely text, >1 more varied, 0 always the likeliest token' })
@@ -278,7 +279,7 @@ async function sampleCommand(args: {
 function finetuneOptions(y: Argv) {
   const d = DEFAULT_FINETUNE_CONFIG;
   return y
-    .option('ckpt', { type: 'string', demandOption: true, describe: 'the pretrained run folder (e.g. runs/wiki-tiny) or its checkpoint folder' })
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'the pretrained run folder (e.g. runs/wiki-tiny) or its checkpoint folder, or hf:DIR: a Hugging Face GPT-2 folder (e.g. GPT-2 124M as transformers saves it)' })
     .option('task', { type: 'string', demandOption: true, describe: 'imdb-sentiment, or jsonl:FILE with {"prompt","completion"} or {"text","label"} lines' })
     .option('labels', { type: 'string', describe: 'jsonl {text, label}: the label set, comma-separated [default: the labels the file uses]' })
     .option('baselines', { type: 'boolean', describe: 'also score majority class, bag of words, zero-shot and a random-init fine-tune: one report' })
@@ -295,7 +296,10 @@ function finetuneOptions(y: Argv) {
     .option('seed', { type: 'number', describe: `example order, and the random-init baseline's weights [default: ${d.seed}]` })
     .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
     .example('$0 finetune --ckpt runs/wiki-tiny --task imdb-sentiment --baselines', 'movie-review sentiment, with all four baselines')
+
     .example('$0 finetune --ckpt runs/wiki-tiny --task jsonl:qa.jsonl --steps 100', 'your own task')
+    .example('$0 finetune --ckpt hf:gpt2-hf --task imdb-sentiment --context 256', 'GPT-2 124M saved by transformers (save_pretrained), fine-tuned here')
+
     .epilogue(EPILOGUE);
 }
 
@@ -326,7 +330,7 @@ async function finetuneCommand(args: Record<string, unknown> & { ckpt: string; t
 
 function evalOptions(y: Argv) {
   return y
-    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (pretrained or fine-tuned) or its checkpoint folder' })
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (pretrained or fine-tuned) or its checkpoint folder, or hf:DIR' })
     .option('task', { type: 'string', describe: 'imdb-sentiment or jsonl:FILE: accuracy (or completion loss) on its held-out split' })
     .option('labels', { type: 'string', describe: 'jsonl {text, label}: the label set, comma-separated' })
     .option('text', { type: 'string', describe: 'a text file: perplexity' })
@@ -350,6 +354,25 @@ async function evalCommand(args: Record<string, unknown> & { ckpt: string; mode?
     engineFactoryFor(args.mode ?? 'compiled'),
   );
   process.stdout.write(`${result.text}\n`);
+}
+
+// --- export -----------------------------------------------------------------------------------
+
+function exportOptions(y: Argv) {
+  return y
+    .option('ckpt', { type: 'string', demandOption: true, describe: 'a run folder (e.g. runs/tiny) or its checkpoint folder' })
+    .option('format', { choices: ['hf'] as const, default: 'hf' as const, describe: "hf: transformers' GPT2LMHeadModel and GPT2Tokenizer (config.json, model.safetensors, vocab.json, merges.txt)" })
+    .option('out', { type: 'string', demandOption: true, describe: 'the folder to write (created if missing)' })
+    .example('$0 export --ckpt runs/tiny --out runs/tiny-hf', 'then GPT2LMHeadModel.from_pretrained("runs/tiny-hf") in Python')
+    .epilogue(`A folder written so reads back anywhere a checkpoint is read: --ckpt hf:runs/tiny-hf.\n${EPILOGUE}`);
+}
+
+async function exportCommand(args: { ckpt: string; out: string }): Promise<void> {
+  const { asUsageError, loadRunCheckpoint } = await import('./train/trainer.ts');
+  const { exportHf } = await import('./hf/index.ts');
+  const checkpoint = await loadRunCheckpoint(args.ckpt);
+  const files = await asUsageError(exportHf(checkpoint, args.out), 'export');
+  process.stdout.write(`wrote ${args.out}: ${files.join(', ')} (from ${checkpoint.loadedFrom}, step ${checkpoint.state.step})\n`);
 }
 
 // --- engines ----------------------------------------------------------------------------------

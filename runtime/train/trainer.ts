@@ -20,6 +20,7 @@ import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, 
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
 import { acquireRunLock } from './run-lock.ts';
+import { checkpointFromHf, HF_PREFIX } from '../hf/index.ts';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
 import { writeLossCurve, type LossRow } from './loss-curve.ts';
 import { formatCount, formatDuration, ProgressReporter, type ProgressStream } from './progress.ts';
@@ -447,8 +448,9 @@ export function fallbackNotice(saved: LoadedCheckpoint): string | undefined {
   return `warning: ${asked} failed to load (${saved.fellBack}); using ${saved.loadedFrom}, the checkpoint saved before it`;
 }
 
-/** A run folder's checkpoint, or the checkpoint folder itself; a fallback to the one before is reported on `log`. */
+/** A run folder's checkpoint, the checkpoint folder itself, or `hf:DIR`, a Hugging Face GPT-2 folder (runtime/hf/); a fallback to the one before is reported on `log`. */
 export async function loadRunCheckpoint(dir: string, log: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): Promise<LoadedCheckpoint> {
+  if (dir.startsWith(HF_PREFIX)) return asUsageError(checkpointFromHf(dir.slice(HF_PREFIX.length)), `--ckpt ${dir}`);
   const inRun = join(dir, CHECKPOINT_DIR);
   const target = existsSync(inRun) || existsSync(`${inRun}.previous`) ? inRun : dir;
   const saved = await asUsageError(loadCheckpoint(target), `--ckpt ${dir}`);
