@@ -296,10 +296,8 @@ function finetuneOptions(y: Argv) {
     .option('seed', { type: 'number', describe: `example order, and the random-init baseline's weights [default: ${d.seed}]` })
     .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
     .example('$0 finetune --ckpt runs/wiki-tiny --task imdb-sentiment --baselines', 'movie-review sentiment, with all four baselines')
-
     .example('$0 finetune --ckpt runs/wiki-tiny --task jsonl:qa.jsonl --steps 100', 'your own task')
     .example('$0 finetune --ckpt hf:gpt2-hf --task imdb-sentiment --context 256', 'GPT-2 124M saved by transformers (save_pretrained), fine-tuned here')
-
     .epilogue(EPILOGUE);
 }
 
