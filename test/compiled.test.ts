@@ -14,6 +14,7 @@ import type { EngineState, TrainingEngine } from '../runtime/engines/engine.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
 import { gpuOrSkip } from './support/gpu.ts';
+import { createBuffer } from '../backends/webgpu/program.ts';
 
 // The tiny preset's model (4 layers, 128 wide, 4 heads, vocabulary 4096) with a smaller batch, so
 // that five eager steps fit the test budget; the full tiny batch is measured by `npm run bench`.
@@ -131,5 +132,15 @@ describe('compiled runner', () => {
     await make();
     expect(lines.some((l) => l.includes('unreadable'))).toBe(true);
     expect(lines.some((l) => l.startsWith('compile: ') && l.includes('cached at'))).toBe(true);
+  });
+
+  it("a buffer past the adapter's binding limit is one line saying what would shrink it", async (t) => {
+    const gpu = await gpuOrSkip(t);
+    const limit = gpu.device.limits.maxStorageBufferBindingSize;
+    const mib = (limit / 2 ** 20).toFixed(0);
+    expect(() => createBuffer(gpu.device, limit + 4, 'params')).toThrow(
+      new RegExp(`^a buffer for params needs [\\d.]+ MiB, more than this adapter's ${mib} MiB per storage binding \\(maxStorageBufferBindingSize\\); it holds model state .*, which the batch does not change: use a smaller model`),
+    );
+    expect(() => createBuffer(gpu.device, limit + 4, 'temporary 3')).toThrow(/it holds activations of one micro-batch: lower --batch-size or --block-size$/);
   });
 });

@@ -72,9 +72,14 @@ export function asView(b: GPUBuffer | BufferView): BufferView {
 export function createBuffer(device: GPUDevice, bytes: number, label?: string): GPUBuffer {
   const limit = device.limits.maxStorageBufferBindingSize;
   if (bytes > limit) {
+    // What shrinks it: activations scale with the micro-batch and context, model state with the model.
+    const activation = !label || /^(temporary|logits|idx|targets|loss_mask|eval_)/.test(label) || / temp /.test(label);
+    const advice = activation
+      ? 'it holds activations of one micro-batch: lower --batch-size or --block-size'
+      : 'it holds model state (weights, AdamW moments or gradients), which the batch does not change: use a smaller model (--n-layer, --n-embd, --vocab-size), or an adapter with a larger limit; buffers are not yet split to fit';
     throw new UsageError(
       `a buffer${label ? ` for ${label}` : ''} needs ${(bytes / 2 ** 20).toFixed(1)} MiB, more than this adapter's ` +
-        `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding; use a smaller batch or preset`,
+        `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding (maxStorageBufferBindingSize); ${advice}`,
     );
   }
   return device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 4) * 4), usage: STORAGE(), ...(label ? { label } : {}) });
