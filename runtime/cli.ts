@@ -166,6 +166,7 @@ function trainOptions(y: Argv) {
     .option('steps', { type: 'number', describe: `optimizer steps [default: ${d.steps}]` })
     .option('max-lr', { type: 'number', describe: `peak learning rate [default: ${d.maxLr}]` })
     .option('min-lr-ratio', { type: 'number', describe: `the cosine's floor as a fraction of --max-lr [default: ${d.minLrRatio}]` })
+    .option('init', { type: 'string', describe: "start from hf:DIR, a Hugging Face GPT-2 folder: its weights, shape and tokenizer (instead of the preset's random init)" })
     .option('warmup-steps', { type: 'number', describe: 'linear warmup [default: 10% of --steps]' })
     .option('start-micro-batches', { type: 'number', describe: `micro-batches per step at step 0 [default: ${d.startMicroBatches}]` })
     .option('full-micro-batches', { type: 'number', describe: `micro-batches per step after the ramp [default: ${d.fullMicroBatches}]` })
@@ -217,6 +218,7 @@ async function trainCommand(args: TrainArgs): Promise<void> {
     maxLr: args.maxLr as number | undefined,
     minLrRatio: args.minLrRatio as number | undefined,
     warmupSteps: args.warmupSteps as number | undefined,
+    init: args.init as string | undefined,
     startMicroBatches: args.startMicroBatches as number | undefined,
     fullMicroBatches: args.fullMicroBatches as number | undefined,
     rampSteps: args.rampSteps as number | undefined,

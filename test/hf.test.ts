@@ -16,8 +16,10 @@ import { trainByteBpe, tokenizerFromJson, type TokenizerJson } from '../runtime/
 import { checkpointFromHf, exportHf } from '../runtime/hf/index.ts';
 import { BYTE_TO_CHAR } from '../runtime/hf/tokenizer-files.ts';
 import { readSafetensors, writeSafetensors, type HostTensor, type LoadedCheckpoint } from '../runtime/train/checkpoint.ts';
-import { loadRunCheckpoint } from '../runtime/train/trainer.ts';
-import { traceLogits } from './support/reference-engine.ts';
+import { loadRunCheckpoint, train, type EngineFactory } from '../runtime/train/trainer.ts';
+import type { EngineState } from '../runtime/engines/engine.ts';
+import type { GpuContext } from '../backends/webgpu/device.ts';
+import { referenceEngines, traceLogits } from './support/reference-engine.ts';
 
 const def = model as unknown as ModelDefinition;
 const TEXT = 'The European lobster is a species of clawed lobster from the eastern Atlantic Ocean. It may grow to a length of 60 cm. '.repeat(4);
@@ -157,6 +159,41 @@ describe('Hugging Face export and import', () => {
     expect(await withConfig({ activation_function: 'relu' })).toMatch(/activation_function is "relu"; chotta's GPT uses GELU's tanh approximation/);
     await expect(loadRunCheckpoint(`hf:${join(dir, 'missing')}`)).rejects.toThrow(/^--ckpt hf:.*missing: .* is not a GPT-2 folder chotta can read: config.json is missing$/);
   });
+});
+
+describe('chotta train --init hf:DIR', () => {
+  it("starts from the folder's weights, shape and tokenizer, and refuses settings that would contradict them", async () => {
+    const tokenizer = await smallBpe();
+    const run = runCheckpoint(CONFIG, tokenizer, 13);
+    const hf = tmp();
+    await exportHf(run, hf);
+    const scratch = tmp();
+    const corpus = join(scratch, 'corpus.txt');
+    writeFileSync(corpus, TEXT.repeat(10));
+    let imported: EngineState | undefined;
+    const { factory: reference } = referenceEngines();
+    const factory: EngineFactory = async (ctx) => {
+      expect(ctx.config).toEqual(CONFIG);
+      const engine = await reference(ctx);
+      const importState = engine.importState.bind(engine);
+      engine.importState = (state) => {
+        imported = state;
+        importState(state);
+      };
+      return engine;
+    };
+    const sink = { write: () => true };
+    const options = { def, data: corpus, cacheDir: join(scratch, 'cache'), steps: 1, evalBatches: 1, evalInterval: 1, outDir: join(scratch, 'run'), requestGpu: async () => ({}) as GpuContext, handleSignals: false, progress: sink, summary: sink };
+    const result = await train({ ...options, init: `hf:${hf}` }, factory);
+    expect(result.finished).toBe(true);
+    for (const [name, t] of run.parameters) expect(Array.from(imported!.params.get(name)!.data), name).toEqual(Array.from(t.data));
+    const saved = await loadRunCheckpoint(join(scratch, 'run'));
+    expect(saved.state.extra!.tokenizer).toEqual(tokenizer);
+    expect(saved.state.config).toMatchObject({ init: `hf:${hf}`, modelConfig: CONFIG });
+    await expect(train({ ...options, outDir: join(scratch, 'run2'), init: `hf:${hf}`, modelOverrides: { nLayer: 3 } }, factory)).rejects.toThrow(`--init takes the model's shape from hf:${hf}; it cannot go with --n-layer`);
+    await expect(train({ ...options, outDir: join(scratch, 'run3'), init: `hf:${hf}`, tokenizer: 'gpt2' }, factory)).rejects.toThrow('--init takes the tokenizer from');
+    await expect(train({ ...options, outDir: join(scratch, 'run4'), init: hf }, factory)).rejects.toThrow(`--init must be hf:DIR, a Hugging Face GPT-2 folder; got '${hf}'`);
+  }, 60_000);
 });
 
 // Optional, as the issue asks: it needs Python with transformers and torch, which CI does not

@@ -179,6 +179,8 @@ async function buildEntry(dir: string, plan: BuildPlan): Promise<PreparedDataMet
   let tokenizer: Tokenizer;
   if (spec === 'gpt2') {
     tokenizer = await loadGpt2Tokenizer();
+  } else if ('given' in spec) {
+    tokenizer = await tokenizerFromJson(spec.given);
   } else {
     report(`training a ${spec.bpe}-token BPE on the training documents`);
     const words = new WordCounts();

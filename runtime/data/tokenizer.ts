@@ -21,8 +21,8 @@ export interface Tokenizer {
 
 export type TokenizerJson = Gpt2TokenizerJson | ByteBpeJson;
 
-/** How to get a tokenizer: GPT-2's, or a byte-level BPE of this many tokens trained on the corpus. */
-export type TokenizerSpec = 'gpt2' | { bpe: number };
+/** How to get a tokenizer: GPT-2's, a byte-level BPE of this many tokens trained on the corpus, or a given one (an imported model's). */
+export type TokenizerSpec = 'gpt2' | { bpe: number } | { given: TokenizerJson };
 
 export async function tokenizerFromJson(json: TokenizerJson): Promise<Tokenizer> {
   switch (json.type) {
@@ -38,6 +38,8 @@ export async function tokenizerFromJson(json: TokenizerJson): Promise<Tokenizer>
 /** Checks a spec from a user or a config file, with a message that says what is allowed. */
 export function validateTokenizerSpec(spec: unknown): TokenizerSpec {
   if (spec === 'gpt2') return spec;
+  const given = (spec as { given?: TokenizerJson } | null)?.given;
+  if (given && (given.type === 'gpt2' || given.type === 'byte-bpe')) return { given };
   const size = (spec as { bpe?: unknown } | null)?.bpe;
   if (typeof size === 'number' && Number.isInteger(size) && size >= 258 && size <= 1 << 24) return { bpe: size };
   throw new Error(
@@ -47,5 +49,7 @@ export function validateTokenizerSpec(spec: unknown): TokenizerSpec {
 
 /** `gpt2`, `bpe4096`: short and safe in a folder name. */
 export function tokenizerSpecLabel(spec: TokenizerSpec): string {
-  return spec === 'gpt2' ? 'gpt2' : `bpe${spec.bpe}`;
+  if (spec === 'gpt2') return 'gpt2';
+  if ('given' in spec) return `given-${spec.given.type === 'gpt2' ? 'gpt2' : `bpe${spec.given.vocabSize}`}`;
+  return `bpe${spec.bpe}`;
 }

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { choosePreset, loadModel } from '../../compiler/frontend/load-model.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import { defaultMicroBatch, type ModelDefinition, type ModelShape } from '../../compiler/frontend/nn.ts';
-import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerSpec } from '../data/index.ts';
+import { loadPreparedData, prepareData, validateTokenizerSpec, type LoadedData, type PreparedData, type TokenizerJson, type TokenizerSpec } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
 import { acquireRunLock } from './run-lock.ts';
@@ -61,6 +61,11 @@ export interface TrainConfig {
   minLrRatio: number;
   /** null: 10% of the steps. */
   warmupSteps: number | null;
+  /**
+   * Initial weights, model shape and tokenizer from elsewhere instead of the preset's random init:
+   * `hf:DIR`, a Hugging Face GPT-2 folder (runtime/hf/). null: the preset, initialised from the seed.
+   */
+  init: string | null;
   /** Sequences per micro-batch: the compiled programs' static batch dimension (a property of the trace, not of the model). null: the preset's (ModelDefinition.microBatch). */
   batchSize: number | null;
   /** Micro-batches accumulated per optimizer step: start, then ramped linearly to full (GPT-3's batch ramp). */
@@ -96,6 +101,7 @@ export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
   maxLr: 1e-3,
   minLrRatio: 0.1,
   warmupSteps: null,
+  init: null,
   batchSize: null,
   startMicroBatches: 1,
   fullMicroBatches: 2,
@@ -200,12 +206,14 @@ interface RunStart {
 async function trainLocked(options: TrainOptions, createEngine: EngineFactory, start: RunStart): Promise<TrainResult> {
   const { started, outDir, checkpointDir, progressStream, log, saved, def, config } = start;
   const preset = choosePreset(def, config.preset);
+  // --init: the folder's weights and tokenizer (a resumed run has its own weights, and the same tokenizer).
+  const init = config.init === null ? undefined : await loadInit(config.init);
 
   const prepared = await asUsageError(
     prepareData({
       source: config.data,
       evalSource: config.evalData ?? undefined,
-      tokenizer: parseTokenizerSpec(config.tokenizer),
+      tokenizer: init ? { given: init.state.extra!.tokenizer as unknown as TokenizerJson } : parseTokenizerSpec(config.tokenizer),
       cacheDir: config.cacheDir,
       onProgress: log,
     }),
@@ -213,7 +221,7 @@ async function trainLocked(options: TrainOptions, createEngine: EngineFactory, s
   );
   const data = await asUsageError(loadPreparedData(prepared.dir), `the prepared data in ${prepared.dir} (delete it to prepare again)`);
   if (saved) checkSameData(saved, prepared, data);
-  const modelConfig = modelConfigFor(preset, config.modelOverrides, data.tokenizer.vocabSize, log);
+  const modelConfig = init ? runShape(init).modelConfig : modelConfigFor(preset, config.modelOverrides, data.tokenizer.vocabSize, log);
   const savedModel = saved && runShape(saved).modelConfig;
   if (savedModel && JSON.stringify(modelConfig) !== JSON.stringify(savedModel)) {
     throw new UsageError(
@@ -245,9 +253,10 @@ async function trainLocked(options: TrainOptions, createEngine: EngineFactory, s
   const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
   const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, gpu });
   if (saved) engine.importState(engineStateOf(saved));
+  else if (init) engine.importState(engineStateOf(init));
 
   log(
-    `${def.name}/${config.preset} (${Object.entries(modelConfig).map(([key, value]) => `${key} ${value}`).join(', ')}) · ${engine.mode} engine · ` +
+    `${def.name}/${init ? `${config.init}` : config.preset} (${Object.entries(modelConfig).map(([key, value]) => `${key} ${value}`).join(', ')}) · ${engine.mode} engine · ` +
       `data ${prepared.dir}: ${formatCount(data.train.length)} train tokens (${trainWindows} windows of ${T}), ${formatCount(data.val.length)} val`,
   );
   log(
@@ -406,6 +415,11 @@ function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDe
       throw new UsageError(`${flag(key)} must be a positive integer; got ${value}`);
     }
   }
+  if (merged.init !== null) {
+    if (!merged.init.startsWith(HF_PREFIX)) throw new UsageError(`--init must be hf:DIR, a Hugging Face GPT-2 folder; got '${merged.init}'`);
+    if (Object.keys(merged.modelOverrides).length > 0) throw new UsageError(`--init takes the model's shape from ${merged.init}; it cannot go with ${Object.keys(merged.modelOverrides).map(flag).join(', ')}`);
+    if (merged.tokenizer !== 'auto') throw new UsageError(`--init takes the tokenizer from ${merged.init}; it cannot go with --tokenizer`);
+  }
   const { config } = choosePreset(def, merged.preset);
   const vocabSize = (merged.modelOverrides.vocabSize as number | undefined) ?? config.vocabSize;
   const tokenizer = merged.tokenizer === 'auto' ? (vocabSize >= GPT2_VOCAB_SIZE ? 'gpt2' : `bpe:${vocabSize}`) : merged.tokenizer;
@@ -439,6 +453,12 @@ function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, o
     throw new UsageError(`--checkpoint-interval must be an integer of at least 1; got ${config.checkpointInterval}`);
   }
   return { ...config, outDir };
+}
+
+/** The weights `--init` names: `hf:DIR` (the only kind so far). */
+async function loadInit(init: string): Promise<LoadedCheckpoint> {
+  if (!init.startsWith(HF_PREFIX)) throw new UsageError(`--init must be hf:DIR, a Hugging Face GPT-2 folder; got '${init}'`);
+  return asUsageError(checkpointFromHf(init.slice(HF_PREFIX.length)), `--init ${init}`);
 }
 
 /** The warning for a checkpoint that was not the one asked for (LoadedCheckpoint.fellBack), or undefined. */
