@@ -108,7 +108,7 @@ describe.concurrent('chotta', () => {
   });
 
   it.for([
-    [[], /^chotta: name a command: info, data prepare, train, sample, finetune or eval \(see --help\)\n$/],
+    [[], /^chotta: name a command: info, data prepare, train, sample, finetune, eval or export \(see --help\)\n$/],
     [['bogus'], /^chotta: Unknown argument: bogus \(see --help\)\n$/],
     [['data'], /^chotta: name a data command: prepare \(see --help\)\n$/],
     [['train', '--bogus'], /^chotta: Unknown argument: bogus \(see --help\)\n$/],
@@ -193,12 +193,12 @@ describe('chotta flags reach the trainer and the fine-tuner (in process, both st
       '--start-micro-batches', '2', '--full-micro-batches', '3', '--ramp-steps', '4', '--eval-interval', '5', '--eval-batches', '6',
       '--checkpoint-interval', '9', '--seed', '11', '--out', 'runs/o', '--model', 'm.ts', '--preset', 'p', '--data', 'd.txt',
       '--eval-data', 'e.txt', '--tokenizer', 'bpe:300', '--cache-dir', 'c', '--n-layer', '2', '--n-head', '4', '--n-embd', '64',
-      '--block-size', '32', '--batch-size', '3', '--vocab-size', '320', '--resume',
+      '--block-size', '32', '--batch-size', '3', '--vocab-size', '320', '--init', 'hf:g', '--resume',
     ]);
     expect(given(received.train.at(-1))).toEqual({
       steps: 7, maxLr: 0.004, minLrRatio: 0.35, warmupSteps: 3, startMicroBatches: 2, fullMicroBatches: 3, rampSteps: 4,
       evalInterval: 5, evalBatches: 6, checkpointInterval: 9, seed: 11, outDir: 'runs/o', modelFile: 'm.ts', preset: 'p',
-      data: 'd.txt', evalData: 'e.txt', tokenizer: 'bpe:300', cacheDir: 'c', resume: true, batchSize: 3,
+      data: 'd.txt', evalData: 'e.txt', tokenizer: 'bpe:300', cacheDir: 'c', resume: true, batchSize: 3, init: 'hf:g',
       modelOverrides: { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, vocabSize: 320 },
     });
   });
