@@ -89,9 +89,9 @@ export interface Executor<Profiler = unknown> {
   profiler: Profiler | undefined;
   /** The size of a value, in bytes. */
   bytes(name: string): number;
-  /** Sets a value's contents (from its start), before anything recorded after this call runs. */
+  /** Sets a value's contents (from its start) before the next recording submitted after this call runs. */
   write(name: string, data: Float32Array | Int32Array): void;
-  /** A new sequence of commands that run in order once submitted. */
+  /** A new sequence of commands that run in order once submitted. One recording is open at a time: submit it before the next. */
   record(): Recording;
 }
 

@@ -82,6 +82,7 @@ describe('WikiText', () => {
       [' It is 60 cm ( 24 in ) [ note ] long . ', 'It is 60 cm (24 in) [note] long.'],
       [" He didn 't know it 's the lobster 's claw ; they 're sure we 've seen it , I 'm told . ", "He didn't know it's the lobster's claw; they're sure we've seen it, I'm told."],
       [' He said " yes " ', 'He said "yes"'],
+      [' It was ( " foo " ) then " bar " . ', 'It was ("foo") then "bar".'],
       ['Plain text, already spaced.', 'Plain text, already spaced.'],
       ['   ', ''],
       // A sum with equals signs is not a heading.

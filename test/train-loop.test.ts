@@ -5,7 +5,8 @@
 
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
@@ -201,6 +202,43 @@ describe('train', () => {
     const resumed = await train({ ...options('crashed', { checkpointInterval: 3 }), resume: true }, referenceEngines().factory);
     expect(withoutTimings(resumed)).toEqual(withoutTimings(straight.result));
     expectSameWeights(straight.checkpoint, await loadCheckpoint(join(scratch, 'crashed', 'checkpoint')));
+  });
+
+  it('resumes a run saved before the micro-batch left the model config, ending as the uninterrupted run', async () => {
+    const stop = new AbortController();
+    const first = referenceEngines({ onStep: (index) => index === 2 && stop.abort('test stop') });
+    await train(options('legacy', { signal: stop.signal }), first.factory);
+    // Rewrite state.json as the trainer wrote it then: the micro-batch inside modelConfig (and as a
+    // model override, as --batch-size gave it), no config.batchSize, no config.init.
+    for (const dir of ['checkpoint', 'checkpoint.previous']) {
+      const path = join(scratch, 'legacy', dir, 'state.json');
+      if (!existsSync(path)) continue;
+      const state = JSON.parse(readFileSync(path, 'utf8'));
+      const { batchSize, init, ...config } = state.config;
+      expect([batchSize, init]).toEqual([B, null]);
+      state.config = { ...config, modelConfig: { ...config.modelConfig, batchSize: B }, modelOverrides: { batchSize: B } };
+      writeFileSync(path, JSON.stringify(state));
+    }
+    const resumed = await train({ ...options('legacy'), resume: true }, referenceEngines().factory);
+    expect(withoutTimings(resumed)).toEqual(withoutTimings(straight.result));
+    const saved = await loadCheckpoint(join(scratch, 'legacy', 'checkpoint'));
+    expect([saved.state.config.batchSize, saved.state.config.modelConfig]).toEqual([B, { ...TOY, vocabSize: 300 }]);
+  });
+
+  it('resumes from the checkpoint before when the last one is corrupt, moving the corrupt one aside', async () => {
+    const stop = new AbortController();
+    const first = referenceEngines({ onStep: (index) => index === 3 && stop.abort('test stop') });
+    await train(options('corrupt', { signal: stop.signal, checkpointInterval: 2 }), first.factory);
+    const dir = join(scratch, 'corrupt', 'checkpoint');
+    expect([(await loadCheckpoint(dir)).state.step, (await loadCheckpoint(`${dir}.previous`)).state.step]).toEqual([4, 2]);
+    writeFileSync(join(dir, 'state.json'), '{');
+    output.text = '';
+    const resumed = await train({ ...options('corrupt', { checkpointInterval: 2 }), resume: true }, referenceEngines().factory);
+    expect(resumed).toMatchObject({ finished: true, step: 6 });
+    expect(output.text).toContain(`warning: ${resolve(dir)} failed to load (${resolve(dir)}/state.json: not valid JSON`);
+    expect(output.text).toContain(`moved the checkpoint that failed to load to ${resolve(dir)}.failed`);
+    expect(existsSync(`${dir}.failed`)).toBe(true);
+    expect((await loadCheckpoint(dir)).state.step).toBe(6);
   });
 
   it('takes every training window once per epoch', async () => {

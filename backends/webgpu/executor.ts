@@ -109,7 +109,12 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
     this.device.queue.writeBuffer(buffer, offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   }
 
+  /** Whether a recording is open: uploads share staging buffers, so two open at once would overwrite each other's. */
+  private recording = false;
+
   record(): Recording {
+    if (this.recording) throw new Error('webgpu executor: a recording is still open; submit it before starting another');
+    this.recording = true;
     const device = this.device;
     const encoder = device.createCommandEncoder();
     const uploads = new Map<string, number>();
@@ -157,6 +162,7 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
       submit: () => {
         open();
         submitted = true;
+        this.recording = false;
         this.profiler?.resolve(encoder);
         device.queue.submit([encoder.finish()]);
         const done = (async () => {

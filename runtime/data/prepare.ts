@@ -27,7 +27,7 @@ import {
 } from './tokenizer.ts';
 
 /** Bump when readers, tokenizers or file layout change what a cache entry would contain. */
-const PIPELINE_VERSION = 2;
+const PIPELINE_VERSION = 1;
 const PROGRESS_INTERVAL_MS = 2000;
 
 export interface PrepareDataOptions {

@@ -31,8 +31,8 @@ export function wikiTextToPlain(line: string): string {
   const heading = HEADING.exec(line);
   if (heading && heading[1].length === heading[3].length && heading[2].trim() !== '') return wikiTextToPlain(heading[2]);
   let s = line.replace(/ @([-,.])@ /g, '$1');
-  s = s.replace(/ ([,.;:!?)\]])/g, '$1').replace(/([(\[]) /g, '$1');
   s = s.replace(/(\w)n 't\b/g, "$1n't").replace(/(\w) '(s|m|d|ve|re|ll)\b/g, "$1'$2");
+  // Quotes first, while every one still stands between spaces; then punctuation and brackets.
   let open = false;
   s = s.replace(/(^| )" ?/g, (m, before: string, offset: number, all: string) => {
     open = !open;
@@ -41,6 +41,7 @@ export function wikiTextToPlain(line: string): string {
     const after = all[offset + m.length] === undefined ? '' : m.endsWith(' ') ? ' ' : '';
     return `"${after}`;
   });
+  s = s.replace(/ ([,.;:!?)\]])/g, '$1').replace(/([(\[]) /g, '$1');
   return s.trim();
 }
 

@@ -237,10 +237,12 @@ export class CompiledEngine<P extends RenderedProgram = RenderedProgram> impleme
       return [p.name, m, v].map((name) => r.read(name, this.executor.bytes(name)));
     });
     void r.submit();
+    // All at once: a failed submit rejects every read, and each must have a handler.
+    const all = await Promise.all(reads.map((three) => Promise.all(three)));
     const state: EngineState = { params: new Map(), m: new Map(), v: new Map(), step: this.optimizerStep };
     for (const [k, p] of this.params.entries()) {
       const n = numel(p.shape);
-      const [value, m, v] = (await Promise.all(reads[k])).map((raw) => new Float32Array(raw, 0, n));
+      const [value, m, v] = all[k].map((raw) => new Float32Array(raw, 0, n));
       state.params.set(p.name, { shape: [...p.shape], data: value });
       state.m.set(p.name, m);
       state.v.set(p.name, v);

@@ -150,6 +150,9 @@ export async function readHfGpt2(dir: string): Promise<HfExport> {
   if (eps !== LAYER_EPS) fail(`layer_norm_epsilon is ${eps}; chotta's layer norm uses ${LAYER_EPS}`);
   if (config.n_inner !== undefined && config.n_inner !== null && config.n_inner !== 4 * shape.nEmbd) fail(`n_inner is ${config.n_inner}; chotta's MLP is 4·n_embd = ${4 * shape.nEmbd} wide`);
   if (config.tie_word_embeddings === false) fail('tie_word_embeddings is false; chotta ties the LM head to wte');
+  if (config.scale_attn_weights === false) fail('scale_attn_weights is false; chotta scales attention by 1/sqrt(head dim)');
+  if (config.scale_attn_by_inverse_layer_idx === true) fail('scale_attn_by_inverse_layer_idx is true; chotta scales every layer alike');
+  if (config.add_cross_attention === true) fail('add_cross_attention is true; chotta has self-attention only');
 
   const file = await readSafetensors(join(dir, HF_WEIGHTS)).catch((error: Error) => fail(`${HF_WEIGHTS}: ${error.message}`));
   const strip = (name: string) => name.replace(/^transformer\./, '');

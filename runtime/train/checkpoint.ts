@@ -97,6 +97,21 @@ export async function saveCheckpoint(dir: string, checkpoint: Checkpoint): Promi
   }
 }
 
+/**
+ * After a fallback to `<dir>.previous`: moves the `<dir>` that failed to load aside to `<dir>.failed`
+ * (for a look later), so the next save swaps the good `.previous` into place rather than deleting it
+ * first. Returns where it went, or undefined when there was nothing to move.
+ */
+export async function setAsideFailed(dir: string): Promise<string | undefined> {
+  const target = resolve(dir);
+  if (!(await exists(target))) return undefined;
+  const failed = `${target}.failed`;
+  await fs.rm(failed, { recursive: true, force: true });
+  await fs.rename(target, failed);
+  await fs.rename(target + PREVIOUS_SUFFIX, target);
+  return failed;
+}
+
 /** `<dir>`, or `<dir>.previous` when `<dir>` is missing or fails to load (the result's `fellBack` says why). */
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const target = resolve(dir);

@@ -1,10 +1,10 @@
-// One writer per run folder. `chotta train` and `chotta finetune` take `<out>/run.lock` before they
-// read or write anything there: the file is created exclusively (O_EXCL) and names the process
+// One writer per run folder. `chotta train` (once its settings are checked) and `chotta finetune`
+// take `<out>/run.lock` before they write anything there: the file is created exclusively (O_EXCL) and names the process
 // that holds it. A second run on the folder refuses, naming that process; a lock whose process is
 // gone (a crash, kill -9) is taken over with a notice. The lock goes when the run ends, however it
 // ends short of a hard kill, and so do the folders it created if the run left nothing in them.
 
-import { mkdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { UsageError } from '../../compiler/ir/errors.ts';
@@ -49,22 +49,32 @@ export function acquireRunLock(dir: string, command: string, log: (line: string)
   const path = join(dir, LOCK_FILE);
   const mine: Holder = { pid: process.pid, host: hostname(), command, started: new Date().toISOString() };
   for (let attempt = 0; ; attempt++) {
+    // Written whole to a file of our own, then linked into place: the link is atomic and fails if a
+    // lock exists, so no one ever reads a half-written lock.
+    const mineTmp = `${path}.${process.pid}-${Date.now()}`;
+    writeFileSync(mineTmp, `${JSON.stringify(mine)}\n`);
     try {
-      writeFileSync(path, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
+      linkSync(mineTmp, path);
       break;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 2) throw error;
+    } finally {
+      unlinkSync(mineTmp);
     }
     const holder = readHolder(path);
     const describe = (h: Holder) => `process ${h.pid} (${h.command}, started ${h.started}${h.host === mine.host ? '' : ` on ${h.host}`})`;
     if (holder && (holder.host !== mine.host || alive(holder.pid))) {
       throw new UsageError(
         `${dir} is in use by ${describe(holder)}; wait for it to finish or give another --out` +
-          (holder.host === mine.host ? ` (if process ${holder.pid} is not a chotta run, delete ${path})` : ''),
+          (holder.host === mine.host ? ` (if process ${holder.pid} is not a chotta run, delete ${path})` : ` (if that machine's run is gone, delete ${path})`),
       );
     }
     log(holder ? `notice: taking over the stale lock ${path} of ${describe(holder)}, which is no longer running` : `notice: replacing the unreadable lock ${path}`);
-    unlinkSync(path);
+    try {
+      unlinkSync(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error; // another process took it over first
+    }
   }
   let held = true;
   const release = () => {

@@ -8,7 +8,7 @@ import type { ModelDefinition } from '../../compiler/frontend/nn.ts';
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { mulberry32 } from '../init.ts';
-import { asUsageError, engineStateOf, loadRunCheckpoint, locateModelFile, runShape, type EngineFactory } from './trainer.ts';
+import { asUsageError, engineStateOf, loadRunCheckpoint, locateModelFile, modelConfigOf, type EngineFactory } from './trainer.ts';
 
 export interface SampleOptions {
   /** A run folder (holding checkpoint/) or a checkpoint folder. */
@@ -50,7 +50,7 @@ export async function sample(options: SampleOptions, createEngine: EngineFactory
   if (!extra?.tokenizer) throw new UsageError(`${checkpoint.loadedFrom} has no tokenizer in its state.json; it was not written by the trainer`);
   const tokenizer = await tokenizerFromJson(extra.tokenizer as unknown as TokenizerJson);
   const def = options.def ?? (await loadModel(locateModelFile(String(config.modelFile))));
-  const { modelConfig } = runShape(checkpoint);
+  const modelConfig = modelConfigOf(checkpoint);
   const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
   // One sequence at a time: the engine's micro-batch is 1 (the weights do not depend on it).
   const engine = await createEngine({ def, config: modelConfig, batchSize: 1, seed, gpu });

@@ -11,7 +11,7 @@
 // of both schedules, same loss history.
 
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { choosePreset, loadModel } from '../../compiler/frontend/load-model.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
@@ -21,7 +21,7 @@ import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts'
 import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
 import { acquireRunLock } from './run-lock.ts';
 import { checkpointFromHf, HF_PREFIX } from '../hf/index.ts';
-import { loadCheckpoint, saveCheckpoint, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
+import { loadCheckpoint, saveCheckpoint, setAsideFailed, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
 import { writeLossCurve, type LossRow } from './loss-curve.ts';
 import { formatCount, formatDuration, ProgressReporter, type ProgressStream } from './progress.ts';
 import { EpochSampler, fillBatch, windowCount } from './sampler.ts';
@@ -168,7 +168,7 @@ const GPT2_VOCAB_SIZE = 50257;
 export async function train(options: TrainOptions, createEngine: EngineFactory): Promise<TrainResult> {
   const started = performance.now();
   const given = givenConfig(options);
-  const outDir = given.outDir ?? defaultOutDir(given.preset ?? DEFAULT_TRAIN_CONFIG.preset);
+  const outDir = given.outDir ?? (given.init ? defaultOutDir(basename(given.init.slice(HF_PREFIX.length)) || 'init') : defaultOutDir(given.preset ?? DEFAULT_TRAIN_CONFIG.preset));
   const checkpointDir = join(outDir, CHECKPOINT_DIR);
   const progressStream = options.progress ?? process.stderr;
   const log = (line: string) => progressStream.write(`${line}\n`);
@@ -205,15 +205,21 @@ interface RunStart {
 
 async function trainLocked(options: TrainOptions, createEngine: EngineFactory, start: RunStart): Promise<TrainResult> {
   const { started, outDir, checkpointDir, progressStream, log, saved, def, config } = start;
+  if (saved?.fellBack) {
+    const moved = await setAsideFailed(checkpointDir);
+    if (moved) log(`moved the checkpoint that failed to load to ${moved}; the next save keeps the one resumed from as ${checkpointDir}.previous`);
+  }
   const preset = choosePreset(def, config.preset);
-  // --init: the folder's weights and tokenizer (a resumed run has its own weights, and the same tokenizer).
-  const init = config.init === null ? undefined : await loadInit(config.init);
+  // --init: the folder's weights, shape and tokenizer. A resumed run has its own weights, and its
+  // checkpoint holds the same tokenizer and shape, so the folder is not read again.
+  const init = config.init === null || saved ? undefined : await loadInit(config.init);
+  const initialized = saved && config.init !== null ? saved : init;
 
   const prepared = await asUsageError(
     prepareData({
       source: config.data,
       evalSource: config.evalData ?? undefined,
-      tokenizer: init ? { given: init.state.extra!.tokenizer as unknown as TokenizerJson } : parseTokenizerSpec(config.tokenizer),
+      tokenizer: initialized ? { given: initialized.state.extra!.tokenizer as unknown as TokenizerJson } : parseTokenizerSpec(config.tokenizer),
       cacheDir: config.cacheDir,
       onProgress: log,
     }),
@@ -221,7 +227,7 @@ async function trainLocked(options: TrainOptions, createEngine: EngineFactory, s
   );
   const data = await asUsageError(loadPreparedData(prepared.dir), `the prepared data in ${prepared.dir} (delete it to prepare again)`);
   if (saved) checkSameData(saved, prepared, data);
-  const modelConfig = init ? runShape(init).modelConfig : modelConfigFor(preset, config.modelOverrides, data.tokenizer.vocabSize, log);
+  const modelConfig = initialized ? runShape(initialized).modelConfig : modelConfigFor(preset, config.modelOverrides, data.tokenizer.vocabSize, log);
   const savedModel = saved && runShape(saved).modelConfig;
   if (savedModel && JSON.stringify(modelConfig) !== JSON.stringify(savedModel)) {
     throw new UsageError(
@@ -256,7 +262,7 @@ async function trainLocked(options: TrainOptions, createEngine: EngineFactory, s
   else if (init) engine.importState(engineStateOf(init));
 
   log(
-    `${def.name}/${init ? `${config.init}` : config.preset} (${Object.entries(modelConfig).map(([key, value]) => `${key} ${value}`).join(', ')}) · ${engine.mode} engine · ` +
+    `${def.name}/${config.init ?? config.preset} (${Object.entries(modelConfig).map(([key, value]) => `${key} ${value}`).join(', ')}) · ${engine.mode} engine · ` +
       `data ${prepared.dir}: ${formatCount(data.train.length)} train tokens (${trainWindows} windows of ${T}), ${formatCount(data.val.length)} val`,
   );
   log(
@@ -424,7 +430,8 @@ function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDe
   const vocabSize = (merged.modelOverrides.vocabSize as number | undefined) ?? config.vocabSize;
   const tokenizer = merged.tokenizer === 'auto' ? (vocabSize >= GPT2_VOCAB_SIZE ? 'gpt2' : `bpe:${vocabSize}`) : merged.tokenizer;
   parseTokenizerSpec(tokenizer);
-  const batchSize = merged.batchSize ?? defaultMicroBatch(def, merged.preset);
+  // An imported model trains with GPT-2's preset micro-batch (4) unless told otherwise.
+  const batchSize = merged.batchSize ?? (merged.init !== null ? defaultMicroBatch(def, 'gpt2') : defaultMicroBatch(def, merged.preset));
   positive('batchSize', batchSize);
   return { ...merged, tokenizer, batchSize, warmupSteps, rampSteps, outDir };
 }
@@ -436,7 +443,10 @@ function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDe
  */
 function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, outDir: string): ResolvedTrainConfig {
   const { batchSize } = runShape(saved);
-  const config = { ...(saved.state.config as unknown as ResolvedTrainConfig), batchSize };
+  const savedConfig = saved.state.config as unknown as ResolvedTrainConfig;
+  // Runs saved before the micro-batch left the model config kept an override of it there too.
+  const { batchSize: _legacy, ...modelOverrides } = (savedConfig.modelOverrides ?? {}) as Record<string, number | boolean>;
+  const config = { ...savedConfig, init: savedConfig.init ?? null, modelOverrides, batchSize };
   const differing: string[] = [];
   for (const [key, value] of Object.entries(given) as [keyof TrainConfig, unknown][]) {
     if (CHANGEABLE_ON_RESUME.has(key)) continue;
@@ -489,6 +499,12 @@ export function runShape(saved: LoadedCheckpoint): { modelConfig: ModelShape & R
   const batchSize = (saved.state.config.batchSize as number | undefined) ?? (legacy as number | undefined);
   if (!batchSize) throw new UsageError(`${saved.loadedFrom}: the checkpoint records no micro-batch (config.batchSize); it was not written by the trainer`);
   return { modelConfig, batchSize };
+}
+
+/** A run's model config (runShape without the micro-batch, which sampling does not need). */
+export function modelConfigOf(saved: LoadedCheckpoint): ModelShape & Record<string, unknown> {
+  const { batchSize: _legacy, ...modelConfig } = saved.state.config.modelConfig as unknown as ModelShape & Record<string, unknown>;
+  return modelConfig;
 }
 
 /** 'gpt2' or 'bpe:N' (also 'bpeN', 'bpe-N'). */
