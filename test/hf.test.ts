@@ -219,9 +219,11 @@ describe('transformers reads the export', () => {
       'tok = AutoTokenizer.from_pretrained(d)',
       'm = GPT2LMHeadModel.from_pretrained(d).eval()',
       'with torch.no_grad(): logits = m(torch.tensor([ids])).logits[0]',
+      'm.save_pretrained(sys.argv[4]); tok.save_pretrained(sys.argv[4])',
       'print(json.dumps({"ids": tok(text)["input_ids"], "eos": tok.eos_token_id, "logits": logits.flatten().tolist()}))',
     ].join('\n');
-    const r = spawnSync(PYTHON, ['-c', script, dir, text, JSON.stringify(ids)], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    const saved = tmp();
+    const r = spawnSync(PYTHON, ['-c', script, dir, text, JSON.stringify(ids), saved], { encoding: 'utf8', maxBuffer: 1 << 26 });
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { ids: number[]; eos: number; logits: number[] };
     expect(out.ids).toEqual((await tokenizerFromJson(tokenizer)).encode(text));
@@ -238,5 +240,9 @@ describe('transformers reads the export', () => {
     expect(largest).toBeGreaterThan(0.5);
     console.log(`transformers vs chotta logits (${ids.length} positions × ${CONFIG.vocabSize}, largest |logit| ${largest.toFixed(2)}): largest difference ${diff.toExponential(2)}, ${worst.toFixed(3)}× the tolerance (1e-4 + 1e-4·|x|)`);
     expect(worst).toBeLessThanOrEqual(1);
+    // And back: what transformers' save_pretrained writes (tokenizer.json, no vocab.json) reads as the same model.
+    const back = await checkpointFromHf(saved);
+    expect(back.state.extra!.tokenizer).toEqual(tokenizer);
+    for (const [name, t] of run.parameters) expect(Array.from(back.parameters.get(name)!.data), name).toEqual(Array.from(t.data));
   }, 120_000);
 });

@@ -20,7 +20,7 @@ import type { HostTensor } from '../train/safetensors.ts';
 import { readSafetensors, writeSafetensors } from '../train/safetensors.ts';
 import type { TokenizerJson } from '../data/tokenizer.ts';
 import { END_OF_TEXT } from '../data/byte-bpe.ts';
-import { bpeFilesOf, mergesText, parseMerges, tokenizerOfBpeFiles } from './tokenizer-files.ts';
+import { bpeFilesOf, mergesText, parseMerges, tokenizerOfBpeFiles, type BpeFiles } from './tokenizer-files.ts';
 
 /** Our GPT's shape (models/gpt.ts's GPTConfig). */
 export interface Gpt2Shape {
@@ -129,7 +129,9 @@ export async function readHfGpt2(dir: string): Promise<HfExport> {
   const fail = (why: string): never => {
     throw new Error(`${dir} is not a GPT-2 folder chotta can read: ${why}`);
   };
-  for (const f of [HF_CONFIG, HF_WEIGHTS, 'vocab.json', 'merges.txt']) if (!existsSync(join(dir, f))) fail(`${f} is missing`);
+  for (const f of [HF_CONFIG, HF_WEIGHTS]) if (!existsSync(join(dir, f))) fail(`${f} is missing`);
+  const slowFiles = existsSync(join(dir, 'vocab.json')) && existsSync(join(dir, 'merges.txt'));
+  if (!slowFiles && !existsSync(join(dir, 'tokenizer.json'))) fail('it has no tokenizer: neither vocab.json with merges.txt nor tokenizer.json');
   let config: Record<string, unknown>;
   try {
     config = JSON.parse(readFileSync(join(dir, HF_CONFIG), 'utf8'));
@@ -173,11 +175,33 @@ export async function readHfGpt2(dir: string): Promise<HfExport> {
 
   let tokenizer: TokenizerJson;
   try {
-    const vocab = JSON.parse(readFileSync(join(dir, 'vocab.json'), 'utf8')) as Record<string, number>;
-    tokenizer = tokenizerOfBpeFiles({ vocab, merges: parseMerges(readFileSync(join(dir, 'merges.txt'), 'utf8')) }, dir);
+    tokenizer = tokenizerOfBpeFiles(slowFiles ? readSlowTokenizer(dir) : readTokenizerJson(dir), dir);
   } catch (error) {
     return fail((error as Error).message.replace(`${dir}: `, ''));
   }
   if (tokenizer.vocabSize > shape.vocabSize) fail(`the tokenizer has ${tokenizer.vocabSize} ids but vocab_size is ${shape.vocabSize}`);
   return { shape, params, tokenizer };
+}
+
+/** GPT-2's own tokenizer files: vocab.json and merges.txt. */
+function readSlowTokenizer(dir: string): BpeFiles {
+  const vocab = JSON.parse(readFileSync(join(dir, 'vocab.json'), 'utf8')) as Record<string, number>;
+  return { vocab, merges: parseMerges(readFileSync(join(dir, 'merges.txt'), 'utf8')) };
+}
+
+/**
+ * The `tokenizers` library's tokenizer.json (what transformers 5's save_pretrained writes instead of
+ * vocab.json and merges.txt): a BPE model whose merges are "a b" strings or [a, b] pairs, and the
+ * special tokens as added tokens.
+ */
+function readTokenizerJson(dir: string): BpeFiles {
+  const json = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as {
+    model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[] };
+    added_tokens?: { id: number; content: string }[];
+  };
+  const model = json.model;
+  if (model?.type !== 'BPE' || !model.vocab || !model.merges) throw new Error(`tokenizer.json is not a BPE tokenizer (model.type ${JSON.stringify(model?.type)})`);
+  const vocab = { ...model.vocab };
+  for (const t of json.added_tokens ?? []) vocab[t.content] = t.id;
+  return { vocab, merges: model.merges.map((m) => (typeof m === 'string' ? m : m.join(' '))) };
 }
