@@ -448,3 +448,13 @@ describe('cleanup of the GPT joint graph (canonicalize, cse, dce)', () => {
     expect(worst.ratio, worst.where).toBeLessThanOrEqual(1);
   });
 });
+
+describe('the pass list', () => {
+  it('names each pass as --after, --stats, --dump-dir and the golden folders call it', async () => {
+    const { ALL_PASSES, passNamed } = await import('../passes/index.ts');
+    const names = ['canonicalize', 'cse', 'dce', 'fuse-attention', 'fuse-elementwise', 'fuse-optimizer', 'pad-nice-numbers'];
+    expect(ALL_PASSES.map((p) => p.name)).toEqual(names);
+    for (const name of names) expect(passNamed(name).name).toBe(name);
+    expect(() => passNamed('')).toThrow(`no pass named '' (passes: ${names.join(', ')})`);
+  });
+});
