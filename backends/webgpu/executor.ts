@@ -103,9 +103,15 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
     return this.binding(name).size;
   }
 
+  /** Where `data` goes when written to `name`: its binding, after checking it fits. */
+  private destination(name: string, data: Float32Array | Int32Array): BufferView {
+    const view = this.binding(name);
+    if (data.byteLength > view.size) throw new Error(`webgpu executor: ${data.byteLength} bytes do not fit %${name} (${view.size} bytes)`);
+    return view;
+  }
+
   write(name: string, data: Float32Array | Int32Array): void {
-    const { buffer, offset, size } = this.binding(name);
-    if (data.byteLength > size) throw new Error(`webgpu executor: ${data.byteLength} bytes do not fit %${name} (${size} bytes)`);
+    const { buffer, offset } = this.destination(name, data);
     this.device.queue.writeBuffer(buffer, offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   }
 
@@ -131,8 +137,7 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
       },
       upload: (name, data) => {
         open();
-        const to = this.binding(name);
-        if (data.byteLength > to.size) throw new Error(`webgpu executor: ${data.byteLength} bytes do not fit %${name} (${to.size} bytes)`);
+        const to = this.destination(name, data);
         const k = uploads.get(name) ?? 0;
         uploads.set(name, k + 1);
         const pool = this.staging.get(name) ?? [];

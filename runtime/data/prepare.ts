@@ -10,6 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { mulberry32 } from '../init.ts';
+import { isProcessAlive } from '../processes.ts';
 import { trainByteBpeOnWordCounts, WordCounts } from './bpe-trainer.ts';
 import { readDocumentsOfFile } from './corpus.ts';
 import { DocumentSpool } from './document-spool.ts';
@@ -345,15 +346,6 @@ async function removeAbandonedPartials(cacheDir: string): Promise<void> {
   for (const name of await readdir(cacheDir)) {
     const pid = /^\.partial-(\d+)-/.exec(name)?.[1];
     if (pid !== undefined && !isProcessAlive(Number(pid))) await rm(join(cacheDir, name), { recursive: true, force: true });
-  }
-}
-
-function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

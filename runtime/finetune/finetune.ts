@@ -13,7 +13,6 @@
 //   <out>/random-init/checkpoint/ the from-scratch baseline
 //   <out>/loss.csv, loss.svg      its loss curve (the random-init one in its folder)
 
-import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadModel } from '../../compiler/frontend/load-model.ts';
@@ -22,13 +21,13 @@ import type { ModelDefinition, ModelShape } from '../../compiler/frontend/nn.ts'
 import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/index.ts';
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
-import { loadCheckpoint, saveCheckpoint, setAsideFailed, type JsonValue, type LoadedCheckpoint } from '../train/checkpoint.ts';
+import { checkpointExists, loadCheckpoint, saveCheckpoint, type JsonValue, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { writeLossCurve, type LossRow } from '../train/loss-curve.ts';
 import { formatDuration, ProgressReporter, type ProgressStream } from '../train/progress.ts';
 import { EpochSampler } from '../train/sampler.ts';
 import { learningRate } from '../train/schedule.ts';
 import { acquireRunLock } from '../train/run-lock.ts';
-import { asUsageError, CHECKPOINT_DIR, engineStateOf, fallbackNotice, loadRunCheckpoint, locateModelFile, runShape } from '../train/trainer.ts';
+import { asUsageError, CHECKPOINT_DIR, engineStateOf, loadRunCheckpoint, locateModelFile, resumingFrom, runShape } from '../train/trainer.ts';
 import { accuracyOf, BagOfWordsClassifier, majorityLabel } from './baselines.ts';
 import { exampleBatch, ExampleEncoder, type EncodedExample } from './encode.ts';
 import { classify, completionLoss } from './evaluate.ts';
@@ -170,7 +169,7 @@ async function finetuneLocked(
     });
   if (task.train.length <= 10_000) checkEncodes(task.train, 'training');
   checkEncodes(heldOut, 'held-out');
-  if ((existsSync(join(outDir, CHECKPOINT_DIR)) || existsSync(join(outDir, `${CHECKPOINT_DIR}.previous`))) && !options.resume) {
+  if (checkpointExists(join(outDir, CHECKPOINT_DIR)) && !options.resume) {
     throw new UsageError(`${outDir} already holds a fine-tuning run; continue it with --resume, or give --out a new folder`);
   }
 
@@ -299,13 +298,8 @@ async function trainVariant(run: VariantRun): Promise<{ finished: boolean; train
   const B = engine.batchSize;
   const T = engine.seqLen;
   const checkpointDir = join(variant.dir, CHECKPOINT_DIR);
-  const saved = run.resume && (existsSync(checkpointDir) || existsSync(`${checkpointDir}.previous`)) ? await asUsageError(loadCheckpoint(checkpointDir), `cannot resume ${variant.dir}`) : undefined;
-  const notice = saved && fallbackNotice(saved);
-  if (notice) {
-    log(notice);
-    const moved = await setAsideFailed(checkpointDir);
-    if (moved) log(`moved the checkpoint that failed to load to ${moved}`);
-  }
+  const saved = run.resume && checkpointExists(checkpointDir) ? await asUsageError(loadCheckpoint(checkpointDir), `cannot resume ${variant.dir}`) : undefined;
+  if (saved) await resumingFrom(saved, checkpointDir, log);
   if (saved && (saved.state.config.task !== config.task || saved.state.config.steps !== config.steps || saved.state.config.maxLr !== config.maxLr)) {
     throw new UsageError(`${variant.dir} was fine-tuned with other settings (task ${saved.state.config.task}, ${saved.state.config.steps} steps, lr ${saved.state.config.maxLr}); start a new run with another --out`);
   }

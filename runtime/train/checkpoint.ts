@@ -15,6 +15,7 @@
 // given checkpoint directory (run-lock.ts).
 
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 // The default export is the module object itself, which tests can spy on to simulate a crash.
 import fs, { type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -95,6 +96,11 @@ export async function saveCheckpoint(dir: string, checkpoint: Checkpoint): Promi
     await fs.rm(temporary, { recursive: true, force: true });
     throw error;
   }
+}
+
+/** Whether `dir` holds a checkpoint: `<dir>` itself, or the `<dir>.previous` a save leaves beside it. */
+export function checkpointExists(dir: string): boolean {
+  return existsSync(dir) || existsSync(dir + PREVIOUS_SUFFIX);
 }
 
 /**

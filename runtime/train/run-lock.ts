@@ -8,6 +8,7 @@ import { linkSync, mkdirSync, readFileSync, rmdirSync, unlinkSync, writeFileSync
 import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { UsageError } from '../../compiler/ir/errors.ts';
+import { isProcessAlive } from '../processes.ts';
 
 export const LOCK_FILE = 'run.lock';
 
@@ -22,16 +23,6 @@ export interface RunLock {
   readonly path: string;
   /** Removes the lock (once; later calls do nothing). */
   release(): void;
-}
-
-/** Whether a process of this machine is alive (EPERM: alive, but another user's). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function readHolder(path: string): Holder | undefined {
@@ -63,7 +54,7 @@ export function acquireRunLock(dir: string, command: string, log: (line: string)
     }
     const holder = readHolder(path);
     const describe = (h: Holder) => `process ${h.pid} (${h.command}, started ${h.started}${h.host === mine.host ? '' : ` on ${h.host}`})`;
-    if (holder && (holder.host !== mine.host || alive(holder.pid))) {
+    if (holder && (holder.host !== mine.host || isProcessAlive(holder.pid))) {
       throw new UsageError(
         `${dir} is in use by ${describe(holder)}; wait for it to finish or give another --out` +
           (holder.host === mine.host ? ` (if process ${holder.pid} is not a chotta run, delete ${path})` : ` (if that machine's run is gone, delete ${path})`),

@@ -21,7 +21,7 @@ import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts'
 import { GPT3_ADAMW, type Batch, type EngineState, type StepResult, type TrainingEngine } from '../engines/engine.ts';
 import { acquireRunLock } from './run-lock.ts';
 import { checkpointFromHf, HF_PREFIX } from '../hf/index.ts';
-import { loadCheckpoint, saveCheckpoint, setAsideFailed, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
+import { checkpointExists, loadCheckpoint, saveCheckpoint, setAsideFailed, type Checkpoint, type HostTensor, type JsonValue, type LoadedCheckpoint } from './checkpoint.ts';
 import { writeLossCurve, type LossRow } from './loss-curve.ts';
 import { formatCount, formatDuration, ProgressReporter, type ProgressStream } from './progress.ts';
 import { EpochSampler, fillBatch, windowCount } from './sampler.ts';
@@ -175,8 +175,6 @@ export async function train(options: TrainOptions, createEngine: EngineFactory):
 
   // Everything that can be wrong with the settings is found before the run folder is touched.
   const saved = options.resume ? await asUsageError(loadCheckpoint(checkpointDir), `cannot resume from ${outDir}`) : undefined;
-  const notice = saved && fallbackNotice(saved);
-  if (notice) log(notice);
   const modelFile = given.modelFile ?? (saved?.state.config.modelFile as string | undefined) ?? DEFAULT_TRAIN_CONFIG.modelFile;
   const def = options.def ?? (await loadModel(locateModelFile(modelFile)));
   const config = saved ? configForResume(saved, given, outDir) : resolveConfig(given, outDir, def);
@@ -205,10 +203,7 @@ interface RunStart {
 
 async function trainLocked(options: TrainOptions, createEngine: EngineFactory, start: RunStart): Promise<TrainResult> {
   const { started, outDir, checkpointDir, progressStream, log, saved, def, config } = start;
-  if (saved?.fellBack) {
-    const moved = await setAsideFailed(checkpointDir);
-    if (moved) log(`moved the checkpoint that failed to load to ${moved}; the next save keeps the one resumed from as ${checkpointDir}.previous`);
-  }
+  if (saved) await resumingFrom(saved, checkpointDir, log);
   const preset = choosePreset(def, config.preset);
   // --init: the folder's weights, shape and tokenizer. A resumed run has its own weights, and its
   // checkpoint holds the same tokenizer and shape, so the folder is not read again.
@@ -465,9 +460,8 @@ function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, o
   return { ...config, outDir };
 }
 
-/** The weights `--init` names: `hf:DIR` (the only kind so far). */
+/** The weights `--init` names: `hf:DIR` (the only kind so far; resolveConfig checked the prefix). */
 async function loadInit(init: string): Promise<LoadedCheckpoint> {
-  if (!init.startsWith(HF_PREFIX)) throw new UsageError(`--init must be hf:DIR, a Hugging Face GPT-2 folder; got '${init}'`);
   return asUsageError(checkpointFromHf(init.slice(HF_PREFIX.length)), `--init ${init}`);
 }
 
@@ -478,11 +472,24 @@ export function fallbackNotice(saved: LoadedCheckpoint): string | undefined {
   return `warning: ${asked} failed to load (${saved.fellBack}); using ${saved.loadedFrom}, the checkpoint saved before it`;
 }
 
+/**
+ * A run about to continue from `saved`, loaded from `dir`: when that was a fallback to the
+ * checkpoint before, it says so and moves the one that failed aside, so the next save keeps the
+ * good one (checkpoint.ts setAsideFailed). Call it holding the run's lock.
+ */
+export async function resumingFrom(saved: LoadedCheckpoint, dir: string, log: (line: string) => void): Promise<void> {
+  const notice = fallbackNotice(saved);
+  if (!notice) return;
+  log(notice);
+  const moved = await setAsideFailed(dir);
+  if (moved) log(`moved the checkpoint that failed to load to ${moved}; the next save keeps the one resumed from as ${dir}.previous`);
+}
+
 /** A run folder's checkpoint, the checkpoint folder itself, or `hf:DIR`, a Hugging Face GPT-2 folder (runtime/hf/); a fallback to the one before is reported on `log`. */
 export async function loadRunCheckpoint(dir: string, log: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): Promise<LoadedCheckpoint> {
   if (dir.startsWith(HF_PREFIX)) return asUsageError(checkpointFromHf(dir.slice(HF_PREFIX.length)), `--ckpt ${dir}`);
   const inRun = join(dir, CHECKPOINT_DIR);
-  const target = existsSync(inRun) || existsSync(`${inRun}.previous`) ? inRun : dir;
+  const target = checkpointExists(inRun) ? inRun : dir;
   const saved = await asUsageError(loadCheckpoint(target), `--ckpt ${dir}`);
   const notice = fallbackNotice(saved);
   if (notice) log(notice);
@@ -495,10 +502,10 @@ export async function loadRunCheckpoint(dir: string, log: (line: string) => void
  * modelConfig.batchSize: it is moved out, so those runs still resume, sample and fine-tune.
  */
 export function runShape(saved: LoadedCheckpoint): { modelConfig: ModelShape & Record<string, unknown>; batchSize: number } {
-  const { batchSize: legacy, ...modelConfig } = saved.state.config.modelConfig as unknown as ModelShape & Record<string, unknown>;
-  const batchSize = (saved.state.config.batchSize as number | undefined) ?? (legacy as number | undefined);
+  const legacy = (saved.state.config.modelConfig as { batchSize?: number }).batchSize;
+  const batchSize = (saved.state.config.batchSize as number | undefined) ?? legacy;
   if (!batchSize) throw new UsageError(`${saved.loadedFrom}: the checkpoint records no micro-batch (config.batchSize); it was not written by the trainer`);
-  return { modelConfig, batchSize };
+  return { modelConfig: modelConfigOf(saved), batchSize };
 }
 
 /** A run's model config (runShape without the micro-batch, which sampling does not need). */
@@ -548,10 +555,6 @@ export function locateModelFile(file: string): string {
   if (existsSync(resolve(file))) return file;
   const packaged = fileURLToPath(new URL(`../../${file}`, import.meta.url));
   return existsSync(packaged) ? packaged : file;
-}
-
-function checkpointExists(dir: string): boolean {
-  return existsSync(dir) || existsSync(`${dir}.previous`);
 }
 
 /** The data layer's, the device's and the checkpoint reader's errors are the user's to fix: one line, no stack. */
