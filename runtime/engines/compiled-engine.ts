@@ -5,7 +5,7 @@
 // and gradient norm are read back later. Nothing in the step waits for the device.
 
 import { compileTraining } from '../../compiler/pipeline.ts';
-import type { DeviceValues, Executor, KernelProfiler, RenderedProgram, RenderedTraining, Target } from '../../backends/index.ts';
+import type { DeviceValues, Executor, KernelProfiler, Recording, RenderedProgram, RenderedTraining, Target } from '../../backends/index.ts';
 import { numel } from '../../compiler/ir/graph.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../../compiler/frontend/nn.ts';
@@ -165,7 +165,7 @@ export class CompiledEngine<P extends RenderedProgram = RenderedProgram> impleme
     if (batch.lossMask && batch.lossMask.length !== elements) throw new Error(`compiled engine: a loss mask must hold ${elements} values, got ${batch.lossMask.length}`);
   }
 
-  private uploadBatch(r: ReturnType<Executor['record']>, batch: Batch): void {
+  private uploadBatch(r: Recording, batch: Batch): void {
     r.upload('idx', batch.idx);
     r.upload('targets', batch.targets);
     if (batch.lossMask) r.upload('loss_mask', batch.lossMask);

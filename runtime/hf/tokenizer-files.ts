@@ -87,16 +87,16 @@ function gpt2BpeFiles(): BpeFiles {
 }
 
 function byteBpeFiles(json: ByteBpeJson): BpeFiles {
-  const tokenBytes: Uint8Array[] = Array.from({ length: BYTE_TOKENS }, (_, b) => Uint8Array.of(b));
-  for (const [left, right] of json.merges) tokenBytes.push(Buffer.concat([tokenBytes[left], tokenBytes[right]]));
+  const bpe = ByteBpeTokenizer.fromJSON(json);
+  const token = (id: number) => bytesToString(bpe.bytesOfToken(id));
   const vocab: Record<string, number> = {};
-  tokenBytes.forEach((bytes, id) => {
-    const s = bytesToString(bytes);
+  for (let id = 0; id < bpe.eotId; id++) {
+    const s = token(id);
     if (s in vocab) throw new Error(`the tokenizer has two ids for the same bytes (${vocab[s]} and ${id}); GPT-2's vocab.json cannot hold it`);
     vocab[s] = id;
-  });
-  vocab[END_OF_TEXT] = json.eotId;
-  return { vocab, merges: json.merges.map(([l, r]) => `${bytesToString(tokenBytes[l])} ${bytesToString(tokenBytes[r])}`) };
+  }
+  vocab[END_OF_TEXT] = bpe.eotId;
+  return { vocab, merges: json.merges.map(([l, r]) => `${token(l)} ${token(r)}`) };
 }
 
 /** A tokenizer (as its JSON) in GPT-2's file form. */
