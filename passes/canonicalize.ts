@@ -173,8 +173,8 @@ function maskedWhere(ctx: RewriteContext, n: Proposal, x: number, mask: { cond: 
 const maskAddToWhere: RewriteRule = {
   name: 'mask-add-to-where',
   ops: ['add'],
+  // Offered adds only (ops). An i32 add never matches: an i32 constant is an integer, never -inf.
   apply(n, ctx) {
-    if (n.op !== 'add' || n.dtype !== 'f32') return undefined;
     for (const [x, m] of [n.inputs, [...n.inputs].reverse()]) {
       const mask = maskCondition(ctx, m, 0, -Infinity);
       if (mask) return maskedWhere(ctx, n, x, mask, -Infinity);

@@ -134,11 +134,14 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
   const aligned = (id: number, k: number, memo = new Map<number, boolean>()): boolean => {
     const known = memo.get(id);
     if (known !== undefined) return known;
-    // A reshape keeps the row-major flat index, so it is aligned too. Readers in other kernels
-    // read the value from memory, written at the thread's index: they are no constraint.
+    // A reshape keeps the row-major flat index, so it is aligned too. Readers outside kernel k are
+    // no constraint: other kernels read the value from memory, written at the thread's index; a
+    // value recomputed where it is read (inlined) is never recomputed inside k, because k's members
+    // other than its root have k as their only use, and the root's readers are visited before k
+    // exists; a dead reader is computed nowhere.
     const ok = consumers[id].every((c) => {
       const cn = g.nodes[c];
-      if (groupOf[c] !== k) return groupOf[c] >= 0;
+      if (groupOf[c] !== k) return true;
       const sameIndex = cn.op === 'reshape' || (POINTWISE.has(cn.op) && sameShape(cn.shape, g.nodes[id].shape));
       return sameIndex && aligned(c, k, memo);
     });
@@ -199,7 +202,7 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
       else start(id, 'elementwise');
     } else if (only >= 0 && accepts(only, node)) {
       groupOf[id] = only;
-    } else if (u.size > 1 && CHEAP.has(node.op) && [...u].every((k) => groups[k].kind !== 'attention') && (node.inputs.length === 0 || [...u].every((k) => groups[k].kind !== 'matmul'))) {
+    } else if (CHEAP.has(node.op) && [...u].every((k) => groups[k].kind !== 'attention') && (node.inputs.length === 0 || [...u].every((k) => groups[k].kind !== 'matmul'))) {
       // (A constant or an iota is a literal or an index: cheap even inside a matmul's k loop.)
       inlined[id] = 1;
       uses[id] = u;

@@ -40,6 +40,9 @@ graph axpy(%a: f32[2,2] param, %x: f32[2,2]) {
     ['graph g(%x: f32[2]) {\n  %y: f32[2] = frobnicate %x\n  return %y\n}', /line 2: frobnicate: unknown op/],
     ['graph g(%x: f64[2]) {\n  return %x\n}', /line 1: expected a type like f32\[4,64\]/],
     ['graph g(%x: f32[2]) {\n  %y: f32[2] = exp %x\n', /missing 'return'/],
+    ['graph g() {\n  %c: i32[2] = const {value=1.5}\n  return %c\n}', /line 2: const: i32 constant must be an integer in \[-2\^31, 2\^31\), not 1.5/],
+    ['graph g() {\n  %c: i32[2] = const {value=2147483648}\n  return %c\n}', /line 2: const: i32 constant must be an integer in \[-2\^31, 2\^31\), not 2147483648/],
+    ['graph g() {\n  %c: bool[2] = const {value=2}\n  return %c\n}', /line 2: const: bool constant must be 0 or 1, not 2/],
   ])('reports bad IR with its line: %#', (text, message) => {
     expect(() => parseGraph(text)).toThrow(message);
   });

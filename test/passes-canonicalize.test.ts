@@ -355,6 +355,21 @@ graph to_i32(%x: i32[2]) {
     expect(body.slice(0, 3)).toEqual(['%a: i32[2] = const {value=2147483647}', '%b: i32[2] = const {value=-2147483648}', '%n: i32[2] = const {value=0}']);
   });
 
+  it('leaves ops other than pointwise ops, moves and reductions alone on constants (a matmul, a gather)', () => {
+    expectUnchanged(`
+graph matmul_consts(%x: f32[2,3]) {
+  %a: f32[2,4] = const {value=2}
+  %b: f32[4,3] = const {value=3}
+  %m: f32[2,3] = matmul %a, %b
+  %t: f32[5,3] = const {value=1.5}
+  %i: i32[2] = const {value=4}
+  %g: f32[2,3] = gather %t, %i
+  %s: f32[2,3] = add %m, %g
+  %out: f32[2,3] = mul %x, %s
+  return %out
+}`);
+  });
+
   it('folds a where of three constants as a constant, and a where on a false constant to its second branch', () => {
     const consts = canon(`
 graph where_consts(%x: f32[2]) {

@@ -57,6 +57,43 @@ graph transposed(%x: f32[4,8], %w: f32[8,4]) {
     expect(counters['matmul-epilogues']).toBe(0);
   });
 
+  it('takes an epilogue whose other readers are dead or recomputed in other kernels', () => {
+    const dead = fuse(`
+graph dead_reader(%x: f32[4,8], %w: f32[8,16]) {
+  %m: f32[4,16] = matmul %x, %w
+  %a: f32[4,16] = exp %m
+  %d: f32[4,16] = neg %a
+  return %a
+}`);
+    expect(dead.kernels).toEqual({ m: 0, a: 0, d: '-' });
+    expect(dead.counters['matmul-epilogues']).toBe(1);
+    const elsewhere = fuse(`
+graph inlined_reader(%x: f32[4,8], %w: f32[8,4]) {
+  %m: f32[4,4] = matmul %x, %w
+  %a: f32[4,4] = exp %m
+  %t: f32[4,4] = permute %a {perm=[1,0]}
+  %s0: f32[1,4] = sum %t {axis=0}
+  %s1: f32[4,1] = sum %t {axis=1}
+  return %s0, %s1
+}`);
+    expect(elsewhere.kernels).toEqual({ m: 0, a: 0, t: '-', s0: 1, s1: 2 });
+    expect(elsewhere.counters).toMatchObject({ kernels: 3, inlined: 1, 'matmul-epilogues': 1 });
+  });
+
+  it('recomputes a constant operand read by one matmul inside it, and writes a computed one', () => {
+    const { kernels, counters } = fuse(`
+graph constant_operands(%x: f32[4,8]) {
+  %w: f32[8,16] = const {value=0.25}
+  %i: i32[16,8] = iota {axis=0}
+  %v: f32[16,8] = cast %i
+  %m: f32[4,16] = matmul %x, %w
+  %out: f32[4,8] = matmul %m, %v
+  return %out
+}`);
+    expect(kernels).toEqual({ w: '-', i: 0, v: 0, m: 1, out: 2 });
+    expect(counters).toMatchObject({ kernels: 3, inlined: 1 });
+  });
+
   it('takes a bias computed before the matmul into the epilogue (it feeds no operand)', () => {
     const { kernels, counters } = fuse(`
 graph bias_first(%x: f32[4,8], %w: f32[8,16], %b: f32[16]) {

@@ -105,6 +105,14 @@ graph g(%x: f32[2], %w: f32[2] param) {
     expect(printGraph(graph)).toBe(printGraph(small()));
   });
 
+  it('offers a rule that names its ops only nodes of those ops, in the list order', () => {
+    const seen: string[] = [];
+    const onlyExp: RewriteRule = { name: 'only-exp', ops: ['exp'], apply: (n) => void seen.push(`only-exp ${n.op}`) };
+    const every: RewriteRule = { name: 'every', apply: (n) => void seen.push(`every ${n.op}`) };
+    rewriteToFixedPoint('test', small(), [onlyExp, every]);
+    expect(seen).toEqual(['every mul', 'only-exp exp', 'every exp']);
+  });
+
   it('offers a node a rule emits to the rules, with the loc of the node being rewritten', () => {
     const offered: [string, string | undefined][] = [];
     const expToTanh: RewriteRule = { name: 'exp-to-tanh', apply: (n, ctx) => (n.op === 'exp' ? ctx.emit('tanh', n.inputs) : undefined) };

@@ -199,7 +199,10 @@ const TYPE_RULES: { readonly [O in Op]: TypeRule<O> } = {
     need(0);
     const out = decl();
     if (typeof attrs.value !== 'number') fail(op, 'needs {value}');
-    if (out.dtype === 'i32' && !Number.isInteger(attrs.value)) fail(op, 'i32 constant must be an integer');
+    if (out.dtype === 'i32' && !(Number.isInteger(attrs.value) && attrs.value >= -(2 ** 31) && attrs.value < 2 ** 31)) {
+      fail(op, `i32 constant must be an integer in [-2^31, 2^31), not ${attrs.value}`);
+    }
+    if (out.dtype === 'bool' && attrs.value !== 0 && attrs.value !== 1) fail(op, `bool constant must be 0 or 1, not ${attrs.value}`);
     return out;
   },
   iota: ({ op, attrs, need, decl }) => {
