@@ -14,8 +14,8 @@ import type { BufferRef, KernelKind, PlanBuffers, ScheduledProgram } from '../co
 export interface RenderedKernel {
   name: string;
   kind: KernelKind;
-  /** The buffers it binds, in binding order. */
-  bindings: BufferRef[];
+  /** The buffers it binds, in binding order, with the elements it addresses from each one's start (a binding per piece past the plan's maxBindingBytes). */
+  bindings: { buffer: BufferRef; elements: number }[];
   /** A buffer that must be zeroed before the kernel runs. */
   clear?: BufferRef;
   /** IR nodes it computes. */
@@ -67,6 +67,8 @@ export interface Target<P extends RenderedProgram = RenderedProgram, Profiler = 
   readonly backend: Backend<P>;
   /** The most buffers one kernel may bind (fusion never binds more). */
   readonly maxStorageBuffers: number;
+  /** The largest one binding may be: a larger value is stored and bound in pieces (compiler/ir/kernel-io.ts pieceElements). */
+  readonly maxBindingBytes: number;
   /** What rendering depends on besides the plans (the device's default tiles, a tuner's cache section): part of the compile cache key. */
   readonly renderKey: unknown;
   /** Renders every program for this device (WebGPU: tunes the matmul shapes first, when it has a tuner). */

@@ -30,6 +30,11 @@ export interface CompileOptions {
   optimizer: AdamWSettings;
   /** The adapter's maxStorageBuffersPerShaderStage (fusion never binds more). */
   maxStorageBuffers?: number;
+  /**
+   * The adapter's largest storage binding, min(maxStorageBufferBindingSize, maxBufferSize): larger
+   * values (GPT-2's flat optimizer state, its 147 MiB embedding) are stored and bound in pieces.
+   */
+  maxBindingBytes?: number;
   /** The micro-batch the gradient and evaluate programs take (the logits program takes one sequence). */
   batchSize: number;
   seqLen?: number;
@@ -55,7 +60,8 @@ export interface CompiledTraining {
 
 export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, config: C, opts: CompileOptions): CompiledTraining {
   const shape = { batchSize: opts.batchSize, seqLen: opts.seqLen, lossMask: opts.lossMask };
-  const fuse = fuseElementwise({ maxStorageBuffers: opts.maxStorageBuffers });
+  const { maxBindingBytes } = opts;
+  const fuse = fuseElementwise({ maxStorageBuffers: opts.maxStorageBuffers, maxBindingBytes });
   const counters = {} as CompiledTraining['counters'];
   let layout: FlatLayout | undefined;
   const run = (program: ProgramName, g: Graph, passes: readonly Pass[]): Graph => {
@@ -82,7 +88,7 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
   const update = run(
     'update',
     stage('update', 'build', buildUpdateGraph(`${def.name}_update`, traced.params.map((p) => ({ name: p.name, shape: [...p.shape], decay: decays(p.name, p.shape) })), opts.optimizer)),
-    [...JOINT_CLEANUP, ...(opts.flatOptimizer === false ? [] : [fuseOptimizer({ alignment: STORAGE_OFFSET_ALIGNMENT })]), fuse],
+    [...JOINT_CLEANUP, ...(opts.flatOptimizer === false ? [] : [fuseOptimizer({ alignment: STORAGE_OFFSET_ALIGNMENT, maxBindingBytes })]), fuse],
   );
   const evaluate = run('evaluate', stage('evaluate', 'trace', traced.graph), [...JOINT_CLEANUP, fuseAttention, padNiceNumbers, fuse]);
   const logitsTrace = traceLogits(def, config, { batchSize: 1, seqLen: opts.seqLen });
@@ -91,10 +97,10 @@ export function compileTraining<C extends ModelShape>(def: ModelDefinition<C>, c
   return {
     params: traced.params,
     programs: {
-      gradient: schedule(gradient),
-      update: schedule(update),
-      evaluate: schedule(evaluate),
-      logits: schedule(logits),
+      gradient: schedule(gradient, { maxBindingBytes }),
+      update: schedule(update, { maxBindingBytes }),
+      evaluate: schedule(evaluate, { maxBindingBytes }),
+      logits: schedule(logits, { maxBindingBytes }),
     },
     counters,
     ...(layout ? { layout } : {}),

@@ -24,6 +24,8 @@ export interface KernelBinding {
   buffer: BufferRef;
   dtype: DType;
   access: BindingAccess;
+  /** The elements the kernel addresses through it, from the buffer's start: more than one piece holds (kernel-io.ts pieceElements) means a binding per piece. */
+  elements: number;
 }
 
 /** Which FlashAttention kernel an attention kernel is, and its sizes. */
@@ -76,6 +78,8 @@ export interface PlanBuffers {
   /** Byte sizes of the temporary buffers. */
   temps: number[];
   flops: number;
+  /** The storage-binding limit planned for: a value larger is stored, and bound, in pieces (kernel-io.ts pieceElements). */
+  maxBindingBytes?: number;
 }
 
 /** A scheduled program: the kernels in order and the buffers they bind, with the graph they come from. */
@@ -89,7 +93,12 @@ export interface ScheduledProgram extends PlanBuffers {
 /** The bytes a temporary of `elements` values takes: 4 per value, at least 4, rounded to 16. */
 const bufferBytes = (elements: number) => Math.max(16, Math.ceil((elements * 4) / 16) * 16);
 
-export function schedule(g: Graph): ScheduledProgram {
+export interface ScheduleOptions {
+  /** The adapter's largest storage binding (maxStorageBufferBindingSize, or maxBufferSize when smaller). */
+  maxBindingBytes?: number;
+}
+
+export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram {
   const facts = graphFacts(g);
   const kernelOf = new Int32Array(g.nodes.length).fill(-1);
   let count = 0;
@@ -162,15 +171,15 @@ export function schedule(g: Graph): ScheduledProgram {
     const writes: ScheduledKernel['writes'] = [];
     roles.inputs.forEach((id) => {
       reads.push({ node: id, binding: bindings.length });
-      bindings.push({ buffer: refOf(id), dtype: g.nodes[id].dtype, access: 'read' });
+      bindings.push({ buffer: refOf(id), dtype: g.nodes[id].dtype, access: 'read', elements: numel(g.nodes[id].shape) });
     });
     for (const id of roles.outputs) {
       if (typeof id === 'number') {
         writes.push({ node: id, binding: bindings.length });
-        bindings.push({ buffer: refOf(id), dtype: g.nodes[id].dtype, access: 'write' });
+        bindings.push({ buffer: refOf(id), dtype: g.nodes[id].dtype, access: 'write', elements: numel(g.nodes[id].shape) });
       } else {
         scratch.push(allocate(id.elements));
-        bindings.push({ buffer: { temp: scratch[scratch.length - 1] }, dtype: 'f32', access: 'write' });
+        bindings.push({ buffer: { temp: scratch[scratch.length - 1] }, dtype: 'f32', access: 'write', elements: id.elements });
       }
     }
     const a = roles.launch;
@@ -185,11 +194,15 @@ export function schedule(g: Graph): ScheduledProgram {
       const ref = refOf(id);
       const key = JSON.stringify(ref);
       let b = bindingOf.get(key);
+      const elements = numel(g.nodes[id].shape);
       if (b === undefined) {
         b = bindings.length;
         bindingOf.set(key, b);
-        bindings.push({ buffer: ref, dtype: g.nodes[id].dtype, access });
-      } else if (access !== 'read' && bindings[b].access === 'read') bindings[b].access = access;
+        bindings.push({ buffer: ref, dtype: g.nodes[id].dtype, access, elements });
+      } else {
+        if (access !== 'read' && bindings[b].access === 'read') bindings[b].access = access;
+        bindings[b].elements = Math.max(bindings[b].elements, elements);
+      }
       return b;
     };
     const kind: KernelKind = members[k].some((m) => g.nodes[m].op === 'scatter_add') ? 'scatter' : members[k].some((m) => g.nodes[m].op === 'matmul') ? 'matmul' : 'elementwise';
@@ -234,6 +247,7 @@ export function schedule(g: Graph): ScheduledProgram {
     temps: bySize.map((i) => temps[i]),
     kernels,
     flops: graphFlops(g),
+    ...(opts.maxBindingBytes !== undefined ? { maxBindingBytes: opts.maxBindingBytes } : {}),
   };
 }
 

@@ -16,11 +16,13 @@
 //   - the attention composites (fuse-attention) are kernels of their own that read every operand
 //     from memory: the forward with its log-sum-exp, dq alone, dk with dv.
 // A kernel may bind at most `maxStorageBuffers` buffers (the adapter's
-// maxStorageBuffersPerShaderStage); one that would bind more is split by writing an inner value out.
+// maxStorageBuffersPerShaderStage), a value larger than `maxBindingBytes` counting once for each of
+// its pieces (kernel-io.ts pieceElements); a kernel that would bind more is split by writing an
+// inner value out.
 
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir/graph.ts';
 import { COMPARE_OPS, FLASH_OPS, LAYOUT_OPS, POINTWISE_OPS, REDUCTIONS, sameShape } from '../compiler/ir/ops.ts';
-import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, type GraphFacts } from '../compiler/ir/kernel-io.ts';
+import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, piecesOf, type GraphFacts } from '../compiler/ir/kernel-io.ts';
 import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
 export { KERNEL_ATTR };
@@ -56,14 +58,14 @@ export interface Grouping {
   counters: PassCounters;
 }
 
-export function fuseElementwise(opts: { maxStorageBuffers?: number } = {}): Pass {
+export function fuseElementwise(opts: { maxStorageBuffers?: number; maxBindingBytes?: number } = {}): Pass {
   const limit = opts.maxStorageBuffers ?? DEFAULT_MAX_STORAGE_BUFFERS;
   return {
     name: 'fuse-elementwise',
     run(g: Graph) {
       // Marks from an earlier run say nothing about this one.
       const unmarked = { ...g, nodes: g.nodes.map((n) => (KERNEL_ATTR in n.attrs ? { ...n, attrs: withoutMark(n.attrs) } : n)) };
-      const { kernel, counters } = groupNodes(unmarked, limit);
+      const { kernel, counters } = groupNodes(unmarked, limit, opts.maxBindingBytes);
       const nodes = unmarked.nodes.map((n) => (kernel[n.id] >= 0 ? { ...n, attrs: { ...n.attrs, [KERNEL_ATTR]: kernel[n.id] } } : n));
       return { graph: { ...g, nodes }, counters };
     },
@@ -78,7 +80,7 @@ function withoutMark(attrs: Attrs): Attrs {
 }
 
 /** Groups `g`'s nodes into kernels, splitting kernels that would bind more than `limit` buffers. */
-export function groupNodes(g: Graph, limit: number): Grouping {
+export function groupNodes(g: Graph, limit: number, maxBindingBytes?: number): Grouping {
   const forced = new Set<number>();
   const facts = graphFacts(g);
   for (let attempt = 0; ; attempt++) {
@@ -90,7 +92,7 @@ export function groupNodes(g: Graph, limit: number): Grouping {
       racing.forEach((id) => forced.add(id));
       continue;
     }
-    const over = overLimit(g, facts, r, limit);
+    const over = overLimit(g, facts, r, limit, maxBindingBytes);
     if (!over) {
       r.counters['split-for-buffer-limit'] = forced.size;
       return { kernel: r.kernel, inlined: r.inlined, counters: r.counters };
@@ -232,14 +234,16 @@ function attentionKernelKey(n: Node): string {
 }
 
 /** The first kernel over the limit, and the member to write out to split it; undefined when all fit. */
-function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number): { root: number; split: number } | undefined {
+function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number, maxBindingBytes: number | undefined): { root: number; split: number } | undefined {
   const members: number[][] = r.groups.map(() => []);
   for (let id = 0; id < g.nodes.length; id++) if (r.kernel[id] >= 0) members[r.kernel[id]].push(id);
   const state = facts.state;
+  // A value stored in pieces takes a binding for each.
+  const bindings = (ids: Iterable<number>) => [...ids].reduce((s, id) => s + piecesOf(numel(g.nodes[id].shape), maxBindingBytes), 0);
   for (let k = 0; k < r.groups.length; k++) {
     const { reads, writes } = kernelBuffers(g, facts, r.kernel, k, members[k]);
-    const bound = new Set([...reads, ...writes]);
-    if (bound.size <= limit) continue;
+    const bound = bindings(new Set([...reads, ...writes]));
+    if (bound <= limit) continue;
     // Split off the largest part of the kernel that fits on its own: the value (computed here or
     // recomputed here) whose computation reads the most buffers while staying under the limit,
     // plus one for its own output.
@@ -248,13 +252,13 @@ function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number): {
     let bestCount = -1;
     for (const m of computedIn(g, r.kernel, k, members[k])) {
       if (m === grp.root || m === grp.matmul || state.has(m)) continue;
-      const part = kernelBuffers(g, facts, r.kernel, k, [m]).reads.size;
-      if (part + 1 <= limit && part > bestCount && part > 0) {
+      const part = bindings(kernelBuffers(g, facts, r.kernel, k, [m]).reads);
+      if (part + bindings([m]) <= limit && part > bestCount && part > 0) {
         best = m;
         bestCount = part;
       }
     }
-    if (best < 0) throw new Error(`fuse-elementwise: kernel of %${grp.root} binds ${bound.size} buffers and no part of it fits in ${limit}`);
+    if (best < 0) throw new Error(`fuse-elementwise: kernel of %${grp.root} binds ${bound} buffers and no part of it fits in ${limit}`);
     return { root: grp.root, split: best };
   }
   return undefined;

@@ -48,7 +48,7 @@ class Skip extends Error {
   }
 }
 
-export function fuseOptimizer(opts: { alignment?: number } = {}): Pass {
+export function fuseOptimizer(opts: { alignment?: number; maxBindingBytes?: number } = {}): Pass {
   const alignment = opts.alignment ?? STORAGE_OFFSET_ALIGNMENT;
   return {
     name: 'fuse-optimizer',
@@ -58,7 +58,7 @@ export function fuseOptimizer(opts: { alignment?: number } = {}): Pass {
       try {
         const found = findRoles(g);
         if (!found) return { graph: g, counters: {} };
-        const { graph, layout } = flatten(g, found, alignment);
+        const { graph, layout } = flatten(g, found, alignment, opts.maxBindingBytes);
         const counters: PassCounters = { 'parameters-flattened': layout.params.length, 'flat-floats': layout.elements, variants: layout.groups.length };
         return { graph, counters, layout };
       } catch (e) {
@@ -108,7 +108,7 @@ const attrText = (n: Node) => JSON.stringify(Object.entries(n.attrs).sort());
 /** 'Z': zero wherever every per-parameter input is zero; 'NZ': non-zero there (shared scalars assumed non-zero); 'U': unknown. */
 type AtZero = 'Z' | 'NZ' | 'U';
 
-function flatten(g: Graph, roles: Roles, alignment: number): { graph: Graph; layout: FlatLayout } {
+function flatten(g: Graph, roles: Roles, alignment: number, maxBindingBytes: number | undefined): { graph: Graph; layout: FlatLayout } {
   const { params, prefixes, viewed } = roles;
   const P = params.length;
   const kinds: Kind[] = new Array(g.nodes.length);
@@ -232,6 +232,7 @@ function flatten(g: Graph, roles: Roles, alignment: number): { graph: Graph; lay
     variants.map((ks, i) => ({ label: label(ks, i), params: ks.map((k) => ({ name: params[k].name!, shape: [...params[k].shape] })) })),
     buffers,
     alignment,
+    maxBindingBytes,
   );
   const N = layout.elements;
 

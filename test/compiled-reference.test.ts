@@ -13,6 +13,9 @@ import { describe, expect, it } from 'vitest';
 import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
+import { compileTraining } from '../compiler/pipeline.ts';
+import { GPT3_ADAMW } from '../compiler/autodiff/train-step.ts';
+import { pieceElements } from '../compiler/ir/kernel-io.ts';
 import { webgpuTarget } from '../backends/index.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';
@@ -112,11 +115,40 @@ describe('the float64 reference engine', () => {
   });
 });
 
+/**
+ * The pieces path (compiler/ir/kernel-io.ts pieceElements): a binding limit of 48 KiB on a model
+ * with a 512-token vocabulary stores wte (64 KiB), the logits (64 KiB) and every flat optimizer
+ * buffer (4 pieces) in pieces, as 128 MiB does GPT-2's on lavapipe.
+ */
+const PIECED: GPTConfig = { ...SMALL, vocabSize: 512 };
+const PIECE_LIMIT = 48 * 1024;
+
 describe('compiled training against the float64 reference', () => {
-  it('4 steps of a 2-layer GPT: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 180_000 }, async (t) => {
+  it('stores a value larger than the binding limit in pieces: the embedding, the logits, the flat optimizer buffers', () => {
+    const def: ModelDefinition = { ...model, presets: { pieced: PIECED }, defaultPreset: 'pieced' };
+    const compiled = compileTraining(def, PIECED, { optimizer: GPT3_ADAMW, batchSize: B, maxBindingBytes: PIECE_LIMIT, maxStorageBuffers: 16 });
+    const piece = pieceElements(PIECE_LIMIT);
+    expect(piece).toBe(12_288);
+    const pieced = new Set<string>();
+    for (const plan of Object.values(compiled.programs)) {
+      for (const k of plan.kernels) for (const b of k.bindings) if (b.elements > piece) pieced.add('temp' in b.buffer ? 'a temporary' : 'input' in b.buffer ? b.buffer.input : b.buffer.output);
+    }
+    expect(pieced).toEqual(new Set(['wte.weight', 'grad_sum.wte.weight', 'params', 'adam_m', 'adam_v', 'grad_sum', 'a temporary']));
+    const view = compiled.layout!.views['wte.weight'];
+    expect(view.offset % piece, 'a view larger than a piece starts at a piece boundary').toBe(0);
+    for (const [name, v] of Object.entries(compiled.layout!.views)) {
+      if (v.elements <= piece) expect(Math.floor(v.offset / piece), `${name} stays in one piece`).toBe(Math.floor((v.offset + v.elements - 1) / piece));
+    }
+  });
+
+  it.for([
+    { what: 'one binding a value', config: SMALL, maxBindingBytes: undefined },
+    { what: `values over ${PIECE_LIMIT / 1024} KiB in pieces`, config: PIECED, maxBindingBytes: PIECE_LIMIT },
+  ])('4 steps of a 2-layer GPT, $what: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 180_000 }, async ({ config, maxBindingBytes }, t) => {
     const gpu = await gpuOrSkip(t);
-    const reference = new ReferenceEngine(small, SMALL, B, SEED);
-    const compiled = await createCompiledEngine({ def: small, config: SMALL, batchSize: B, seed: SEED, target: webgpuTarget(gpu) });
+    const def: ModelDefinition = { ...model, presets: { small: config }, defaultPreset: 'small' };
+    const reference = new ReferenceEngine(def, config, B, SEED);
+    const compiled = await createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes }) });
     const [r0, c0] = await Promise.all([reference.exportState(), compiled.exportState()]);
     expect([...c0.params.keys()]).toEqual([...r0.params.keys()]);
     for (const [name, p] of r0.params) expect(Buffer.from(c0.params.get(name)!.data.buffer).equals(Buffer.from(p.data.buffer)), `initial ${name}`).toBe(true);
@@ -138,7 +170,7 @@ describe('compiled training against the float64 reference', () => {
     const schedule = [[1], [2], [3, 4], [5]];
     const lrs = [2e-3, 5e-3, 5e-3, 3e-3];
     for (const [k, seeds] of schedule.entries()) {
-      const micro = seeds.map((s) => batch(100 + s));
+      const micro = seeds.map((s) => batch(100 + s, config));
       const r = reference.step(micro, lrs[k]);
       const c = compiled.step(micro, lrs[k]);
       const [rl, cl, rn, cn] = await Promise.all([r.loss, c.loss, r.gradNorm, c.gradNorm]);

@@ -11,12 +11,14 @@ import type { GpuContext } from './device.ts';
 import { webgpu } from './index.ts';
 import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
-import { asView, createBuffer, PipelineCache, Program, sharedTemps, type BufferView, type Externals } from './program.ts';
+import { createStored, pieceBytesOf, PipelineCache, Program, sharedTemps, sliceStored, storedBytes, type Externals, type Stored } from './program.ts';
 import type { WebGpuProgram, WebGpuRenderOptions } from './render.ts';
 
 export interface WebGpuTargetOptions {
   /** Per-shape matmul tiles: shapes not yet tuned are tuned on the device before rendering. */
   tuner?: MatmulTuner;
+  /** A storage-binding limit below the adapter's (tests of the pieces path on a small model). */
+  maxBindingBytes?: number;
 }
 
 export type WebGpuTarget = Target<WebGpuProgram, KernelProfiler>;
@@ -29,6 +31,7 @@ export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): W
   return {
     backend: webgpu,
     maxStorageBuffers: gpu.device.limits.maxStorageBuffersPerShaderStage,
+    maxBindingBytes: Math.min(gpu.device.limits.maxStorageBufferBindingSize, gpu.device.limits.maxBufferSize, opts.maxBindingBytes ?? Infinity),
     renderKey: tuner ? `tuned:${tuner.section}` : tiles,
     async render(compiled, log) {
       if (!tuner) return renderAll(compiled, () => tiles);
@@ -55,8 +58,9 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
   dispatches = 0;
   readonly tempBytes: number;
   readonly pipelines: PipelineCache;
-  private readonly buffers = new Map<string, GPUBuffer>();
-  private readonly views = new Map<string, BufferView>();
+  /** Every value by name: its own buffer (or pieces), or its view of a flat one. */
+  private readonly values = new Map<string, Stored>();
+  private readonly ownBytes: number;
   private readonly programs: Record<ProgramName, Program>;
   /** Staging buffers for uploads inside a recording, by value and by how many uploads of it came before in the recording. */
   private readonly staging = new Map<string, GPUBuffer[]>();
@@ -70,13 +74,16 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
   ) {
     this.pipelines = PipelineCache.of(device);
     device.addEventListener('uncapturederror', (e) => this.errors.push((e as GPUUncapturedErrorEvent).error.message));
-    // New buffers are zero, so the gaps between the views of a flat buffer are too.
-    for (const b of values.buffers) this.buffers.set(b.name, createBuffer(device, b.elements * 4, b.name));
-    for (const [name, v] of Object.entries(values.views)) this.views.set(name, { buffer: this.buffer(v.buffer), offset: v.offset * 4, size: v.elements * 4 });
-    const ext: Externals = { ...Object.fromEntries(this.buffers), ...Object.fromEntries(this.views) };
+    // New buffers are zero, so the gaps between the views of a flat buffer are too. A value larger
+    // than one binding is stored in the plans' pieces; a view of a flat buffer is its parts.
+    const pieceBytes = pieceBytesOf(Object.values(plans)[0]?.maxBindingBytes);
+    for (const b of values.buffers) this.values.set(b.name, createStored(device, b.elements * 4, pieceBytes, b.name));
+    this.ownBytes = [...this.values.values()].reduce((s, v) => s + storedBytes(v), 0);
+    for (const [name, v] of Object.entries(values.views)) this.values.set(name, sliceStored(this.binding(v.buffer), v.offset * 4, v.elements * 4));
+    const ext: Externals = Object.fromEntries(this.values);
     // The programs never overlap (one ends before the next starts in the queue): one set of temporaries serves all.
     const temps = sharedTemps(device, Object.values(plans));
-    this.tempBytes = temps.reduce((s, b) => s + b.size, 0);
+    this.tempBytes = temps.reduce((s, t) => s + storedBytes(t), 0);
     const bind = (name: ProgramName): Program => {
       const extra = Object.fromEntries(Object.entries(rebind[name] ?? {}).map(([input, value]) => [input, this.binding(value)]));
       return new Program(device, plans[name], this.pipelines, { ...ext, ...extra }, temps);
@@ -85,34 +92,32 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
   }
 
   get valueBytes(): number {
-    return [...this.buffers.values()].reduce((s, b) => s + b.size, 0);
+    return this.ownBytes;
   }
 
-  private buffer(name: string): GPUBuffer {
-    const b = this.buffers.get(name);
-    if (!b) throw new Error(`webgpu executor: no buffer %${name}`);
-    return b;
-  }
-
-  /** Where a named value lives: its own buffer, or its view of a flat one. */
-  private binding(name: string): BufferView {
-    return this.views.get(name) ?? asView(this.buffer(name));
+  /** Where a named value lives: its buffer's parts, or its view's. */
+  private binding(name: string): Stored {
+    const v = this.values.get(name);
+    if (!v) throw new Error(`webgpu executor: no buffer %${name}`);
+    return v;
   }
 
   bytes(name: string): number {
-    return this.binding(name).size;
+    return storedBytes(this.binding(name));
   }
 
-  /** Where `data` goes when written to `name`: its binding, after checking it fits. */
-  private destination(name: string, data: Float32Array | Int32Array): BufferView {
-    const view = this.binding(name);
-    if (data.byteLength > view.size) throw new Error(`webgpu executor: ${data.byteLength} bytes do not fit %${name} (${view.size} bytes)`);
-    return view;
+  /** The parts `data` goes to when written to `name` from its start, with the offset of each in `data`, after checking it fits. */
+  private destination(name: string, data: Float32Array | Int32Array): { part: Stored[number]; from: number }[] {
+    const bytes = this.bytes(name);
+    if (data.byteLength > bytes) throw new Error(`webgpu executor: ${data.byteLength} bytes do not fit %${name} (${bytes} bytes)`);
+    let from = 0;
+    return sliceStored(this.binding(name), 0, data.byteLength).map((part) => ({ part, from: (from += part.size) - part.size }));
   }
 
   write(name: string, data: Float32Array | Int32Array): void {
-    const { buffer, offset } = this.destination(name, data);
-    this.device.queue.writeBuffer(buffer, offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    for (const { part, from } of this.destination(name, data)) {
+      this.device.queue.writeBuffer(part.buffer, part.offset, data.buffer as ArrayBuffer, data.byteOffset + from, part.size);
+    }
   }
 
   /** Whether a recording is open: uploads share staging buffers, so two open at once would overwrite each other's. */
@@ -132,22 +137,24 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
     return {
       clear: (name) => {
         open();
-        const v = this.binding(name);
-        encoder.clearBuffer(v.buffer, v.offset, v.size);
+        for (const part of this.binding(name)) encoder.clearBuffer(part.buffer, part.offset, part.size);
       },
       upload: (name, data) => {
         open();
-        const to = this.destination(name, data);
         const k = uploads.get(name) ?? 0;
         uploads.set(name, k + 1);
-        const pool = this.staging.get(name) ?? [];
-        this.staging.set(name, pool);
-        if (!pool[k] || pool[k].size < data.byteLength) {
-          pool[k]?.destroy();
-          pool[k] = device.createBuffer({ size: Math.max(4, Math.ceil(data.byteLength / 4) * 4), usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-        }
-        device.queue.writeBuffer(pool[k], 0, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
-        encoder.copyBufferToBuffer(pool[k], 0, to.buffer, to.offset, data.byteLength);
+        // A staging buffer per part, so none is larger than one piece.
+        this.destination(name, data).forEach(({ part, from }, j) => {
+          const key = `${name}#${j}`;
+          const pool = this.staging.get(key) ?? [];
+          this.staging.set(key, pool);
+          if (!pool[k] || pool[k].size < part.size) {
+            pool[k]?.destroy();
+            pool[k] = device.createBuffer({ size: Math.max(4, Math.ceil(part.size / 4) * 4), usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+          }
+          device.queue.writeBuffer(pool[k], 0, data.buffer as ArrayBuffer, data.byteOffset + from, part.size);
+          encoder.copyBufferToBuffer(pool[k], 0, part.buffer, part.offset, part.size);
+        });
       },
       run: (name) => {
         open();
@@ -157,12 +164,24 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
       },
       read: (name, bytes, offset = 0) => {
         open();
-        // One mappable buffer per read, so reading a large model's state never needs one huge buffer.
-        const from = this.binding(name);
-        if (bytes % 4 !== 0 || offset % 4 !== 0 || offset + bytes > from.size) throw new Error(`webgpu executor: cannot read ${bytes} bytes at ${offset} of %${name} (${from.size} bytes, 4-byte units)`);
-        const buffer = device.createBuffer({ size: Math.max(4, bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-        encoder.copyBufferToBuffer(from.buffer, from.offset + offset, buffer, 0, bytes);
-        return new Promise<ArrayBuffer>((resolve, reject) => reads.push({ buffer, bytes, resolve, reject }));
+        // One mappable buffer per read and part, so reading a large model's state never needs one huge buffer.
+        const size = this.bytes(name);
+        if (bytes % 4 !== 0 || offset % 4 !== 0 || offset + bytes > size) throw new Error(`webgpu executor: cannot read ${bytes} bytes at ${offset} of %${name} (${size} bytes, 4-byte units)`);
+        const parts = sliceStored(this.binding(name), offset, bytes).map((part) => {
+          const buffer = device.createBuffer({ size: Math.max(4, part.size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+          encoder.copyBufferToBuffer(part.buffer, part.offset, buffer, 0, part.size);
+          return new Promise<ArrayBuffer>((resolve, reject) => reads.push({ buffer, bytes: part.size, resolve, reject }));
+        });
+        if (parts.length === 1) return parts[0];
+        return Promise.all(parts).then((chunks) => {
+          const all = new Uint8Array(bytes);
+          let at = 0;
+          for (const c of chunks) {
+            all.set(new Uint8Array(c), at);
+            at += c.byteLength;
+          }
+          return all.buffer;
+        });
       },
       submit: () => {
         open();

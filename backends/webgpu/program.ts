@@ -5,6 +5,7 @@
 import { sharedTempSizes, type BufferRef } from '../../compiler/schedule.ts';
 import type { WebGpuProgram as ProgramPlan } from './render.ts';
 import { numel } from '../../compiler/ir/graph.ts';
+import { pieceElements, piecesOf } from '../../compiler/ir/kernel-io.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import type { KernelProfiler } from './profiler.ts';
 
@@ -51,7 +52,7 @@ export class PipelineCache {
   }
 }
 
-/** Part of a buffer: a parameter's view into the flat parameter buffer (compiler/ir/flat-layout.ts). Bytes. */
+/** Part of a buffer, in bytes: a parameter's view into a flat buffer (compiler/ir/flat-layout.ts), or a piece. */
 export interface BufferView {
   buffer: GPUBuffer;
   offset: number;
@@ -59,36 +60,77 @@ export interface BufferView {
 }
 
 /**
- * What a program's inputs and outputs are bound to, by name: a whole buffer, or a view of one
- * (whose offset is a multiple of the adapter's minStorageBufferOffsetAlignment).
+ * A value in memory, as consecutive parts, each inside one GPU buffer. A value larger than one
+ * storage binding is stored in pieces of the plan's piece size (compiler/ir/kernel-io.ts
+ * pieceElements), each a buffer of its own (so maxBufferSize never limits it either); a kernel binds
+ * every piece it addresses.
  */
-export type Externals = Record<string, GPUBuffer | BufferView>;
+export type Stored = BufferView[];
 
-/** A binding as a view: a whole buffer is the view of all of it. */
-export function asView(b: GPUBuffer | BufferView): BufferView {
-  return 'buffer' in b ? b : { buffer: b, offset: 0, size: b.size };
+/**
+ * What a program's inputs and outputs are bound to, by name: a whole buffer, a view of one (whose
+ * offset is a multiple of the adapter's minStorageBufferOffsetAlignment), or the parts of a value
+ * stored in pieces.
+ */
+export type Externals = Record<string, GPUBuffer | BufferView | Stored>;
+
+/** A binding as stored parts: a whole buffer is one part, all of it. */
+export function asStored(b: GPUBuffer | BufferView | Stored): Stored {
+  if (Array.isArray(b)) return b;
+  return ['buffer' in b ? b : { buffer: b, offset: 0, size: b.size }];
+}
+
+/** Bytes [offset, offset + size) of a stored value, split where its parts are. */
+export function sliceStored(s: Stored, offset: number, size: number): Stored {
+  const out: Stored = [];
+  let start = 0;
+  for (const part of s) {
+    const lo = Math.max(offset, start);
+    const hi = Math.min(offset + size, start + part.size);
+    if (hi > lo) out.push({ buffer: part.buffer, offset: part.offset + lo - start, size: hi - lo });
+    start += part.size;
+  }
+  if (offset < 0 || offset + size > start) throw new Error(`bytes [${offset}, ${offset + size}) are outside a value of ${start} bytes`);
+  return out;
+}
+
+/** Bytes of a stored value. */
+export const storedBytes = (s: Stored): number => s.reduce((n, p) => n + p.size, 0);
+
+/** Bytes of one piece for a plan's storage-binding limit (Infinity: no limit, one buffer). */
+export const pieceBytesOf = (maxBindingBytes: number | undefined): number => pieceElements(maxBindingBytes) * 4;
+
+/**
+ * A value of `bytes` in pieces of `pieceBytes` (each its own buffer), or one buffer when it fits.
+ * Without a piece size (a plan made with no storage-binding limit), one that does not fit the
+ * adapter's binding is an error that says what holds it and what shrinks it.
+ */
+export function createStored(device: GPUDevice, bytes: number, pieceBytes: number, label?: string): Stored {
+  const count = Number.isFinite(pieceBytes) ? Math.max(1, Math.ceil(bytes / pieceBytes)) : 1;
+  if (count === 1) return asStored(createBuffer(device, bytes, label));
+  return Array.from({ length: count }, (_, j) => asStored(createBuffer(device, Math.min(pieceBytes, bytes - j * pieceBytes), `${label ?? 'value'} piece ${j}`))[0]);
 }
 
 export function createBuffer(device: GPUDevice, bytes: number, label?: string): GPUBuffer {
-  const limit = device.limits.maxStorageBufferBindingSize;
+  const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
   if (bytes > limit) {
     // What shrinks it: activations scale with the micro-batch and context, model state with the model.
     const activation = !label || /^(temporary|logits|idx|targets|loss_mask|eval_)/.test(label) || / temp /.test(label);
     const advice = activation
       ? 'it holds activations of one micro-batch: lower --batch-size or --block-size'
-      : 'it holds model state (weights, AdamW moments or gradients), which the batch does not change: use a smaller model (--n-layer, --n-embd, --vocab-size), or an adapter with a larger limit; buffers are not yet split to fit';
+      : 'it holds model state (weights, AdamW moments or gradients), which the batch does not change: use a smaller model (--n-layer, --n-embd, --vocab-size), or an adapter with a larger limit';
     throw new UsageError(
       `a buffer${label ? ` for ${label}` : ''} needs ${(bytes / 2 ** 20).toFixed(1)} MiB, more than this adapter's ` +
-        `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding (maxStorageBufferBindingSize); ${advice}`,
+        `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding (maxStorageBufferBindingSize, maxBufferSize) and the plan stores it in one piece; ${advice}`,
     );
   }
   return device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 4) * 4), usage: STORAGE(), ...(label ? { label } : {}) });
 }
 
 export class Program {
-  private readonly temps: GPUBuffer[];
+  private readonly temps: Stored[];
 
-  private readonly steps: { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number]; clear?: BufferView; name: string }[];
+  private readonly steps: { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number]; clear?: Stored; name: string }[];
 
   constructor(
     readonly device: GPUDevice,
@@ -96,33 +138,41 @@ export class Program {
     pipelines: PipelineCache,
     externals: Externals,
     /** Temporaries to use (at least `plan.temps[i]` bytes each), e.g. shared with programs that never run at the same time. */
-    temps?: GPUBuffer[],
+    temps?: Stored[],
   ) {
-    this.temps = temps ?? plan.temps.map((bytes, i) => createBuffer(device, bytes, `${plan.name} temp ${i}`));
+    const pieceBytes = pieceBytesOf(plan.maxBindingBytes);
+    this.temps = temps ?? plan.temps.map((bytes, i) => createStored(device, bytes, pieceBytes, `${plan.name} temp ${i}`));
     plan.temps.forEach((bytes, i) => {
-      if (!this.temps[i] || this.temps[i].size < bytes) throw new Error(`program ${plan.name}: temporary ${i} needs ${bytes} bytes`);
+      if (!this.temps[i] || storedBytes(this.temps[i]) < bytes) throw new Error(`program ${plan.name}: temporary ${i} needs ${bytes} bytes`);
     });
-    const resolve = (ref: BufferRef): BufferView => {
-      if ('temp' in ref) return asView(this.temps[ref.temp]);
+    const stored = (ref: BufferRef): Stored => {
+      if ('temp' in ref) return this.temps[ref.temp];
       const name = 'input' in ref ? ref.input : ref.output;
       const b = externals[name];
       if (!b) throw new Error(`program ${plan.name}: no buffer given for %${name}`);
-      return asView(b);
+      return asStored(b);
+    };
+    const refName = (ref: BufferRef) => ('temp' in ref ? `temporary ${ref.temp}` : `%${'input' in ref ? ref.input : ref.output}`);
+    // The parts a kernel binds for `elements` of a value: the pieces its index math expects.
+    const parts = (ref: BufferRef, elements: number): Stored => {
+      const s = sliceStored(stored(ref), 0, elements * 4);
+      const want = piecesOf(elements, plan.maxBindingBytes);
+      if (s.length !== want || s.slice(0, -1).some((p) => p.size !== pieceBytes)) {
+        throw new Error(`program ${plan.name}: ${refName(ref)} is stored in parts of ${s.map((p) => p.size).join(', ')} bytes where the plan expects ${want} piece(s) of ${pieceBytes} bytes`);
+      }
+      return s;
     };
     const alignment = device.limits.minStorageBufferOffsetAlignment;
     for (const v of [...plan.inputs, ...plan.outputs.filter((o) => !o.inPlace)]) {
-      const b = externals[v.name] && asView(externals[v.name]);
-      if (b && b.size < numel(v.shape) * 4) throw new Error(`program ${plan.name}: buffer for %${v.name} has ${b.size} bytes, needs ${numel(v.shape) * 4}`);
-      if (b && b.offset % alignment !== 0) throw new Error(`program ${plan.name}: the view of %${v.name} starts at byte ${b.offset}, not a multiple of this adapter's ${alignment}`);
+      const b = externals[v.name] && asStored(externals[v.name]);
+      if (b && storedBytes(b) < numel(v.shape) * 4) throw new Error(`program ${plan.name}: buffer for %${v.name} has ${storedBytes(b)} bytes, needs ${numel(v.shape) * 4}`);
+      if (b && b.some((p) => p.offset % alignment !== 0)) throw new Error(`program ${plan.name}: the view of %${v.name} starts at byte ${b.find((p) => p.offset % alignment !== 0)!.offset}, not a multiple of this adapter's ${alignment}`);
     }
     this.steps = plan.kernels.map((k) => {
       const pipeline = pipelines.get(k.wgsl, k.name);
-      const entries = k.bindings.map((ref, binding) => {
-        const { buffer, offset, size } = resolve(ref);
-        return { binding, resource: { buffer, offset, size } };
-      });
+      const entries = k.bindings.flatMap((b) => parts(b.buffer, b.elements)).map(({ buffer, offset, size }, binding) => ({ binding, resource: { buffer, offset, size } }));
       const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: k.name });
-      return { pipeline, bindGroup, workgroups: k.workgroups, name: `${plan.name.replace(/^.*_/, '')}/${k.name}`, ...(k.clear ? { clear: resolve(k.clear) } : {}) };
+      return { pipeline, bindGroup, workgroups: k.workgroups, name: `${plan.name.replace(/^.*_/, '')}/${k.name}`, ...(k.clear ? { clear: stored(k.clear) } : {}) };
     });
   }
 
@@ -138,7 +188,7 @@ export class Program {
         pass?.end();
         pass = undefined;
       }
-      if (s.clear) encoder.clearBuffer(s.clear.buffer, s.clear.offset, s.clear.size);
+      for (const part of s.clear ?? []) encoder.clearBuffer(part.buffer, part.offset, part.size);
       pass ??= encoder.beginComputePass(profiler?.timestampWrites(s.name));
       pass.setPipeline(s.pipeline);
       pass.setBindGroup(0, s.bindGroup);
@@ -154,6 +204,7 @@ export class Program {
 }
 
 /** One set of temporaries for programs that never run at the same time (compiler/schedule.ts). */
-export function sharedTemps(device: GPUDevice, plans: ProgramPlan[]): GPUBuffer[] {
-  return sharedTempSizes(plans).map((bytes, i) => createBuffer(device, bytes, `temporary ${i}`));
+export function sharedTemps(device: GPUDevice, plans: ProgramPlan[]): Stored[] {
+  const pieceBytes = pieceBytesOf(plans[0]?.maxBindingBytes);
+  return sharedTempSizes(plans).map((bytes, i) => createStored(device, bytes, pieceBytes, `temporary ${i}`));
 }

@@ -2,7 +2,9 @@
 // grid it is launched on. Fused kernels come from wgsl/fused.ts (with the matmul tiling the
 // autotuner chose, or the default), attention kernels from wgsl/flash-attention.ts.
 
-import type { BufferRef, ScheduledKernel, ScheduledProgram } from '../../compiler/schedule.ts';
+import type { ScheduledKernel, ScheduledProgram } from '../../compiler/schedule.ts';
+import { pieceElements, piecesOf } from '../../compiler/ir/kernel-io.ts';
+import { UsageError } from '../../compiler/ir/errors.ts';
 import type { RenderedKernel, RenderedProgram } from '../backend.ts';
 import { flashAttentionBackwardKeyValue, flashAttentionBackwardQuery, flashAttentionForward, type FlashKernelSpec } from './wgsl/flash-attention.ts';
 import { fusedKernel, type FusedKernel } from './wgsl/fused.ts';
@@ -27,9 +29,17 @@ export function renderProgram(plan: ScheduledProgram, opts: WebGpuRenderOptions 
 
 function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRenderOptions): WebGpuKernel {
   const g = plan.graph;
-  const bindings: BufferRef[] = k.bindings.map((b) => b.buffer);
+  const bindings = k.bindings.map((b) => ({ buffer: b.buffer, elements: b.elements }));
   const common = { kind: k.kind, bindings, ...(k.clear ? { clear: k.clear } : {}), ops: k.members.length };
+  const pieces = (elements: number) => piecesOf(elements, plan.maxBindingBytes);
   if (k.kind === 'attention') {
+    const big = k.bindings.find((b) => pieces(b.elements) > 1);
+    if (big) {
+      throw new UsageError(
+        `kernel ${k.name}: an attention operand of ${((big.elements * 4) / 2 ** 20).toFixed(1)} MiB is larger than one storage binding ` +
+          `(${((plan.maxBindingBytes ?? 0) / 2 ** 20).toFixed(0)} MiB) and attention kernels do not read pieces: lower --batch-size or --block-size`,
+      );
+    }
     const spec = attentionSpec(k);
     const { kind, ...rest } = common;
     return { name: `${k.name}_${spec.name}`, kind, wgsl: spec.wgsl, workgroups: spec.workgroups, ...rest };
@@ -39,7 +49,8 @@ function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRe
     members: k.members,
     writes: k.writes,
     reads: new Map(k.reads.map((r) => [r.node, r.binding])),
-    bindings: k.bindings.map((b) => ({ dtype: b.dtype, writable: b.access !== 'read', atomic: b.access === 'accumulate' })),
+    bindings: k.bindings.map((b) => ({ dtype: b.dtype, writable: b.access !== 'read', atomic: b.access === 'accumulate', pieces: pieces(b.elements) })),
+    pieceElements: pieceElements(plan.maxBindingBytes),
   };
   let cfg: MatmulConfig | undefined;
   if (k.kind === 'matmul') {

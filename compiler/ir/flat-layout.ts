@@ -10,6 +10,7 @@
 
 import { isGraphInput, numel, stateInputOf, nextStateName, type Graph } from './graph.ts';
 import { formatType } from './printer.ts';
+import { pieceElements } from './kernel-io.ts';
 
 /**
  * WebGPU's largest allowed minStorageBufferOffsetAlignment: offsets that are multiples of it suit
@@ -52,6 +53,8 @@ export interface FlatGroup {
 export interface FlatLayout {
   /** Bytes every view's offset is a multiple of. */
   alignment: number;
+  /** The storage-binding limit the layout was planned for: buffers larger are stored in pieces (kernel-io.ts pieceElements). */
+  maxBindingBytes?: number;
   /** Elements (f32) of each flat buffer, a multiple of alignment / 4. */
   elements: number;
   buffers: FlatBuffer[];
@@ -65,16 +68,22 @@ export interface FlatLayout {
 
 /**
  * Places parameters (already in the order wanted: one group after another) at aligned offsets;
- * every buffer gets the same layout.
+ * every buffer gets the same layout. With a storage-binding limit, a flat buffer larger than it is
+ * stored in pieces (kernel-io.ts pieceElements): a view that fits in a piece does not cross a piece
+ * boundary, and a larger one starts at one, so every view takes as many bindings as a buffer of its
+ * own size would (the count fuse-elementwise budgets for). The gaps this leaves hold zeros.
  */
 export function planFlatLayout(
   groups: { label: string; params: { name: string; shape: number[] }[] }[],
   buffers: FlatBuffer[],
   alignment = STORAGE_OFFSET_ALIGNMENT,
+  maxBindingBytes?: number,
 ): FlatLayout {
   if (!(Number.isInteger(alignment) && alignment >= 4 && (alignment & (alignment - 1)) === 0)) throw new Error(`flat layout: alignment ${alignment} is not a power of two of at least 4 bytes`);
   const step = alignment / 4;
   const align = (x: number) => Math.ceil(x / step) * step;
+  const piece = pieceElements(maxBindingBytes);
+  if (Number.isFinite(piece) && piece % step !== 0) throw new Error(`flat layout: pieces of ${piece} elements are not aligned to ${alignment} bytes`);
   let at = 0;
   const params: FlatLayout['params'] = [];
   const placed: FlatGroup[] = [];
@@ -82,6 +91,7 @@ export function planFlatLayout(
     const start = at;
     for (const p of grp.params) {
       const elements = numel(p.shape);
+      if (elements > piece || Math.floor(at / piece) !== Math.floor((at + elements - 1) / piece)) at = Math.ceil(at / piece) * piece;
       params.push({ name: p.name, offset: at, elements, shape: [...p.shape] });
       at = align(at + elements);
     }
@@ -90,7 +100,7 @@ export function planFlatLayout(
   const elements = Math.max(step, at);
   const views: Record<string, FlatView> = {};
   for (const b of buffers) for (const p of params) views[b.prefix + p.name] = { buffer: b.name, offset: p.offset, elements: p.elements };
-  return { alignment, elements, buffers: buffers.map((b) => ({ ...b })), params, groups: placed, views };
+  return { alignment, ...(maxBindingBytes !== undefined ? { maxBindingBytes } : {}), elements, buffers: buffers.map((b) => ({ ...b })), params, groups: placed, views };
 }
 
 /**

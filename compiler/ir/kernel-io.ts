@@ -26,6 +26,23 @@ export function graphFacts(g: Graph): GraphFacts {
 }
 
 /**
+ * Values larger than one storage binding may hold (the adapter's maxStorageBufferBindingSize, or
+ * its maxBufferSize when smaller) are stored in pieces: element i of a value lives in piece
+ * floor(i / P) at i mod P, P = pieceElements(maxBindingBytes), each piece its own binding. P is a
+ * multiple of 64 elements (256 bytes, the largest storage-offset alignment), so piece boundaries
+ * are valid binding offsets. Undefined: no limit, one piece.
+ */
+export function pieceElements(maxBindingBytes: number | undefined): number {
+  if (maxBindingBytes === undefined) return Infinity;
+  const p = Math.floor(maxBindingBytes / 256) * 64;
+  if (!(p >= 64)) throw new Error(`a storage-binding limit of ${maxBindingBytes} bytes holds no 256-byte piece`);
+  return p;
+}
+
+/** The bindings a value of `elements` takes: its pieces. */
+export const piecesOf = (elements: number, maxBindingBytes: number | undefined): number => Math.max(1, Math.ceil(elements / pieceElements(maxBindingBytes)));
+
+/**
  * The buffers kernel `k` binds: every value it reads from memory (graph inputs and other kernels'
  * values, found through the nodes it recomputes) and every member it writes (read by another
  * kernel, or a graph output; `written` lists those members, `writes` names for each the node whose

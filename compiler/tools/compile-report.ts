@@ -66,7 +66,7 @@ const refText = (r: BufferRef): string => ('input' in r ? `in:${r.input}` : 'out
 
 export function kernelBindings(backend: Backend, k: RenderedKernel): string {
   const written = backend.written(k);
-  return k.bindings.map((r, i) => `${i}=${refText(r)}${written.has(i) ? ' (w)' : ''}`).join(', ');
+  return k.bindings.map((r, i) => `${i}=${refText(r.buffer)}${written.has(i) ? ' (w)' : ''}`).join(', ');
 }
 
 /** `// k4_matmul_1024x384 · matmul · workgroups [6,16,1] · 3 ops` and a line of bindings. */
@@ -234,13 +234,13 @@ export function optimizerReport(c: ChalkInstance, r: CompiledWithStages, maxStor
   const flatNames = new Set(layout.buffers.map((b) => b.name));
   const updating = plan.kernels.filter((k) => {
     const written = r.backend.written(k);
-    return k.bindings.some((ref, i) => written.has(i) && 'input' in ref && flatNames.has(ref.input));
+    return k.bindings.some(({ buffer: ref }, i) => written.has(i) && 'input' in ref && flatNames.has(ref.input));
   });
   const perParam = fuseElementwise({ maxStorageBuffers }).run(stages[at - 1].graph).counters.kernels;
   out.push(
     `  fuse-optimizer: ${layout.params.length} parameters → ${updating.length} AdamW dispatch${updating.length === 1 ? '' : 'es'} over ${layout.elements.toLocaleString('en-US')} floats (flat, ${layout.alignment}-byte aligned views)`,
     `  ${describeLayout(layout)}; by flat index: ${describeGroups(layout)}`,
-    `  update program: ${plan.kernels.length} kernels (${updating.map((k) => k.name).join(', ')} writes ${[...flatNames].filter((n) => updating.some((k) => k.bindings.some((b, i) => 'input' in b && b.input === n && r.backend.written(k).has(i)))).join(', ')}); per-parameter form: ${perParam} kernels`,
+    `  update program: ${plan.kernels.length} kernels (${updating.map((k) => k.name).join(', ')} writes ${[...flatNames].filter((n) => updating.some((k) => k.bindings.some(({ buffer: b }, i) => 'input' in b && b.input === n && r.backend.written(k).has(i)))).join(', ')}); per-parameter form: ${perParam} kernels`,
   );
   return out.join('\n') + '\n';
 }

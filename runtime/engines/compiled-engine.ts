@@ -38,7 +38,7 @@ export async function createCompiledEngine<P extends RenderedProgram>(ctx: Compi
   const optimizer = ctx.optimizer ?? GPT3_ADAMW;
   const log = ctx.log ?? (() => {});
   const { target } = ctx;
-  const options = { optimizer, maxStorageBuffers: target.maxStorageBuffers, batchSize: ctx.batchSize, lossMask: ctx.lossMask };
+  const options = { optimizer, maxStorageBuffers: target.maxStorageBuffers, maxBindingBytes: target.maxBindingBytes, batchSize: ctx.batchSize, lossMask: ctx.lossMask };
   const compile = () => target.render(compileTraining(ctx.def, ctx.config, options), log);
   let result: CacheResult<RenderedTraining<P>>;
   if (ctx.cacheDir) {
@@ -53,6 +53,7 @@ export async function createCompiledEngine<P extends RenderedProgram>(ctx: Compi
       ctx.batchSize,
       optimizer,
       target.maxStorageBuffers,
+      target.maxBindingBytes,
       compilerVersion(),
       target.backend.name,
       target.renderKey,

@@ -20,8 +20,34 @@ export interface FusedKernel {
   writes: { node: number; binding: number }[];
   /** Nodes read from memory (graph inputs, other kernels' values) and their bindings. */
   reads: Map<number, number>;
-  /** Binding declarations, by binding index. */
-  bindings: { dtype: DType; writable: boolean; atomic: boolean }[];
+  /**
+   * Binding declarations, by binding index. A binding in `pieces` > 1 pieces of `pieceElements`
+   * elements (a value larger than one storage binding, compiler/ir/kernel-io.ts) is declared as one
+   * WGSL array per piece, and every load and store picks the piece from the index.
+   */
+  bindings: { dtype: DType; writable: boolean; atomic: boolean; pieces: number }[];
+  pieceElements: number;
+}
+
+/** The WGSL arrays of every binding: `b3`, or `b3_0`, `b3_1`, ... for one in pieces, at consecutive slots. */
+function declareBindings(k: FusedKernel): { decls: string[]; arrays: string[][] } {
+  let slot = 0;
+  const decls: string[] = [];
+  const arrays = k.bindings.map((b, i) => {
+    const elem = b.atomic ? 'atomic<u32>' : storageType(b.dtype);
+    const names = b.pieces === 1 ? [`b${i}`] : Array.from({ length: b.pieces }, (_, j) => `b${i}_${j}`);
+    for (const name of names) decls.push(`@group(0) @binding(${slot++}) var<storage, ${b.writable ? 'read_write' : 'read'}> ${name}: array<${elem}>;`);
+    return names;
+  });
+  return { decls, arrays };
+}
+
+/** `statement(array, index)` on the piece of `arrays` holding element `index` (a WGSL u32 expression). */
+function onPiece(arrays: string[], pieceElements: number, index: string, statement: (array: string, at: string) => string): string {
+  if (arrays.length === 1) return statement(arrays[0], index);
+  const P = `${pieceElements}u`;
+  const cases = arrays.map((a, j) => `${j === arrays.length - 1 ? 'default' : `case ${j}u`}: { ${statement(a, 'piece_at - piece * ' + P)} }`);
+  return `{ let piece_at = ${index}; let piece = piece_at / ${P}; switch piece { ${cases.join(' ')} } }`;
 }
 
 export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name: string, matmulConfig: MatmulConfig = DEFAULT_MATMUL): KernelSpec {
@@ -35,6 +61,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
     return `v${local.get(id)}`;
   };
   const inKernel = new Set(k.members);
+  const { decls: bindingDecls, arrays } = declareBindings(k);
   const matmul = k.kind === 'matmul' ? k.members.find((m) => g.nodes[m].op === 'matmul') : undefined;
 
   const define = (id: number): void => {
@@ -44,7 +71,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
     const t = storageType(node.dtype);
     const binding = k.reads.get(id);
     if (binding !== undefined) {
-      fns.push(`fn ${fn(id)}(i: u32) -> ${t} { return b${binding}[i]; }`);
+      fns.push(`fn ${fn(id)}(i: u32) -> ${t} { ${onPiece(arrays[binding], k.pieceElements, 'i', (a, at) => `return ${a}[${at}];`)} }`);
       return;
     }
     if (!inKernel.has(id) && (isGraphInput(node) || kernelOf[id] >= 0)) throw new Error(`kernel ${name}: value %${id} is neither computed here nor bound`);
@@ -55,10 +82,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   for (const id of k.members) (g.nodes[id].op === 'scatter_add' ? g.nodes[id].inputs : [id]).forEach(define);
 
   const decls = [
-    ...k.bindings.map((b, i) => {
-      const elem = b.atomic ? 'atomic<u32>' : storageType(b.dtype);
-      return `@group(0) @binding(${i}) var<storage, ${b.writable ? 'read_write' : 'read'}> b${i}: array<${elem}>;`;
-    }),
+    ...bindingDecls,
     ...(matmul !== undefined ? ['var<private> mmAcc: f32;'] : []),
     ...fns,
   ].join('\n');
@@ -67,7 +91,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   const store = (index: string) =>
     [
       ...k.writes.map((w, j) => `let o${j} = ${w.node === matmul ? 'mmAcc' : `${fn(w.node)}(${index})`};`),
-      ...k.writes.map((w, j) => `b${w.binding}[${index}] = o${j};`),
+      ...k.writes.map((w, j) => onPiece(arrays[w.binding], k.pieceElements, index, (a, at) => `${a}[${at}] = o${j};`)),
     ].join(' ');
 
   if (k.kind === 'matmul') {
@@ -92,12 +116,12 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   if (r < 0i || r >= ${rows}i) { return; }
   let dst = u32(r) * ${rowSize}u + i % ${rowSize}u;
   let v = ${fn(src.id)}(i);
-  var old = atomicLoad(&b${out}[dst]);
+  ${onPiece(arrays[out], k.pieceElements, 'dst', (a, at) => `var old = atomicLoad(&${a}[${at}]);
   loop {
-    let swapped = atomicCompareExchangeWeak(&b${out}[dst], old, bitcast<u32>(bitcast<f32>(old) + v));
+    let swapped = atomicCompareExchangeWeak(&${a}[${at}], old, bitcast<u32>(bitcast<f32>(old) + v));
     if (swapped.exchanged) { break; }
     old = swapped.old_value;
-  }`;
+  }`)}`;
     return { name, ...flatKernel(decls, numel(src.shape), body), inputCount: 0, zeroOutput: true };
   }
 
