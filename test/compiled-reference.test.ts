@@ -14,6 +14,8 @@ import type { ModelDefinition } from '../compiler/frontend/nn.ts';
 import { model, type GPTConfig } from '../models/gpt.ts';
 import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { compileTraining } from '../compiler/pipeline.ts';
+import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
+import type { TrainingEngine } from '../runtime/engines/engine.ts';
 import { GPT3_ADAMW } from '../compiler/autodiff/train-step.ts';
 import { pieceElements } from '../compiler/ir/kernel-io.ts';
 import { webgpuTarget } from '../backends/index.ts';
@@ -142,13 +144,17 @@ describe('compiled training against the float64 reference', () => {
   });
 
   it.for([
-    { what: 'one binding a value', config: SMALL, maxBindingBytes: undefined },
-    { what: `values over ${PIECE_LIMIT / 1024} KiB in pieces`, config: PIECED, maxBindingBytes: PIECE_LIMIT },
-  ])('4 steps of a 2-layer GPT, $what: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 180_000 }, async ({ config, maxBindingBytes }, t) => {
+    { what: 'compiled, one binding a value', mode: 'compiled', config: SMALL, maxBindingBytes: undefined },
+    { what: `compiled, values over ${PIECE_LIMIT / 1024} KiB in pieces`, mode: 'compiled', config: PIECED, maxBindingBytes: PIECE_LIMIT },
+    { what: `eager, values over ${PIECE_LIMIT / 1024} KiB in pieces`, mode: 'eager', config: PIECED, maxBindingBytes: PIECE_LIMIT },
+  ])('4 steps of a 2-layer GPT, $what: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 300_000 }, async ({ mode, config, maxBindingBytes }, t) => {
     const gpu = await gpuOrSkip(t);
     const def: ModelDefinition = { ...model, presets: { small: config }, defaultPreset: 'small' };
     const reference = new ReferenceEngine(def, config, B, SEED);
-    const compiled = await createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes }) });
+    const compiled: TrainingEngine =
+      mode === 'compiled'
+        ? await createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes }) })
+        : await createEagerEngine({ def, config, batchSize: B, seed: SEED, gpu, maxBindingBytes });
     const [r0, c0] = await Promise.all([reference.exportState(), compiled.exportState()]);
     expect([...c0.params.keys()]).toEqual([...r0.params.keys()]);
     for (const [name, p] of r0.params) expect(Buffer.from(c0.params.get(name)!.data.buffer).equals(Buffer.from(p.data.buffer)), `initial ${name}`).toBe(true);

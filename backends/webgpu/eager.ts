@@ -8,7 +8,9 @@ import type { TapeEntry } from '../../compiler/autodiff/autograd.ts';
 import { adamwKernel, adamwUniforms } from './wgsl/optimizer.ts';
 import { primitiveKernel } from './wgsl/primitives.ts';
 import type { KernelSpec } from './wgsl/wgsl.ts';
-import { numel, type Attrs, type DType, type Shape } from '../../compiler/ir/graph.ts';
+import { numel, type Attrs, type DType, type Graph, type Node, type Shape } from '../../compiler/ir/graph.ts';
+import { pieceElements, piecesOf } from '../../compiler/ir/kernel-io.ts';
+import { fusedKernel } from './wgsl/fused.ts';
 import { inferType, type ValueType } from '../../compiler/ir/ops.ts';
 import type { TensorBackend } from '../../compiler/frontend/tensor.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
@@ -16,10 +18,42 @@ import type { GpuContext } from './device.ts';
 import type { KernelProfiler } from './profiler.ts';
 
 export interface EagerValue {
+  /** Its memory; for a value larger than one storage binding, the first of its `pieces`. */
   buffer: GPUBuffer;
+  /** A value larger than one binding: its pieces, of `pieceBytes` each but the last (compiler/ir/kernel-io.ts pieceElements). */
+  pieces?: GPUBuffer[];
   shape: Shape;
   dtype: DType;
   bytes: number;
+}
+
+/** A value's memory as bindable parts: each piece with the bytes of the value it holds. */
+function partsOf(v: EagerValue, pieceBytes: number): { buffer: GPUBuffer; size: number }[] {
+  if (!v.pieces) return [{ buffer: v.buffer, size: Math.max(4, v.bytes) }];
+  return v.pieces.map((buffer, j) => ({ buffer, size: Math.min(pieceBytes, v.bytes - j * pieceBytes) }));
+}
+
+/**
+ * The kernel of one op that reads or writes a value in pieces: the fused kernels' code generator
+ * (wgsl/fused.ts) on a graph of that op alone, which indexes across pieces, for every op a fused
+ * kernel computes. Bindings: the inputs in order, then the output, each a binding per piece.
+ */
+function piecedKernel(op: string, attrs: Attrs, ins: ValueType[], out: ValueType, maxBindingBytes: number): KernelSpec {
+  const self = ins.length;
+  const nodes: Node[] = ins.map((t, i) => ({ id: i, op: 'input', inputs: [], attrs: {}, shape: [...t.shape], dtype: t.dtype, name: `in${i}` }));
+  nodes.push({ id: self, op, inputs: ins.map((_, i) => i), attrs, shape: [...out.shape], dtype: out.dtype });
+  const g: Graph = { name: op, nodes, outputs: [self] };
+  const kind = op === 'matmul' ? 'matmul' : op === 'scatter_add' ? 'scatter' : 'elementwise';
+  const binding = (t: ValueType, writable: boolean) => ({ dtype: t.dtype, writable, atomic: writable && kind === 'scatter', pieces: piecesOf(numel(t.shape), maxBindingBytes) });
+  const spec = fusedKernel(g, Int32Array.from(nodes, (n) => (n.id === self ? 0 : -1)), {
+    kind,
+    members: [self],
+    writes: [{ node: self, binding: self }],
+    reads: new Map(ins.map((_, i) => [i, i])),
+    bindings: [...ins.map((t) => binding(t, false)), binding(out, true)],
+    pieceElements: pieceElements(maxBindingBytes),
+  }, `${op}_pieces`);
+  return { name: spec.name, wgsl: spec.wgsl, workgroups: spec.workgroups, inputCount: self, ...(kind === 'scatter' ? { zeroOutput: true } : {}) };
 }
 
 const USAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -38,8 +72,10 @@ class BufferPool {
     return Math.max(256, 2 ** Math.ceil(Math.log2(Math.max(bytes, 1))));
   }
 
-  acquire(bytes: number): GPUBuffer {
-    const size = BufferPool.sizeClass(bytes);
+  /** A buffer of at least `bytes`: a power of two, unless that would pass `cap` (a piece near the binding limit). */
+  acquire(bytes: number, cap = Infinity): GPUBuffer {
+    const pow2 = BufferPool.sizeClass(bytes);
+    const size = pow2 <= cap ? pow2 : Math.ceil(bytes / 256) * 256;
     const reused = this.free.get(size)?.pop();
     if (reused) return reused;
     this.allocatedBytes += size;
@@ -72,9 +108,18 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   /** Reads waiting for their copy to be submitted. */
   private afterFlush: (() => void)[] = [];
 
-  constructor(readonly gpu: GpuContext) {
+  /** The largest one binding may be (min of the adapter's maxStorageBufferBindingSize and maxBufferSize, or lower when asked): larger values are stored in pieces. */
+  readonly maxBindingBytes: number;
+  private readonly pieceBytes: number;
+
+  constructor(
+    readonly gpu: GpuContext,
+    opts: { maxBindingBytes?: number } = {},
+  ) {
     this.device = gpu.device;
     this.pool = new BufferPool(this.device);
+    this.maxBindingBytes = Math.min(this.device.limits.maxStorageBufferBindingSize, this.device.limits.maxBufferSize, opts.maxBindingBytes ?? Infinity);
+    this.pieceBytes = pieceElements(this.maxBindingBytes) * 4;
     // Errors outside a pipeline's creation (binding, dispatch limits, out of memory, submit) make
     // a command buffer run nothing; recorded here, they fail the next read instead of reading zeros.
     this.device.addEventListener('uncapturederror', (e) => {
@@ -90,17 +135,17 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     return { shape: v.shape, dtype: v.dtype };
   }
 
-  /** A new value whose buffer comes from the pool; the caller fills it. */
+  /** A new value whose buffer (or pieces, past one binding) comes from the pool; the caller fills it. */
   allocate(shape: Shape, dtype: DType): EagerValue {
     const bytes = numel(shape) * 4;
-    const limit = this.device.limits.maxStorageBufferBindingSize;
-    if (bytes > limit) {
-      throw new UsageError(
-        `a ${dtype}[${shape}] tensor needs ${(bytes / 2 ** 20).toFixed(1)} MiB, more than this adapter's ` +
-          `${(limit / 2 ** 20).toFixed(0)} MiB per storage binding; use a smaller batch or preset`,
-      );
-    }
-    const v: EagerValue = { buffer: this.pool.acquire(bytes), shape: [...shape], dtype, bytes };
+    const count = Math.ceil(bytes / this.pieceBytes);
+    const v: EagerValue =
+      count > 1
+        ? (() => {
+            const pieces = Array.from({ length: count }, (_, j) => this.pool.acquire(Math.min(this.pieceBytes, bytes - j * this.pieceBytes), this.maxBindingBytes));
+            return { buffer: pieces[0], pieces, shape: [...shape], dtype, bytes };
+          })()
+        : { buffer: this.pool.acquire(bytes), shape: [...shape], dtype, bytes };
     this.created.push(v);
     return v;
   }
@@ -108,8 +153,18 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   upload(data: Float32Array | Int32Array | Uint32Array, shape: Shape, dtype: DType): EagerValue {
     if (data.length !== numel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
     const v = this.allocate(shape, dtype);
-    this.write(v.buffer, data);
+    this.writeValue(v, data);
     return v;
+  }
+
+  /** Sets a value's contents, piece by piece, in command order (see write). */
+  writeValue(v: EagerValue, data: Float32Array | Int32Array | Uint32Array): void {
+    let at = 0;
+    for (const part of partsOf(v, this.pieceBytes)) {
+      const n = Math.min(part.size / 4, data.length - at);
+      if (n > 0) this.write(part.buffer, data.subarray(at, at + n));
+      at += n;
+    }
   }
 
   /**
@@ -130,7 +185,9 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   emit(op: string, inputs: EagerValue[], attrs: Attrs = {}, type?: ValueType): EagerValue {
     const t = inferType(op, inputs.map((x) => this.typeOf(x)), attrs, type);
     const out = this.allocate(t.shape, t.dtype);
-    this.run(primitiveKernel(op, attrs, inputs.map((x) => this.typeOf(x)), t), inputs, out);
+    const ins = inputs.map((x) => this.typeOf(x));
+    const pieced = out.pieces || inputs.some((x) => x.pieces);
+    this.run(pieced ? piecedKernel(op, attrs, ins, t, this.maxBindingBytes) : primitiveKernel(op, attrs, ins, t), inputs, out);
     this.tape?.push({ op, inputs, out, attrs });
     return out;
   }
@@ -140,9 +197,9 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     if (numel(out.shape) === 0) return;
     if (kernel.zeroOutput) {
       this.endPass();
-      (this.encoder ??= this.device.createCommandEncoder()).clearBuffer(out.buffer, 0, out.buffer.size);
+      for (const b of out.pieces ?? [out.buffer]) (this.encoder ??= this.device.createCommandEncoder()).clearBuffer(b, 0, b.size);
     }
-    this.dispatch(kernel.wgsl, [...inputs, out].map((v) => ({ buffer: v.buffer, size: Math.max(4, v.bytes) })), kernel.workgroups, kernel.name);
+    this.dispatch(kernel.wgsl, [...inputs, out].flatMap((v) => partsOf(v, this.pieceBytes)), kernel.workgroups, kernel.name);
   }
 
   /** Records one dispatch of `wgsl` with `resources` bound at 0, 1, 2, ... */
@@ -153,9 +210,12 @@ export class EagerBackend implements TensorBackend<EagerValue> {
 
   /** One parameter's AdamW update in place (p, m, v) from its gradient, the device's clip factor and `uniforms`. */
   adamw(n: number, decay: boolean, p: EagerValue, grad: EagerValue, m: EagerValue, v: EagerValue, clip: EagerValue, uniforms: GPUBuffer): void {
-    const kernel = adamwKernel(n, decay);
-    const bind = (x: EagerValue) => ({ buffer: x.buffer, size: x.bytes });
-    this.dispatch(kernel.wgsl, [bind(p), bind(grad), bind(m), bind(v), bind(clip), { buffer: uniforms }], kernel.workgroups, `adamw_${n}`);
+    // Elementwise, so a parameter in pieces is updated piece by piece (all four share one layout).
+    const [ps, gs, ms, vs] = [p, grad, m, v].map((x) => partsOf(x, this.pieceBytes));
+    ps.forEach((part, j) => {
+      const kernel = adamwKernel(part.size / 4, decay);
+      this.dispatch(kernel.wgsl, [part, gs[j], ms[j], vs[j], { buffer: clip.buffer, size: Math.max(4, clip.bytes) }, { buffer: uniforms }], kernel.workgroups, `adamw_${n}`);
+    });
   }
 
   dispatch(wgsl: string, resources: { buffer: GPUBuffer; size?: number }[], workgroups: [number, number, number], name = 'kernel'): void {
@@ -221,19 +281,28 @@ export class EagerBackend implements TensorBackend<EagerValue> {
    */
   readLater(v: EagerValue): Promise<Float32Array | Int32Array | Uint8Array> {
     this.endPass();
-    const size = Math.max(4, v.bytes);
-    const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(v.buffer, 0, staging, 0, size);
+    // A staging buffer per piece, so none is larger than one binding.
+    const staging = partsOf(v, this.pieceBytes).map((part) => {
+      const size = Math.max(4, Math.ceil(part.size / 4) * 4);
+      const buffer = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      (this.encoder ??= this.device.createCommandEncoder()).copyBufferToBuffer(part.buffer, 0, buffer, 0, size);
+      return buffer;
+    });
     const { dtype, bytes } = v;
     return new Promise<void>((resolve) => this.afterFlush.push(resolve)).then(async () => {
-      let raw: ArrayBuffer;
+      const raw = new ArrayBuffer(bytes);
       try {
         await this.checkErrors();
-        await staging.mapAsync(GPUMapMode.READ);
-        raw = staging.getMappedRange().slice(0, bytes);
-        staging.unmap();
+        let at = 0;
+        for (const b of staging) {
+          await b.mapAsync(GPUMapMode.READ);
+          const n = Math.min(b.size, bytes - at);
+          new Uint8Array(raw, at, n).set(new Uint8Array(b.getMappedRange(), 0, n));
+          b.unmap();
+          at += n;
+        }
       } finally {
-        staging.destroy();
+        staging.forEach((b) => b.destroy());
       }
       if (dtype === 'f32') return new Float32Array(raw);
       if (dtype === 'i32') return new Int32Array(raw);
@@ -255,7 +324,7 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     const survivors: EagerValue[] = [];
     for (const v of this.created) {
       if (kept.has(v)) survivors.push(v);
-      else this.pool.release(v.buffer);
+      else for (const b of v.pieces ?? [v.buffer]) this.pool.release(b);
     }
     this.created = survivors;
   }

@@ -30,6 +30,8 @@ export interface EagerEngineContext {
   seed: number;
   gpu: GpuContext;
   optimizer?: OptimizerSettings;
+  /** A storage-binding limit below the adapter's (tests of values stored in pieces on a small model). */
+  maxBindingBytes?: number;
 }
 
 export async function createEagerEngine(ctx: EagerEngineContext): Promise<EagerEngine> {
@@ -49,7 +51,7 @@ export class EagerEngine implements TrainingEngine {
   private optimizerStep = 0;
 
   constructor(ctx: EagerEngineContext) {
-    this.backend = new EagerBackend(ctx.gpu);
+    this.backend = new EagerBackend(ctx.gpu, { maxBindingBytes: ctx.maxBindingBytes });
     this.ops = new Ops(this.backend);
     this.optimizer = ctx.optimizer ?? GPT3_ADAMW;
     this.batchSize = ctx.batchSize;
@@ -87,7 +89,7 @@ export class EagerEngine implements TrainingEngine {
   }
 
   private write(v: EagerValue, data: Float32Array): void {
-    this.backend.write(v.buffer, data);
+    this.backend.writeValue(v, data);
   }
 
   private forward(batch: Batch): Tensor {
