@@ -15,7 +15,7 @@ export interface RenderedKernel {
   name: string;
   kind: KernelKind;
   /** The buffers it binds, in binding order, with the elements it addresses from each one's start (a binding per piece past the plan's maxBindingBytes). */
-  bindings: { buffer: BufferRef; elements: number }[];
+  bindings: { buffer: BufferRef; elements: number; piece?: number }[];
   /** A buffer that must be zeroed before the kernel runs. */
   clear?: BufferRef;
   /** IR nodes it computes. */

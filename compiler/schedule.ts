@@ -7,7 +7,7 @@
 // kernel for its target from the plan and the graph, and runs the result.
 
 import { isGraphInput, numel, type DType, type Graph } from './ir/graph.ts';
-import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, type GraphFacts } from './ir/kernel-io.ts';
+import { graphFacts, inPlaceViolations, kernelBuffers, KERNEL_ATTR, pieceElements, windowedValues, type GraphFacts } from './ir/kernel-io.ts';
 import { FLASH_OPS } from './ir/ops.ts';
 import { graphFlops } from './stats.ts';
 
@@ -26,6 +26,8 @@ export interface KernelBinding {
   access: BindingAccess;
   /** The elements the kernel addresses through it, from the buffer's start: more than one piece holds (kernel-io.ts pieceElements) means a binding per piece. */
   elements: number;
+  /** In a kernel run per window: it binds only this piece of the value, the one the window's threads address. */
+  piece?: number;
 }
 
 /** Which FlashAttention kernel an attention kernel is, and its sizes. */
@@ -61,6 +63,12 @@ export interface ScheduledKernel {
   attention?: AttentionLaunch;
   /** A buffer that must be zeroed before the dispatch (scatter_add accumulates into it). */
   clear?: BufferRef;
+  /**
+   * An elementwise kernel whose values are stored in pieces runs once per piece: this run covers
+   * the elements [start, end) of the extent, and binds only that piece of each value it reads at
+   * the thread's index or writes (kernel-io.ts windowedValues).
+   */
+  window?: { start: number; end: number };
 }
 
 export interface ValueInfo {
@@ -156,7 +164,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram
     }
     // Scratch buffers a kernel writes and nobody reads: free again as soon as it has run.
     const scratch: number[] = [];
-    kernels.push(members[k].some((m) => FLASH_OPS.has(g.nodes[m].op)) ? planAttention(k, scratch) : planFused(k));
+    kernels.push(...(members[k].some((m) => FLASH_OPS.has(g.nodes[m].op)) ? [planAttention(k, scratch)] : windows(k, planFused(k))));
     // Buffers whose last reader was this kernel are free for the next kernels' outputs.
     for (const id of reads) if (lastRead.get(id) === k && temp.has(id)) free.push(temp.get(id)!);
     free.push(...scratch);
@@ -224,6 +232,23 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram
       extent: [...extent],
       ...(kind === 'scatter' ? { clear: bindings[writeList[0].binding].buffer } : {}),
     };
+  }
+
+  // An elementwise kernel over more elements than a piece holds, whose large values it reads at the
+  // thread's index or writes: one run per piece, each binding one piece of those values.
+  function windows(k: number, kernel: ScheduledKernel): ScheduledKernel[] {
+    const piece = pieceElements(opts.maxBindingBytes);
+    const size = numel(kernel.extent);
+    if (kernel.kind !== 'elementwise' || size <= piece) return [kernel];
+    const windowed = windowedValues(g, facts, kernelOf, k, members[k], size);
+    const at = new Set([...kernel.reads, ...kernel.writes].filter((r) => windowed.has(facts.state.get(r.node) ?? r.node)).map((r) => r.binding));
+    if (at.size === 0) return [kernel];
+    return Array.from({ length: Math.ceil(size / piece) }, (_, j) => ({
+      ...kernel,
+      name: `${kernel.name}_w${j}`,
+      bindings: kernel.bindings.map((b, i) => (at.has(i) ? { ...b, piece: j } : { ...b })),
+      window: { start: j * piece, end: Math.min(size, (j + 1) * piece) },
+    }));
   }
 
   // Largest temporaries first: programs that share temporaries by index then pair large with large.

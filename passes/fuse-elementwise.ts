@@ -21,8 +21,9 @@
 // inner value out.
 
 import { isGraphInput, numel, type Attrs, type Graph, type Node } from '../compiler/ir/graph.ts';
+import { UsageError } from '../compiler/ir/errors.ts';
 import { COMPARE_OPS, FLASH_OPS, LAYOUT_OPS, POINTWISE_OPS, REDUCTIONS, sameShape } from '../compiler/ir/ops.ts';
-import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, piecesOf, type GraphFacts } from '../compiler/ir/kernel-io.ts';
+import { computedIn, graphFacts, inPlaceViolations, KERNEL_ATTR, kernelBuffers, piecesOf, windowedValues, type GraphFacts } from '../compiler/ir/kernel-io.ts';
 import type { Pass, PassCounters } from '../compiler/ir/pass.ts';
 
 export { KERNEL_ATTR };
@@ -238,10 +239,13 @@ function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number, ma
   const members: number[][] = r.groups.map(() => []);
   for (let id = 0; id < g.nodes.length; id++) if (r.kernel[id] >= 0) members[r.kernel[id]].push(id);
   const state = facts.state;
-  // A value stored in pieces takes a binding for each.
-  const bindings = (ids: Iterable<number>) => [...ids].reduce((s, id) => s + piecesOf(numel(g.nodes[id].shape), maxBindingBytes), 0);
+  // A value stored in pieces takes a binding for each, unless the kernel runs once per piece
+  // (kernel-io.ts windowedValues).
+  let windowed = new Set<number>();
+  const bindings = (ids: Iterable<number>) => [...ids].reduce((s, id) => s + (windowed.has(id) ? 1 : piecesOf(numel(g.nodes[id].shape), maxBindingBytes)), 0);
   for (let k = 0; k < r.groups.length; k++) {
-    const { reads, writes } = kernelBuffers(g, facts, r.kernel, k, members[k]);
+    const { reads, writes, written } = kernelBuffers(g, facts, r.kernel, k, members[k]);
+    windowed = maxBindingBytes === undefined || written.length === 0 ? new Set() : windowedValues(g, facts, r.kernel, k, members[k], numel(g.nodes[written[0]].shape));
     const bound = bindings(new Set([...reads, ...writes]));
     if (bound <= limit) continue;
     // Split off the largest part of the kernel that fits on its own: the value (computed here or
@@ -258,7 +262,14 @@ function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number, ma
         bestCount = part;
       }
     }
-    if (best < 0) throw new Error(`fuse-elementwise: kernel of %${grp.root} binds ${bound} buffers and no part of it fits in ${limit}`);
+    if (best < 0) {
+      const pieced = [...new Set([...reads, ...writes])]
+        .map((id) => ({ id, pieces: piecesOf(numel(g.nodes[id].shape), maxBindingBytes) }))
+        .filter((v) => v.pieces > 1)
+        .map((v) => `%${g.nodes[v.id].name ?? v.id} (${((numel(g.nodes[v.id].shape) * 4) / 2 ** 20).toFixed(1)} MiB) in ${v.pieces}`);
+      const why = pieced.length ? `; values larger than one binding (${((maxBindingBytes ?? 0) / 2 ** 20).toFixed(0)} MiB) take a binding per piece: ${pieced.join(', ')}` : '';
+      throw new UsageError(`fuse-elementwise: kernel of %${grp.root} binds ${bound} buffers and no part of it fits in ${limit}${why}. Lower --batch-size or --block-size (activations), or use an adapter with more storage buffers per shader stage`);
+    }
     return { root: grp.root, split: best };
   }
   return undefined;

@@ -120,7 +120,8 @@ describe('the float64 reference engine', () => {
 /**
  * The pieces path (compiler/ir/kernel-io.ts pieceElements): a binding limit of 48 KiB on a model
  * with a 512-token vocabulary stores wte (64 KiB), the logits (64 KiB) and every flat optimizer
- * buffer (4 pieces) in pieces, as 128 MiB does GPT-2's on lavapipe.
+ * buffer (4 pieces) in pieces, as 128 MiB does GPT-2's on lavapipe; compiled with WebGPU's
+ * guaranteed 8 storage buffers a kernel, the update runs once per piece.
  */
 const PIECED: GPTConfig = { ...SMALL, vocabSize: 512 };
 const PIECE_LIMIT = 48 * 1024;
@@ -128,7 +129,7 @@ const PIECE_LIMIT = 48 * 1024;
 describe('compiled training against the float64 reference', () => {
   it('stores a value larger than the binding limit in pieces: the embedding, the logits, the flat optimizer buffers', () => {
     const def: ModelDefinition = { ...model, presets: { pieced: PIECED }, defaultPreset: 'pieced' };
-    const compiled = compileTraining(def, PIECED, { optimizer: GPT3_ADAMW, batchSize: B, maxBindingBytes: PIECE_LIMIT, maxStorageBuffers: 16 });
+    const compiled = compileTraining(def, PIECED, { optimizer: GPT3_ADAMW, batchSize: B, maxBindingBytes: PIECE_LIMIT, maxStorageBuffers: 8 });
     const piece = pieceElements(PIECE_LIMIT);
     expect(piece).toBe(12_288);
     const pieced = new Set<string>();
@@ -136,6 +137,10 @@ describe('compiled training against the float64 reference', () => {
       for (const k of plan.kernels) for (const b of k.bindings) if (b.elements > piece) pieced.add('temp' in b.buffer ? 'a temporary' : 'input' in b.buffer ? b.buffer.input : b.buffer.output);
     }
     expect(pieced).toEqual(new Set(['wte.weight', 'grad_sum.wte.weight', 'params', 'adam_m', 'adam_v', 'grad_sum', 'a temporary']));
+    // The update's elementwise kernels over the flat buffers run once per piece, binding one piece of each.
+    const update = compiled.programs.update.kernels.filter((k) => k.window);
+    expect(update.map((k) => k.window)).toContainEqual({ start: 0, end: piece });
+    expect(update.every((k) => k.bindings.filter((b) => b.piece !== undefined).length >= 3)).toBe(true);
     const view = compiled.layout!.views['wte.weight'];
     expect(view.offset % piece, 'a view larger than a piece starts at a piece boundary').toBe(0);
     for (const [name, v] of Object.entries(compiled.layout!.views)) {
@@ -145,7 +150,7 @@ describe('compiled training against the float64 reference', () => {
 
   it.for([
     { what: 'compiled, one binding a value', mode: 'compiled', config: SMALL, maxBindingBytes: undefined },
-    { what: `compiled, values over ${PIECE_LIMIT / 1024} KiB in pieces`, mode: 'compiled', config: PIECED, maxBindingBytes: PIECE_LIMIT },
+    { what: `compiled, values over ${PIECE_LIMIT / 1024} KiB in pieces, 8 storage buffers a kernel`, mode: 'compiled', config: PIECED, maxBindingBytes: PIECE_LIMIT },
     { what: `eager, values over ${PIECE_LIMIT / 1024} KiB in pieces`, mode: 'eager', config: PIECED, maxBindingBytes: PIECE_LIMIT },
   ])('4 steps of a 2-layer GPT, $what: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 300_000 }, async ({ mode, config, maxBindingBytes }, t) => {
     const gpu = await gpuOrSkip(t);
@@ -153,7 +158,7 @@ describe('compiled training against the float64 reference', () => {
     const reference = new ReferenceEngine(def, config, B, SEED);
     const compiled: TrainingEngine =
       mode === 'compiled'
-        ? await createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes }) })
+        ? await createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes, maxStorageBuffers: maxBindingBytes ? 8 : undefined }) })
         : await createEagerEngine({ def, config, batchSize: B, seed: SEED, gpu, maxBindingBytes });
     const [r0, c0] = await Promise.all([reference.exportState(), compiled.exportState()]);
     expect([...c0.params.keys()]).toEqual([...r0.params.keys()]);

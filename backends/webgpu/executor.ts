@@ -19,6 +19,8 @@ export interface WebGpuTargetOptions {
   tuner?: MatmulTuner;
   /** A storage-binding limit below the adapter's (tests of the pieces path on a small model). */
   maxBindingBytes?: number;
+  /** Fewer storage buffers per kernel than the adapter allows (WebGPU's guaranteed 8, as on many browsers). */
+  maxStorageBuffers?: number;
 }
 
 export type WebGpuTarget = Target<WebGpuProgram, KernelProfiler>;
@@ -30,7 +32,7 @@ export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): W
   const renderAll = (compiled: CompiledTraining, matmulConfig: WebGpuRenderOptions['matmulConfig']) => renderTraining(webgpu, compiled, { matmulConfig });
   return {
     backend: webgpu,
-    maxStorageBuffers: gpu.device.limits.maxStorageBuffersPerShaderStage,
+    maxStorageBuffers: Math.min(gpu.device.limits.maxStorageBuffersPerShaderStage, opts.maxStorageBuffers ?? Infinity),
     maxBindingBytes: Math.min(gpu.device.limits.maxStorageBufferBindingSize, gpu.device.limits.maxBufferSize, opts.maxBindingBytes ?? Infinity),
     renderKey: tuner ? `tuned:${tuner.section}` : tiles,
     async render(compiled, log) {

@@ -154,7 +154,13 @@ export class Program {
     };
     const refName = (ref: BufferRef) => ('temp' in ref ? `temporary ${ref.temp}` : `%${'input' in ref ? ref.input : ref.output}`);
     // The parts a kernel binds for `elements` of a value: the pieces its index math expects.
-    const parts = (ref: BufferRef, elements: number): Stored => {
+    const parts = (ref: BufferRef, elements: number, piece?: number): Stored => {
+      if (piece !== undefined) {
+        // A window's binding: that one piece.
+        const s = sliceStored(stored(ref), piece * pieceBytes, Math.min(pieceBytes, elements * 4 - piece * pieceBytes));
+        if (s.length !== 1) throw new Error(`program ${plan.name}: piece ${piece} of ${refName(ref)} is not one buffer`);
+        return s;
+      }
       const s = sliceStored(stored(ref), 0, elements * 4);
       const want = piecesOf(elements, plan.maxBindingBytes);
       if (s.length !== want || s.slice(0, -1).some((p) => p.size !== pieceBytes)) {
@@ -170,7 +176,7 @@ export class Program {
     }
     this.steps = plan.kernels.map((k) => {
       const pipeline = pipelines.get(k.wgsl, k.name);
-      const entries = k.bindings.flatMap((b) => parts(b.buffer, b.elements)).map(({ buffer, offset, size }, binding) => ({ binding, resource: { buffer, offset, size } }));
+      const entries = k.bindings.flatMap((b) => parts(b.buffer, b.elements, b.piece)).map(({ buffer, offset, size }, binding) => ({ binding, resource: { buffer, offset, size } }));
       const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: k.name });
       return { pipeline, bindGroup, workgroups: k.workgroups, name: `${plan.name.replace(/^.*_/, '')}/${k.name}`, ...(k.clear ? { clear: stored(k.clear) } : {}) };
     });

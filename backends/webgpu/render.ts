@@ -29,7 +29,7 @@ export function renderProgram(plan: ScheduledProgram, opts: WebGpuRenderOptions 
 
 function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRenderOptions): WebGpuKernel {
   const g = plan.graph;
-  const bindings = k.bindings.map((b) => ({ buffer: b.buffer, elements: b.elements }));
+  const bindings = k.bindings.map((b) => ({ buffer: b.buffer, elements: b.elements, ...(b.piece !== undefined ? { piece: b.piece } : {}) }));
   const common = { kind: k.kind, bindings, ...(k.clear ? { clear: k.clear } : {}), ops: k.members.length };
   const pieces = (elements: number) => piecesOf(elements, plan.maxBindingBytes);
   if (k.kind === 'attention') {
@@ -49,8 +49,9 @@ function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRe
     members: k.members,
     writes: k.writes,
     reads: new Map(k.reads.map((r) => [r.node, r.binding])),
-    bindings: k.bindings.map((b) => ({ dtype: b.dtype, writable: b.access !== 'read', atomic: b.access === 'accumulate', pieces: pieces(b.elements) })),
+    bindings: k.bindings.map((b) => ({ dtype: b.dtype, writable: b.access !== 'read', atomic: b.access === 'accumulate', pieces: pieces(b.elements), ...(b.piece !== undefined ? { piece: b.piece } : {}) })),
     pieceElements: pieceElements(plan.maxBindingBytes),
+    ...(k.window ? { window: k.window } : {}),
   };
   let cfg: MatmulConfig | undefined;
   if (k.kind === 'matmul') {

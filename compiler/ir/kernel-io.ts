@@ -4,7 +4,7 @@
 
 import { isGraphInput, numel, stateUpdates, type Graph } from './graph.ts';
 import { liveNodes } from './pass.ts';
-import { OP_CLASS, type Op, type OpClass } from './ops.ts';
+import { FLASH_OPS, OP_CLASS, type Op, type OpClass } from './ops.ts';
 
 /** The attribute fuse-elementwise sets: the kernel that computes the node. */
 export const KERNEL_ATTR = 'kernel';
@@ -96,22 +96,49 @@ export function inPlaceViolations(g: Graph, facts: GraphFacts, kernel: Int32Arra
   const bad: number[] = [];
   for (const [out, input] of facts.state) {
     const k = kernel[out];
-    const here = new Set(computedIn(g, kernel, k, membersOf(kernel, k)));
-    // Nodes evaluated in k at the thread's own index: from what k writes back through its inputs.
-    const atThreadIndex = new Set<number>();
-    const size = numel(g.nodes[out].shape);
-    const walk = (id: number): void => {
-      if (atThreadIndex.has(id) || !here.has(id)) return;
-      const n = g.nodes[id];
-      if (!POINTWISE_OR_RESHAPE(n.op) || numel(n.shape) !== size) return;
-      atThreadIndex.add(id);
-      n.inputs.forEach(walk);
-    };
-    for (const id of here) if (kernel[id] === k && (facts.outputs.has(id) || facts.consumers[id].some((c) => kernel[c] !== k))) walk(id);
+    const { here, atThreadIndex } = threadIndexed(g, facts, kernel, k, membersOf(kernel, k), numel(g.nodes[out].shape));
     for (const c of facts.consumers[input]) if (here.has(c) && !atThreadIndex.has(c)) bad.push(c);
   }
   return bad;
 }
+
+/**
+ * The nodes kernel k evaluates (`here`), and those it evaluates at the thread's own index: from
+ * what it writes (values of `size` elements, stored at the thread's index) back through
+ * same-size pointwise ops and reshapes.
+ */
+function threadIndexed(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[], size: number): { here: Set<number>; atThreadIndex: Set<number> } {
+  const here = new Set(computedIn(g, kernel, k, members));
+  const atThreadIndex = new Set<number>();
+  const walk = (id: number): void => {
+    if (atThreadIndex.has(id) || !here.has(id)) return;
+    const n = g.nodes[id];
+    if (!POINTWISE_OR_RESHAPE(n.op) || numel(n.shape) !== size) return;
+    atThreadIndex.add(id);
+    n.inputs.forEach(walk);
+  };
+  for (const id of here) if (kernel[id] === k && (facts.outputs.has(id) || facts.consumers[id].some((c) => kernel[c] !== k))) walk(id);
+  return { here, atThreadIndex };
+}
+
+/**
+ * The values an elementwise kernel of `size` threads (one per element of what it writes) reads only
+ * at the thread's own index, with `size` elements, and those it writes: when they are stored in
+ * pieces, the kernel runs once per piece (a window of threads), each run binding one piece of each
+ * (compiler/schedule.ts), so they take one binding each however large they are. A matmul or
+ * scatter kernel has none.
+ */
+export function windowedValues(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[], size: number): Set<number> {
+  const { reads, writes } = kernelBuffers(g, facts, kernel, k, members);
+  if (members.some((m) => g.nodes[m].op === 'matmul' || g.nodes[m].op === 'scatter_add' || FLASH_OPS.has(g.nodes[m].op))) return new Set();
+  const { here, atThreadIndex } = threadIndexed(g, facts, kernel, k, members, size);
+  const out = new Set(writes);
+  for (const r of reads) {
+    if (numel(g.nodes[r].shape) === size && facts.consumers[r].every((c) => !here.has(c) || atThreadIndex.has(c))) out.add(r);
+  }
+  return out;
+}
+
 
 function membersOf(kernel: Int32Array, k: number): number[] {
   const m: number[] = [];

@@ -75,6 +75,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('batch', { type: 'number', describe: "sequences per micro-batch (the trace's batch dimension); the preset's default if omitted" })
     .option('seq', { type: 'number', describe: 'override the sequence length (at most the context)' })
     .option('max-storage-buffers', { type: 'number', default: DEFAULT_MAX_STORAGE_BUFFERS, describe: "storage buffers a kernel may bind (WebGPU's guaranteed minimum; the runtime uses its adapter's limit)" })
+    .option('max-binding-mib', { type: 'number', describe: "the largest storage binding, in MiB: larger values are stored and bound in pieces (128 is WebGPU's default and lavapipe's; the runtime uses its adapter's limit; default: no limit)" })
     .example('$0 models/gpt.ts --dump-ir', 'the fused GPT-2 forward (evaluate) graph, each op with its models/gpt.ts line')
     .example('$0 models/gpt.ts --preset tiny --backward', 'the fused gradient program of the tiny preset')
     .example('$0 models/gpt.ts --preset tiny --program update --after cse', 'the optimizer update graph right after common-subexpression elimination')
@@ -107,7 +108,10 @@ export async function main(argv: string[]): Promise<void> {
   const shape = { batchSize: args.batch ?? defaultMicroBatch(def, preset.name), seqLen: args.seq };
   const backend = backendNamed(args.backend);
   if (args.emit !== undefined && args.emit !== backend.language) throw new UsageError(`--emit ${args.emit}: the ${backend.name} backend writes ${backend.language}`);
-  const r = compileWithStages(def, preset.config, { optimizer: GPT3_ADAMW, maxStorageBuffers, ...shape }, backend);
+  const mib = args.maxBindingMib;
+  if (mib !== undefined && !(mib > 0 && Number.isFinite(mib))) throw new UsageError('--max-binding-mib must be a positive number of MiB');
+  const maxBindingBytes = mib === undefined ? undefined : Math.floor(mib * 2 ** 20);
+  const r = compileWithStages(def, preset.config, { optimizer: GPT3_ADAMW, maxStorageBuffers, maxBindingBytes, ...shape }, backend);
   const stages = r.stages[program];
 
   if (args.after !== undefined) {

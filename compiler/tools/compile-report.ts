@@ -2,6 +2,7 @@
 // of each kernel, each program's plan, a debug folder with all of it, and the step's numbers next
 // to eager mode's.
 
+import { piecesOf } from '../ir/kernel-io.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ChalkInstance } from 'chalk';
@@ -64,19 +65,21 @@ export function findStage(stages: Stage[], wanted: string): Stage | undefined {
 
 const refText = (r: BufferRef): string => ('input' in r ? `in:${r.input}` : 'output' in r ? `out:${r.output}` : `temp${r.temp}`);
 
-export function kernelBindings(backend: Backend, k: RenderedKernel): string {
+/** `0=in:x, 1=temp3 (w)`; a binding past the plan's storage-binding limit says in how many pieces it is bound. */
+export function kernelBindings(backend: Backend, k: RenderedKernel, maxBindingBytes?: number): string {
   const written = backend.written(k);
-  return k.bindings.map((r, i) => `${i}=${refText(r.buffer)}${written.has(i) ? ' (w)' : ''}`).join(', ');
+  const pieces = (elements: number) => piecesOf(elements, maxBindingBytes);
+  return k.bindings.map((r, i) => `${i}=${refText(r.buffer)}${pieces(r.elements) > 1 ? ` (${pieces(r.elements)} pieces)` : ''}${written.has(i) ? ' (w)' : ''}`).join(', ');
 }
 
 /** `// k4_matmul_1024x384 · matmul · workgroups [6,16,1] · 3 ops` and a line of bindings. */
-export function kernelHeader(backend: Backend, k: RenderedKernel): string {
-  return `// ${k.name} · ${k.kind} · workgroups ${backend.launch(k)} · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(backend, k)}\n`;
+export function kernelHeader(backend: Backend, k: RenderedKernel, maxBindingBytes?: number): string {
+  return `// ${k.name} · ${k.kind} · workgroups ${backend.launch(k)} · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(backend, k, maxBindingBytes)}\n`;
 }
 
 /** Every kernel's source, each after its header: `chotta-compile --emit`. */
 export function emitKernels(backend: Backend, plan: RenderedProgram): string {
-  return plan.kernels.map((k) => `${kernelHeader(backend, k)}${backend.source(k).trimEnd()}\n`).join('\n');
+  return plan.kernels.map((k) => `${kernelHeader(backend, k, plan.maxBindingBytes)}${backend.source(k).trimEnd()}\n`).join('\n');
 }
 
 /** The plan as text: kernels in the order they run, with bindings; temporaries and their total. */
@@ -92,7 +95,7 @@ export function planText(backend: Backend, plan: RenderedProgram): string {
     'kernels, in the order they run (bindings: in = graph input, out = graph output, temp = temporary; (w) = written):',
   ];
   plan.kernels.forEach((k, i) => {
-    lines.push(`${String(i).padStart(4)}  ${k.name.padEnd(36)} ${k.kind.padEnd(11)} ${backend.launch(k)}  ${k.ops} ops  ${kernelBindings(backend, k)}`);
+    lines.push(`${String(i).padStart(4)}  ${k.name.padEnd(36)} ${k.kind.padEnd(11)} ${backend.launch(k)}  ${k.ops} ops  ${kernelBindings(backend, k, plan.maxBindingBytes)}`);
   });
   lines.push('', `temporaries after liveness reuse: ${plan.temps.length} buffers, ${tempBytes(plan)} bytes (${formatBytes(tempBytes(plan))}) in all`);
   plan.temps.forEach((bytes, i) => lines.push(`  temp${i}  ${bytes} bytes`));

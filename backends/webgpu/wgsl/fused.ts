@@ -25,8 +25,13 @@ export interface FusedKernel {
    * elements (a value larger than one storage binding, compiler/ir/kernel-io.ts) is declared as one
    * WGSL array per piece, and every load and store picks the piece from the index.
    */
-  bindings: { dtype: DType; writable: boolean; atomic: boolean; pieces: number }[];
+  bindings: { dtype: DType; writable: boolean; atomic: boolean; pieces: number; piece?: number }[];
   pieceElements: number;
+  /**
+   * An elementwise kernel run on a window of its elements (compiler/schedule.ts): threads cover
+   * [start, end), and a binding with a `piece` holds only the window's piece of its value.
+   */
+  window?: { start: number; end: number };
 }
 
 /** The WGSL arrays of every binding: `b3`, or `b3_0`, `b3_1`, ... for one in pieces, at consecutive slots. */
@@ -35,7 +40,7 @@ function declareBindings(k: FusedKernel): { decls: string[]; arrays: string[][] 
   const decls: string[] = [];
   const arrays = k.bindings.map((b, i) => {
     const elem = b.atomic ? 'atomic<u32>' : storageType(b.dtype);
-    const names = b.pieces === 1 ? [`b${i}`] : Array.from({ length: b.pieces }, (_, j) => `b${i}_${j}`);
+    const names = b.pieces === 1 || b.piece !== undefined ? [`b${i}`] : Array.from({ length: b.pieces }, (_, j) => `b${i}_${j}`);
     for (const name of names) decls.push(`@group(0) @binding(${slot++}) var<storage, ${b.writable ? 'read_write' : 'read'}> ${name}: array<${elem}>;`);
     return names;
   });
@@ -62,6 +67,10 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   };
   const inKernel = new Set(k.members);
   const { decls: bindingDecls, arrays } = declareBindings(k);
+  // The element `index` of binding b: in its own piece when it holds one (a window's), else across its pieces.
+  const start = k.window?.start ?? 0;
+  const at = (b: number, index: string, statement: (array: string, at: string) => string) =>
+    k.bindings[b].piece !== undefined ? statement(arrays[b][0], `${index} - ${start}u`) : onPiece(arrays[b], k.pieceElements, index, statement);
   const matmul = k.kind === 'matmul' ? k.members.find((m) => g.nodes[m].op === 'matmul') : undefined;
 
   const define = (id: number): void => {
@@ -71,7 +80,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
     const t = storageType(node.dtype);
     const binding = k.reads.get(id);
     if (binding !== undefined) {
-      fns.push(`fn ${fn(id)}(i: u32) -> ${t} { ${onPiece(arrays[binding], k.pieceElements, 'i', (a, at) => `return ${a}[${at}];`)} }`);
+      fns.push(`fn ${fn(id)}(i: u32) -> ${t} { ${at(binding, 'i', (a, j) => `return ${a}[${j}];`)} }`);
       return;
     }
     if (!inKernel.has(id) && (isGraphInput(node) || kernelOf[id] >= 0)) throw new Error(`kernel ${name}: value %${id} is neither computed here nor bound`);
@@ -91,7 +100,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   const store = (index: string) =>
     [
       ...k.writes.map((w, j) => `let o${j} = ${w.node === matmul ? 'mmAcc' : `${fn(w.node)}(${index})`};`),
-      ...k.writes.map((w, j) => onPiece(arrays[w.binding], k.pieceElements, index, (a, at) => `${a}[${at}] = o${j};`)),
+      ...k.writes.map((w, j) => at(w.binding, index, (a, e) => `${a}[${e}] = o${j};`)),
     ].join(' ');
 
   if (k.kind === 'matmul') {
@@ -116,7 +125,7 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
   if (r < 0i || r >= ${rows}i) { return; }
   let dst = u32(r) * ${rowSize}u + i % ${rowSize}u;
   let v = ${fn(src.id)}(i);
-  ${onPiece(arrays[out], k.pieceElements, 'dst', (a, at) => `var old = atomicLoad(&${a}[${at}]);
+  ${at(out, 'dst', (a, at) => `var old = atomicLoad(&${a}[${at}]);
   loop {
     let swapped = atomicCompareExchangeWeak(&${a}[${at}], old, bitcast<u32>(bitcast<f32>(old) + v));
     if (swapped.exchanged) { break; }
@@ -125,6 +134,10 @@ export function fusedKernel(g: Graph, kernelOf: Int32Array, k: FusedKernel, name
     return { name, ...flatKernel(decls, numel(src.shape), body), inputCount: 0, zeroOutput: true };
   }
 
+  if (k.window) {
+    // Thread i computes element start + i.
+    return { name, ...flatKernel(decls, k.window.end - k.window.start, `  let e = i + ${start}u;\n  ${store('e')}`), inputCount: 0 };
+  }
   const n = numel(g.nodes[k.writes[0].node].shape);
   return { name, ...flatKernel(decls, n, `  ${store('i')}`), inputCount: 0 };
 }
