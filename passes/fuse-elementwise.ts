@@ -257,20 +257,23 @@ function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number, ma
     for (const m of computedIn(g, r.kernel, k, members[k])) {
       if (m === grp.root || m === grp.matmul || state.has(m)) continue;
       const part = bindings(kernelBuffers(g, facts, r.kernel, k, [m]).reads);
-      if (part + bindings([m]) <= limit && part > bestCount && part > 0) {
+      if (part + 1 <= limit && part > bestCount && part > 0) {
         best = m;
         bestCount = part;
       }
     }
     if (best < 0) {
       const pieced = [...new Set([...reads, ...writes])]
+        .filter((id) => !windowed.has(id))
         .map((id) => ({ id, pieces: piecesOf(numel(g.nodes[id].shape), maxBindingBytes) }))
         .filter((v) => v.pieces > 1)
-        .map((v) => `%${g.nodes[v.id].name ?? v.id} (${((numel(g.nodes[v.id].shape) * 4) / 2 ** 20).toFixed(1)} MiB) in ${v.pieces}`);
-      const why = pieced.length ? `; values larger than one binding (${((maxBindingBytes ?? 0) / 2 ** 20).toFixed(0)} MiB) take a binding per piece: ${pieced.join(', ')}` : '';
+        .map((v) => `%${g.nodes[v.id].name ?? v.id} (${sizeText(numel(g.nodes[v.id].shape) * 4)}) in ${v.pieces}`);
+      const why = pieced.length ? `; values larger than one binding (${sizeText(maxBindingBytes ?? 0)}) take a binding per piece: ${pieced.join(', ')}` : '';
       throw new UsageError(`fuse-elementwise: kernel of %${grp.root} binds ${bound} buffers and no part of it fits in ${limit}${why}. Lower --batch-size or --block-size (activations), or use an adapter with more storage buffers per shader stage`);
     }
     return { root: grp.root, split: best };
   }
   return undefined;
 }
+
+const sizeText = (bytes: number): string => (bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : bytes >= 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${bytes} bytes`);

@@ -299,6 +299,56 @@ graph attention_in_place(${qkv}) {
   });
 });
 
+describe('values in pieces (past the storage-binding limit)', () => {
+  // 256 bytes a binding: pieces of 64 elements, so each [16,8] value below is two pieces.
+  const pieced = (src: string, maxStorageBuffers: number) => {
+    const { graph, counters } = runPasses(parseGraph(src), [fuseElementwise({ maxStorageBuffers, maxBindingBytes: 256 })]);
+    return { kernels: Object.fromEntries(graph.nodes.filter((n) => !isGraphInput(n)).map((n) => [n.name!, n.attrs.kernel ?? '-'])), counters: counters['fuse-elementwise'] };
+  };
+
+  it('counts a value read at the thread index, or written, once: the kernel runs once per piece', () => {
+    const { kernels, counters } = pieced(`
+graph windowed(%x: f32[16,8], %y: f32[16,8], %z: f32[16,8]) {
+  %a: f32[16,8] = add %x, %y
+  %out: f32[16,8] = mul %a, %z
+  return %out
+}`, 4);
+    expect(kernels).toEqual({ a: 0, out: 0 });
+    expect(counters['split-for-buffer-limit']).toBe(0);
+  });
+
+  it('counts a value read at another index once for each piece, and splits the kernel to fit', () => {
+    const { kernels, counters } = pieced(`
+graph transposed(%x: f32[16,8], %y: f32[8,16]) {
+  %t: f32[16,8] = permute %y {perm=[1,0]}
+  %e: f32[16,8] = exp %t
+  %out: f32[16,8] = mul %x, %e
+  return %out
+}`, 4);
+    // Fused, x (1) + y (2 pieces) + out (1) fit in 4; with 3 buffers, the transpose goes out to a kernel of its own.
+    expect(kernels).toEqual({ t: 0, e: 0, out: 0 });
+    expect(counters.kernels).toBe(1);
+    expect(counters['split-for-buffer-limit']).toBe(0);
+    const split = pieced(`
+graph transposed(%x: f32[16,8], %y: f32[8,16]) {
+  %t: f32[16,8] = permute %y {perm=[1,0]}
+  %e: f32[16,8] = exp %t
+  %out: f32[16,8] = mul %x, %e
+  return %out
+}`, 3);
+    expect(split.kernels).toEqual({ t: 0, e: 1, out: 1 });
+    expect(split.counters['split-for-buffer-limit']).toBe(1);
+  });
+
+  it('fails naming the values in pieces when one op alone cannot fit', () => {
+    expect(() => pieced(`
+graph too_wide(%y: f32[8,16]) {
+  %t: f32[16,8] = permute %y {perm=[1,0]}
+  return %t
+}`, 2)).toThrow(/binds 3 buffers and no part of it fits in 2; values larger than one binding \(256 bytes\) take a binding per piece: %y \(512 bytes\) in 2\. Lower --batch-size/);
+  });
+});
+
 describe('the storage-buffer limit', () => {
   it('splits a kernel twice when once is not enough', () => {
     const n = 16;
