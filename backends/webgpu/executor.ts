@@ -191,11 +191,16 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
         this.recording = false;
         this.profiler?.resolve(encoder);
         device.queue.submit([encoder.finish()]);
+        // Mapped now, before anything else is submitted: a map (like onSubmittedWorkDone) waits for
+        // all work submitted before it, so a map asked for after the next step's submit would wait
+        // for that step too, and the trainer's per-step throughput would pair a slow step with an
+        // instant one.
+        const work = reads.length ? Promise.all(reads.map((r) => r.buffer.mapAsync(GPUMapMode.READ))) : device.queue.onSubmittedWorkDone();
+        work.catch(() => {});
         const done = (async () => {
           try {
             await this.pipelines.check();
-            await device.queue.onSubmittedWorkDone();
-            await Promise.all(reads.map((r) => r.buffer.mapAsync(GPUMapMode.READ)));
+            await work;
             if (this.errors.length) throw new Error(`WebGPU: ${this.errors.splice(0).join('; ')}`);
             for (const r of reads) {
               r.resolve(r.buffer.getMappedRange().slice(0, r.bytes));
