@@ -318,24 +318,19 @@ graph windowed(%x: f32[16,8], %y: f32[16,8], %z: f32[16,8]) {
   });
 
   it('counts a value read at another index once for each piece, and splits the kernel to fit', () => {
-    const { kernels, counters } = pieced(`
+    const transposed = `
 graph transposed(%x: f32[16,8], %y: f32[8,16]) {
   %t: f32[16,8] = permute %y {perm=[1,0]}
   %e: f32[16,8] = exp %t
   %out: f32[16,8] = mul %x, %e
   return %out
-}`, 4);
+}`;
+    const { kernels, counters } = pieced(transposed, 4);
     // Fused, x (1) + y (2 pieces) + out (1) fit in 4; with 3 buffers, the transpose goes out to a kernel of its own.
     expect(kernels).toEqual({ t: 0, e: 0, out: 0 });
     expect(counters.kernels).toBe(1);
     expect(counters['split-for-buffer-limit']).toBe(0);
-    const split = pieced(`
-graph transposed(%x: f32[16,8], %y: f32[8,16]) {
-  %t: f32[16,8] = permute %y {perm=[1,0]}
-  %e: f32[16,8] = exp %t
-  %out: f32[16,8] = mul %x, %e
-  return %out
-}`, 3);
+    const split = pieced(transposed, 3);
     expect(split.kernels).toEqual({ t: 0, e: 1, out: 1 });
     expect(split.counters['split-for-buffer-limit']).toBe(1);
   });
