@@ -98,7 +98,7 @@ export function groupNodes(g: Graph, limit: number, maxBindingBytes?: number): G
       r.counters['split-for-buffer-limit'] = forced.size;
       return { kernel: r.kernel, inlined: r.inlined, counters: r.counters };
     }
-    if (attempt > 10 * g.nodes.length) throw new Error(`fuse-elementwise: cannot fit kernel of %${over.root} into ${limit} storage buffers`);
+    if (attempt > 10 * g.nodes.length) throw new UsageError(`fuse-elementwise: cannot fit kernel of %${over.root} into ${limit} storage buffers; lower --batch-size or --block-size, or use an adapter with more storage buffers per shader stage`);
     forced.add(over.split);
   }
 }

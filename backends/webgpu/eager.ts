@@ -145,7 +145,7 @@ export class EagerBackend implements TensorBackend<EagerValue> {
             const pieces = Array.from({ length: count }, (_, j) => this.pool.acquire(Math.min(this.pieceBytes, bytes - j * this.pieceBytes), this.maxBindingBytes));
             return { buffer: pieces[0], pieces, shape: [...shape], dtype, bytes };
           })()
-        : { buffer: this.pool.acquire(bytes), shape: [...shape], dtype, bytes };
+        : { buffer: this.pool.acquire(bytes, this.maxBindingBytes), shape: [...shape], dtype, bytes };
     this.created.push(v);
     return v;
   }
@@ -187,6 +187,15 @@ export class EagerBackend implements TensorBackend<EagerValue> {
     const out = this.allocate(t.shape, t.dtype);
     const ins = inputs.map((x) => this.typeOf(x));
     const pieced = out.pieces || inputs.some((x) => x.pieces);
+    if (pieced) {
+      const slots = [...inputs, out].reduce((n, x) => n + (x.pieces?.length ?? 1), 0);
+      const limit = this.device.limits.maxStorageBuffersPerShaderStage;
+      if (slots > limit) {
+        throw new UsageError(
+          `eager ${op}: its operands and result take ${slots} storage bindings in pieces of ${(this.pieceBytes / 2 ** 20).toFixed(0)} MiB, more than this adapter's ${limit}; lower --batch-size or --block-size`,
+        );
+      }
+    }
     this.run(pieced ? piecedKernel(op, attrs, ins, t, this.maxBindingBytes) : primitiveKernel(op, attrs, ins, t), inputs, out);
     this.tape?.push({ op, inputs, out, attrs });
     return out;

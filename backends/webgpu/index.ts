@@ -12,6 +12,9 @@ export const webgpu: Backend<WebGpuProgram, WebGpuRenderOptions> = {
   render: renderProgram,
   source: (k) => k.wgsl,
   launch: (k) => `[${k.workgroups.join(',')}]`,
-  // Read from the kernel's own declarations, so the dump shows what the shader really writes.
-  written: (k) => new Set([...k.wgsl.matchAll(/@binding\((\d+)\)\s*var<storage,\s*read_write>/g)].map((m) => Number(m[1]))),
+  // Read from the kernel's own declarations, so the dump shows what the shader really writes. A
+  // fused kernel's arrays are named for their binding (`b3`, or `b3_0`, `b3_1`, ... for one in
+  // pieces, at consecutive slots); an attention kernel's slots are its bindings.
+  written: (k) =>
+    new Set([...k.wgsl.matchAll(/@binding\((\d+)\)\s*var<storage,\s*read_write>\s*(\w+)/g)].map((m) => Number(/^b(\d+)(_\d+)?$/.exec(m[2])?.[1] ?? m[1]))),
 };

@@ -5,6 +5,7 @@
 import { isGraphInput, numel, stateUpdates, type Graph } from './graph.ts';
 import { liveNodes } from './pass.ts';
 import { FLASH_OPS, OP_CLASS, type Op, type OpClass } from './ops.ts';
+import { UsageError } from './errors.ts';
 
 /** The attribute fuse-elementwise sets: the kernel that computes the node. */
 export const KERNEL_ATTR = 'kernel';
@@ -35,7 +36,7 @@ export function graphFacts(g: Graph): GraphFacts {
 export function pieceElements(maxBindingBytes: number | undefined): number {
   if (maxBindingBytes === undefined) return Infinity;
   const p = Math.floor(maxBindingBytes / 256) * 64;
-  if (!(p >= 64)) throw new Error(`a storage-binding limit of ${maxBindingBytes} bytes holds no 256-byte piece`);
+  if (!(p >= 64)) throw new UsageError(`a storage-binding limit of ${maxBindingBytes} bytes holds no 256-byte piece`);
   return p;
 }
 
@@ -96,8 +97,8 @@ export function inPlaceViolations(g: Graph, facts: GraphFacts, kernel: Int32Arra
   const bad: number[] = [];
   for (const [out, input] of facts.state) {
     const k = kernel[out];
-    const { here, atThreadIndex } = threadIndexed(g, facts, kernel, k, membersOf(kernel, k), numel(g.nodes[out].shape));
-    for (const c of facts.consumers[input]) if (here.has(c) && !atThreadIndex.has(c)) bad.push(c);
+    const t = threadIndexed(g, facts, kernel, k, membersOf(kernel, k), numel(g.nodes[out].shape));
+    for (const c of facts.consumers[input]) if (t.here.has(c) && !onlyAtThreadIndex(facts, t, c)) bad.push(c);
   }
   return bad;
 }
@@ -122,6 +123,18 @@ function threadIndexed(g: Graph, facts: GraphFacts, kernel: Int32Array, k: numbe
 }
 
 /**
+ * Whether kernel k evaluates `id` only at the thread's own index: it and everything the kernel
+ * computes from it are evaluated there (a layout op, a reduction or a gather further on would
+ * evaluate it at other indices too).
+ */
+function onlyAtThreadIndex(facts: GraphFacts, t: { here: Set<number>; atThreadIndex: Set<number> }, id: number, seen = new Set<number>()): boolean {
+  if (seen.has(id)) return true;
+  seen.add(id);
+  if (!t.atThreadIndex.has(id)) return false;
+  return facts.consumers[id].every((c) => !t.here.has(c) || onlyAtThreadIndex(facts, t, c, seen));
+}
+
+/**
  * The values an elementwise kernel of `size` threads (one per element of what it writes) reads only
  * at the thread's own index, with `size` elements, and those it writes: when they are stored in
  * pieces, the kernel runs once per piece (a window of threads), each run binding one piece of each
@@ -131,10 +144,10 @@ function threadIndexed(g: Graph, facts: GraphFacts, kernel: Int32Array, k: numbe
 export function windowedValues(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[], size: number): Set<number> {
   const { reads, writes } = kernelBuffers(g, facts, kernel, k, members);
   if (members.some((m) => g.nodes[m].op === 'matmul' || g.nodes[m].op === 'scatter_add' || FLASH_OPS.has(g.nodes[m].op))) return new Set();
-  const { here, atThreadIndex } = threadIndexed(g, facts, kernel, k, members, size);
+  const t = threadIndexed(g, facts, kernel, k, members, size);
   const out = new Set(writes);
   for (const r of reads) {
-    if (numel(g.nodes[r].shape) === size && facts.consumers[r].every((c) => !here.has(c) || atThreadIndex.has(c))) out.add(r);
+    if (numel(g.nodes[r].shape) === size && facts.consumers[r].every((c) => !t.here.has(c) || onlyAtThreadIndex(facts, t, c))) out.add(r);
   }
   return out;
 }

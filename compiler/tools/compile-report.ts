@@ -69,7 +69,8 @@ const refText = (r: BufferRef): string => ('input' in r ? `in:${r.input}` : 'out
 export function kernelBindings(backend: Backend, k: RenderedKernel, maxBindingBytes?: number): string {
   const written = backend.written(k);
   const pieces = (elements: number) => piecesOf(elements, maxBindingBytes);
-  return k.bindings.map((r, i) => `${i}=${refText(r.buffer)}${pieces(r.elements) > 1 ? ` (${pieces(r.elements)} pieces)` : ''}${written.has(i) ? ' (w)' : ''}`).join(', ');
+  const piecesText = (r: RenderedKernel['bindings'][number]) => (r.piece !== undefined ? ` (piece ${r.piece})` : pieces(r.elements) > 1 ? ` (${pieces(r.elements)} pieces)` : '');
+  return k.bindings.map((r, i) => `${i}=${refText(r.buffer)}${piecesText(r)}${written.has(i) ? ' (w)' : ''}`).join(', ');
 }
 
 /** `// k4_matmul_1024x384 · matmul · workgroups [6,16,1] · 3 ops` and a line of bindings. */
