@@ -10,7 +10,7 @@
 //   Y       = Z·c | c·Z | Z / c | Z                            the scale, a constant
 //   Z       = q·kᵀ (matmul {transB}, or k transposed by a permute); q may itself be scaled by a constant
 // The mask is whatever constant the graph computes (iotas compared, a slice of a larger mask, an
-// additive −∞ matrix): the pass evaluates it with the reference interpreter and accepts exactly two patterns, causal (key j ≤
+// additive matrix of 0 and −∞ or at most −10⁹, never a smaller bias such as −2): the pass evaluates it with the reference interpreter and accepts exactly two patterns, causal (key j ≤
 // query i) and all-visible. Anything else, an attention matrix read by another op (the negative
 // case: fusing would have to store it anyway), or a shape the kernels cannot take, stays unfused
 // and is counted as such.
@@ -103,7 +103,7 @@ function matchAttention(g: Graph, root: Node, masks: Map<number, MaskPattern>): 
 
   // The mask: which scores stay visible, as a constant to evaluate later.
   let Y = S;
-  let visible: { value: number; keep: (x: number) => boolean } | undefined;
+  let visible: { value: number; keep: (x: number) => boolean | undefined } | undefined;
   const isNegInf = (id: number) => node(id).op === 'const' && node(id).attrs.value === -Infinity;
   if (S.op === 'where' && isNegInf(S.inputs[2])) {
     visible = { value: S.inputs[0], keep: (x) => x !== 0 };
@@ -114,7 +114,7 @@ function matchAttention(g: Graph, root: Node, masks: Map<number, MaskPattern>): 
   } else if (S.op === 'add') {
     const side = [0, 1].find((s) => constantOnly(g, S.inputs[s]));
     if (side === undefined) return undefined;
-    visible = { value: S.inputs[side], keep: (x) => x === 0 };
+    visible = { value: S.inputs[side], keep: additiveKeeps };
     Y = take(S.inputs[1 - side]);
   }
 
@@ -179,7 +179,18 @@ const MAX_MASK_ELEMENTS = 1 << 22;
  */
 type MaskPattern = 'causal' | 'all' | undefined;
 
-function maskPattern(g: Graph, id: number, T: number, keep: (x: number) => boolean): MaskPattern {
+/**
+ * An additive mask entry: 0 keeps the score; HIDDEN_BIAS or less hides it; anything between (a
+ * bias such as −2, which softmax still weighs by e⁻²) is not a mask. A hidden score adds
+ * exp(s + b − m) to its row, m the row's maximum over visible scores (the diagonal is always
+ * visible in a causal mask): in f32 that is exactly 0, as the fused kernel has it, when
+ * s + b − m < −104 (below half the smallest subnormal), so whenever a row's scores span less than
+ * |b| − 104 ≥ 10⁹ − 104.
+ */
+const HIDDEN_BIAS = -1e9;
+const additiveKeeps = (x: number): boolean | undefined => (x === 0 ? true : x <= HIDDEN_BIAS ? false : undefined);
+
+function maskPattern(g: Graph, id: number, T: number, keep: (x: number) => boolean | undefined): MaskPattern {
   if (!constantOnly(g, id)) return undefined;
   // A mask broadcast over batch and heads is evaluated once, before the broadcast.
   let core = g.nodes[id];
@@ -193,6 +204,7 @@ function maskPattern(g: Graph, id: number, T: number, keep: (x: number) => boole
     const i = Math.floor(e / T) % T;
     const j = e % T;
     const kept = keep(values[e]);
+    if (kept === undefined) return undefined;
     if (kept !== j <= i) causal = false;
     if (!kept) all = false;
   }

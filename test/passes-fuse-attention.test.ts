@@ -344,6 +344,15 @@ describe('fuse-attention: mask forms', () => {
     expectKept(attention({ mask }).text, 'kept-mask-not-causal');
   });
 
+  it('keeps an additive bias that is no mask (−2 where key j > query i: softmax still weighs it by e⁻²), counted as not causal', () => {
+    const build = (b: IR, t: Types) => {
+      const [i, j] = iotas(b, t);
+      const ahead = b.op(t.square('f32'), `cast ${b.op(t.square('bool'), `gt ${j}, ${i}`)}`);
+      return b.op(t.square('f32'), `mul ${ahead}, ${b.op(t.square('f32'), 'const {value=-2}')}`);
+    };
+    expectKept(attention({ mask: additive(build) }).text, 'kept-mask-not-causal');
+  });
+
   it('keeps a padding mask that is a graph input, counted as not causal', () => {
     const inputs: [string, string][] = [['q', 'f32[2,8,4]'], ['k', 'f32[2,8,4]'], ['v', 'f32[2,8,4]'], ['keep', 'bool[2,8,8]']];
     const mask = (b: IR, y: string, t: Types) => b.op(t.scores, `where %keep, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`);
