@@ -217,3 +217,35 @@ describe('AdamW reference', () => {
     expect(clipFactor(0)).toBe(1);
   });
 });
+
+describe('the recipe refuses settings it cannot follow', () => {
+  it('learningRate: warmup longer than the run is an error; warmup as long as the run ends on the floor', () => {
+    const s = { maxLr: 1e-3, warmupSteps: 10, maxSteps: 10, minLrRatio: 0.1 };
+    expect(() => learningRate(0, { ...s, warmupSteps: 11 })).toThrow('learningRate: warmupSteps (11) must not exceed maxSteps (10)');
+    expect(learningRate(9, s)).toBe(1e-3);
+    expect(learningRate(10, s)).toBe(1e-4);
+    expect(learningRate(11, s)).toBe(1e-4);
+  });
+
+  it('accumulationSteps: counts must be integers of at least 1, and the ramp may not shrink', () => {
+    const message = /accumulationSteps: micro-batch counts must be positive integers/;
+    expect(() => accumulationSteps(0, { startMicroBatches: 1.5, fullMicroBatches: 2, rampSteps: 4 })).toThrow(message);
+    expect(() => accumulationSteps(0, { startMicroBatches: 1, fullMicroBatches: 2.5, rampSteps: 4 })).toThrow(message);
+    expect(() => accumulationSteps(0, { startMicroBatches: 0, fullMicroBatches: 2, rampSteps: 4 })).toThrow(message);
+    expect(() => accumulationSteps(0, { startMicroBatches: 3, fullMicroBatches: 2, rampSteps: 4 })).toThrow('accumulationSteps: fullMicroBatches (2) is below startMicroBatches (3)');
+    expect(accumulationSteps(0, { startMicroBatches: 2, fullMicroBatches: 2, rampSteps: 4 })).toBe(2);
+  });
+
+  it('adamwUpdate: every state array must match the parameter, and the step is 1-based', () => {
+    const p = new Float32Array(3);
+    const ok = () => new Float32Array(3);
+    const short = () => new Float32Array(2);
+    const lengths = /adamwUpdate: lengths differ/;
+    expect(() => adamwUpdate(p, short(), ok(), ok(), { lr: 1e-3, step: 1 })).toThrow(lengths);
+    expect(() => adamwUpdate(p, ok(), short(), ok(), { lr: 1e-3, step: 1 })).toThrow(lengths);
+    expect(() => adamwUpdate(p, ok(), ok(), short(), { lr: 1e-3, step: 1 })).toThrow(lengths);
+    expect(() => adamwUpdate(p, ok(), ok(), ok(), { lr: 1e-3, step: 0 })).toThrow('adamwUpdate: step is 1-based, got 0');
+    expect(() => adamwUpdate(p, ok(), ok(), ok(), { lr: 1e-3, step: 1.5 })).toThrow('adamwUpdate: step is 1-based, got 1.5');
+    expect(() => adamwUpdate(p, ok(), ok(), ok(), { lr: 1e-3, step: 1 })).not.toThrow();
+  });
+});
