@@ -249,3 +249,39 @@ describe('the recipe refuses settings it cannot follow', () => {
     expect(() => adamwUpdate(p, ok(), ok(), ok(), { lr: 1e-3, step: 1 })).not.toThrow();
   });
 });
+
+describe('EpochSampler and fillBatch refuse what they cannot sample', () => {
+  it('needs a whole number of windows, at least one; one window is sampled every step', () => {
+    expect(() => new EpochSampler(0, 1)).toThrow('EpochSampler: need at least one window, got 0');
+    expect(() => new EpochSampler(2.5, 1)).toThrow('EpochSampler: need at least one window, got 2.5');
+    expect(new EpochSampler(1, 1).nextWindows(3)).toEqual([0, 0, 0]);
+  });
+
+  it('keeps its order across versions: seed 1 over 8 windows, two epochs (a resumed run replays it)', () => {
+    expect(new EpochSampler(8, 1).nextWindows(16)).toEqual([7, 2, 0, 3, 1, 5, 6, 4, 6, 4, 5, 1, 2, 7, 3, 0]);
+  });
+
+  it('resumes only from a state that fits the data: the window count, a whole epoch and a cursor within the epoch', () => {
+    const state = { seed: 3, epoch: 1, cursor: 2, windowCount: 5 };
+    expect(() => EpochSampler.fromState(state, 6)).toThrow(
+      'EpochSampler: the saved state is for 5 windows but the data has 6; the data or the context length changed since the checkpoint',
+    );
+    expect(EpochSampler.fromState(state).state()).toEqual(state);
+    expect(EpochSampler.fromState(state, 5).state()).toEqual(state);
+    for (const bad of [{ epoch: -1 }, { epoch: 0.5 }, { cursor: -1 }, { cursor: 1.5 }, { cursor: 6 }]) {
+      expect(() => EpochSampler.fromState({ ...state, ...bad }), JSON.stringify(bad)).toThrow('EpochSampler: invalid saved state');
+    }
+    // The edges are valid: the first window of an epoch, and the end of one (the next call starts the next epoch).
+    expect(EpochSampler.fromState({ ...state, cursor: 0 }).state().cursor).toBe(0);
+    const atEnd = EpochSampler.fromState({ ...state, cursor: 5 });
+    atEnd.next();
+    expect(atEnd.state()).toMatchObject({ epoch: 2, cursor: 1 });
+  });
+
+  it('fillBatch: a window index must be a whole number in range', () => {
+    const tokens = Int32Array.from({ length: 9 }, (_, i) => i);
+    expect(() => fillBatch(tokens, [-1], 4)).toThrow('fillBatch: window -1 is out of range (the tokens hold 2 windows of 4)');
+    expect(() => fillBatch(tokens, [0.5], 4)).toThrow('fillBatch: window 0.5 is out of range');
+    expect(() => fillBatch(tokens, [2], 4)).toThrow('fillBatch: window 2 is out of range');
+  });
+});
