@@ -2,6 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { accumulationSteps, batchRampFromTokens, learningRate } from '../runtime/train/schedule.ts';
 import { EpochSampler, fillBatch, windowCount } from '../runtime/train/sampler.ts';
 import { adamwUpdate, clipFactor, decays, globalNorm } from '../runtime/train/adamw.ts';
+import { sample, sampleToken } from '../runtime/train/sample.ts';
 
 describe('learningRate (build-nanogpt get_lr)', () => {
   // maxLr 6e-4, floor 6e-5, warmup 10 steps, cosine over steps 10..110.
@@ -283,5 +284,41 @@ describe('EpochSampler and fillBatch refuse what they cannot sample', () => {
     expect(() => fillBatch(tokens, [-1], 4)).toThrow('fillBatch: window -1 is out of range (the tokens hold 2 windows of 4)');
     expect(() => fillBatch(tokens, [0.5], 4)).toThrow('fillBatch: window 0.5 is out of range');
     expect(() => fillBatch(tokens, [2], 4)).toThrow('fillBatch: window 2 is out of range');
+  });
+});
+
+describe('sampling: settings and the draw', () => {
+  const run = (o: Record<string, unknown>) => sample({ ckpt: '/nonexistent/run', ...o } as Parameters<typeof sample>[0], async () => {
+    throw new Error('no engine in this test');
+  });
+
+  it('refuses a setting it cannot use before reading the checkpoint, and passes the edge values on', async () => {
+    for (const [o, message] of [
+      [{ tokens: -1 }, '--tokens must be a non-negative integer; got -1'],
+      [{ tokens: 1.5 }, '--tokens must be a non-negative integer; got 1.5'],
+      [{ temperature: -0.1 }, '--temperature must be 0 or more; got -0.1'],
+      [{ temperature: Infinity }, '--temperature must be 0 or more; got Infinity'],
+      [{ topK: 0 }, '--top-k must be a positive integer; got 0'],
+      [{ topK: 2.5 }, '--top-k must be a positive integer; got 2.5'],
+      [{ seed: -1 }, '--seed must be a non-negative integer; got -1'],
+      [{ seed: 0.5 }, '--seed must be a non-negative integer; got 0.5'],
+    ] as const) {
+      await expect(run(o), JSON.stringify(o)).rejects.toThrow(message);
+    }
+    // Valid edges get past the checks to the (missing) checkpoint.
+    for (const o of [{ tokens: 0 }, { temperature: 0 }, { topK: null }, { topK: 1 }, { seed: 0 }]) {
+      await expect(run(o), JSON.stringify(o)).rejects.toThrow(/nonexistent/);
+    }
+  });
+
+  it('sampleToken: greedy takes the first of equal maxima; a draw follows the softmax weights, large logits included', () => {
+    expect(sampleToken(Float32Array.from([1, 3, 3]), 0, null, () => 0.5)).toBe(1);
+    // Weights 1 and e⁻² (logits 100 and 99 at temperature 0.5): a draw at 0.95 of the total lands on the second.
+    expect(sampleToken(Float32Array.from([100, 99]), 0.5, null, () => 0.95)).toBe(1);
+    expect(sampleToken(Float32Array.from([100, 99]), 0.5, null, () => 0.5)).toBe(0);
+    // Equal weights, a draw at exactly half: the first weight is used up, so the second is drawn.
+    expect(sampleToken(Float32Array.from([0, 0]), 1, null, () => 0.5)).toBe(1);
+    // top-k 1 leaves the largest only.
+    expect(sampleToken(Float32Array.from([0, 5, 4]), 1, 1, () => 0.99)).toBe(1);
   });
 });
