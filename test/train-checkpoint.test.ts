@@ -92,6 +92,50 @@ describe('safetensors', () => {
     }
   });
 
+  it('checks every part of a hand-written header: the prefix, the metadata, each entry, and how the tensors tile the data', async () => {
+    const path = join(dir, 'hand.safetensors');
+    /** A file of `header` (JSON text or an object) and `dataBytes` zero bytes of data. */
+    const write = (header: unknown, dataBytes: number) => {
+      const json = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
+      const prefix = Buffer.alloc(8);
+      prefix.writeBigUInt64LE(BigInt(json.length));
+      return fs.writeFile(path, Buffer.concat([prefix, json, Buffer.alloc(dataBytes)]));
+    };
+    const f32 = (shape: unknown, data_offsets: unknown, dtype = 'F32') => ({ dtype, shape, data_offsets });
+    const fails = async (header: unknown, dataBytes: number, message: string) => {
+      await write(header, dataBytes);
+      await expect(readSafetensors(path), JSON.stringify(header)).rejects.toThrow(`${path}: ${message}`);
+    };
+
+    await fs.writeFile(path, Buffer.alloc(7));
+    await expect(readSafetensors(path)).rejects.toThrow(`${path}: 7 bytes is too short for a safetensors file (no header length)`);
+    await fs.writeFile(path, Buffer.alloc(8)); // a header of 0 bytes: long enough to read, not JSON
+    await expect(readSafetensors(path)).rejects.toThrow(`${path}: the header does not start with '{' (not a safetensors file)`);
+    await fails(' {}', 0, "the header does not start with '{'");
+    await fails('{"__metadata__": 5}', 0, '"__metadata__" is not a JSON object');
+    await fails('{"__metadata__": null}', 0, '"__metadata__" is not a JSON object');
+    await fails({ __metadata__: { format: 1 } }, 0, 'metadata "format" is not a string');
+    await fails({ a: f32([2, -1], [0, 0]) }, 0, 'tensor a has no valid shape');
+    await fails({ a: f32([1.5], [0, 6]) }, 6, 'tensor a has no valid shape');
+    await fails({ a: f32([2], [0, 8, 8]) }, 8, 'tensor a has no valid data_offsets');
+    await fails({ a: f32([2], [0, 8.5]) }, 8, 'tensor a has no valid data_offsets');
+    await fails({ a: f32([2], [-8, 0]) }, 8, 'tensor a has no valid data_offsets');
+    await fails({ a: f32([2], [0, 8]), b: f32([2], [12, 20]) }, 20, 'tensor b starts at data offset 12, expected 8 (overlap or gap)');
+    // Listed out of offset order is fine: the tensors are tiled by offset.
+    await write({ b: f32([1], [8, 12]), a: f32([2], [0, 8]), c: f32([1], [12, 16]) }, 16);
+    const read = await readSafetensors(path);
+    expect([...read.tensors.keys()]).toEqual(['b', 'a', 'c']);
+    expect(read.metadata).toEqual({});
+  });
+
+  it('writes no metadata entry when there is none, and refuses a tensor that cannot be written', async () => {
+    const path = join(dir, 'plain.safetensors');
+    await writeSafetensors(path, new Map([['a', tensor([1], [1])]]));
+    expect((await fs.readFile(path)).toString('latin1')).not.toContain('__metadata__');
+    await expect(writeSafetensors(path, new Map([['__metadata__', tensor([1], [1])]]))).rejects.toThrow('safetensors: "__metadata__" cannot name a tensor');
+    await expect(writeSafetensors(path, new Map([['a', { shape: [2], data: new Float32Array(3) }]]))).rejects.toThrow('safetensors: tensor a has shape [2] (2 elements) but 3 values');
+  });
+
   it('names the file and the problem when it is corrupt', async () => {
     const path = join(dir, 'bad.safetensors');
     await writeSafetensors(path, new Map([['a', tensor([4], [1, 2, 3, 4])]]));
