@@ -156,6 +156,62 @@ describe('safetensors', () => {
 });
 
 describe('checkpoints', () => {
+  it('reads state.json only when every field is what training wrote', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const statePath = join(target, 'state.json');
+    const good = JSON.parse(await fs.readFile(statePath, 'utf8'));
+    const withState = async (state: unknown) => fs.writeFile(statePath, JSON.stringify(state));
+    const cases: [unknown, string][] = [
+      [5, 'not a JSON object'],
+      [null, 'not a JSON object'],
+      [{ ...good, step: -1 }, '"step" is not a non-negative integer'],
+      [{ ...good, step: 1.5 }, '"step" is not a non-negative integer'],
+      [{ ...good, tokensSeen: '4096' }, '"tokensSeen" is not a number'],
+      [{ ...good, sampler: undefined }, '"sampler" is not a sampler state {seed, epoch, cursor, windowCount}'],
+      [{ ...good, sampler: { ...good.sampler, epoch: 0.5 } }, '"sampler" is not a sampler state'],
+      [{ ...good, config: null }, '"config" is not an object'],
+      [{ ...good, config: 5 }, '"config" is not an object'],
+      [{ ...good, data: undefined }, '"data" is not an object'],
+      [{ ...good, lossHistory: {} }, '"lossHistory" is not a list of rows with a step'],
+      [{ ...good, lossHistory: [{ step: 0 }, { trainLoss: 1 }] }, '"lossHistory" is not a list of rows with a step'],
+      [{ ...good, lossHistory: [null] }, '"lossHistory" is not a list of rows with a step'],
+    ];
+    for (const [state, message] of cases) {
+      await withState(state);
+      await expect(loadCheckpoint(target), JSON.stringify(state)).rejects.toThrow(`${statePath}: ${message}`);
+    }
+    // Step 0 is valid, and a loss written as null (JSON has no NaN) reads back as absent.
+    await withState({ ...good, step: 0, lossHistory: [{ step: 0, trainLoss: null, lr: 1e-4 }] });
+    const loaded = await loadCheckpoint(target);
+    expect(loaded.state.step).toBe(0);
+    expect(loaded.state.lossHistory).toEqual([{ step: 0, lr: 1e-4 }]);
+  });
+
+  it('reads moments only as m.<param> and v.<param> of the parameters, of their shapes', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const optimizer = join(target, 'optimizer.safetensors');
+    const { m, v } = tinyCheckpoint(1).moments;
+    const moments = (extra: [string, HostTensor][], drop?: string) =>
+      new Map([...[...m].map(([k, t]) => [`m.${k}`, t] as [string, HostTensor]), ...[...v].map(([k, t]) => [`v.${k}`, t] as [string, HostTensor]), ...extra].filter(([k]) => k !== drop));
+    await writeSafetensors(optimizer, moments([['x.wte.weight', tensor([1], [0])]]));
+    await expect(loadCheckpoint(target)).rejects.toThrow(`${optimizer}: tensor x.wte.weight is not m.<param> or v.<param> of a parameter in model.safetensors`);
+    await writeSafetensors(optimizer, moments([['m.nothing', tensor([1], [0])]]));
+    await expect(loadCheckpoint(target)).rejects.toThrow('tensor m.nothing is not m.<param> or v.<param>');
+    await writeSafetensors(optimizer, moments([], 'v.ln_f.bias'));
+    await expect(loadCheckpoint(target)).rejects.toThrow(`${optimizer}: no v.ln_f.bias for parameter ln_f.bias`);
+    await writeSafetensors(optimizer, new Map([...moments([], 'm.ln_f.bias'), ['m.ln_f.bias', tensor([2, 2], [0, 0, 0, 0])]]));
+    await expect(loadCheckpoint(target)).rejects.toThrow(`${optimizer}: m.ln_f.bias has shape [2,2] (4 values) but the parameter has [4] (4)`);
+    // Saving refuses a moment of no parameter, and one whose values do not fill its parameter's shape.
+    const stray = tinyCheckpoint(2);
+    stray.moments.v.set('stray', tensor([1], [0]));
+    await expect(saveCheckpoint(target, stray)).rejects.toThrow(`saveCheckpoint(${target}): v.stray belongs to no parameter`);
+    const short = tinyCheckpoint(2);
+    short.moments.m.set('ln_f.bias', tensor([4], [0, 0, 0]));
+    await expect(saveCheckpoint(target, short)).rejects.toThrow(`saveCheckpoint(${target}): m.ln_f.bias has shape [4] (3 values) but the parameter has [4] (4)`);
+  });
+
   it('round-trips weights, moments and state', async () => {
     const target = join(dir, 'ckpt');
     const saved = tinyCheckpoint(7);
@@ -263,7 +319,7 @@ describe('checkpoints', () => {
   it('refuses moments that do not match the parameters', async () => {
     const checkpoint = tinyCheckpoint(1);
     checkpoint.moments.v.set('ln_f.bias', tensor([2], [0, 0]));
-    await expect(saveCheckpoint(join(dir, 'ckpt'), checkpoint)).rejects.toThrow('v.ln_f.bias has shape [2] but the parameter has [4]');
+    await expect(saveCheckpoint(join(dir, 'ckpt'), checkpoint)).rejects.toThrow('v.ln_f.bias has shape [2] (2 values) but the parameter has [4] (4)');
 
     const target = join(dir, 'ckpt2');
     await saveCheckpoint(target, tinyCheckpoint(1));

@@ -168,7 +168,7 @@ function checkMomentsMatch({ parameters, moments }: Checkpoint, where: string): 
       const moment = map.get(name);
       if (!moment) throw new Error(`${where}: no ${kind}.${name} for parameter ${name}`);
       if (moment.shape.join(',') !== param.shape.join(',') || moment.data.length !== param.data.length) {
-        throw new Error(`${where}: ${kind}.${name} has shape [${moment.shape}] but the parameter has [${param.shape}]`);
+        throw new Error(`${where}: ${kind}.${name} has shape [${moment.shape}] (${moment.data.length} values) but the parameter has [${param.shape}] (${param.data.length})`);
       }
     }
     for (const name of map.keys()) {
