@@ -1,3 +1,6 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, it, expect } from 'vitest';
 import fs from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -61,6 +64,19 @@ describe('loss curve', () => {
     expect(polylines).toEqual([3, 2]); // train without the NaN, then validation
     expect(svg.match(/<circle /g)).toHaveLength(2);
     for (const label of ['>step<', '>loss<', '>train<', '>validation<']) expect(svg).toContain(label);
+  });
+
+  // The chart's every coordinate, label and style, as a file to review when it changes on purpose:
+  // UPDATE_GOLDEN=1 rewrites it.
+  it('draws the chart of test/golden/loss-curve/chart.svg, byte for byte', () => {
+    const path = fileURLToPath(new URL('./golden/loss-curve/chart.svg', import.meta.url));
+    const svg = lossChartSvg(rows, 'gpt/tiny: loss');
+    if (process.env.UPDATE_GOLDEN === '1') {
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, svg);
+    }
+    expect(existsSync(path), `${path} is missing: run UPDATE_GOLDEN=1 npx vitest run test/train-report.test.ts and review it`).toBe(true);
+    expect(svg).toBe(readFileSync(path, 'utf8'));
   });
 
   it('draws an empty chart without failing', () => {
