@@ -193,5 +193,8 @@ describe('progress reporter', () => {
   it('formats counts and durations', () => {
     expect([950, 45_230, 1_234_567].map(formatCount)).toEqual(['950', '45.2k', '1.23M']);
     expect([45_000, 725_000, 11_220_000].map(formatDuration)).toEqual(['45s', '12m05s', '3h07m']);
+    // Each unit starts at its boundary.
+    expect([999, 1000, 999_999, 1_000_000].map(formatCount)).toEqual(['999', '1.0k', '1000.0k', '1.00M']);
+    expect([59_000, 60_000, 3_599_000, 3_600_000, -5].map(formatDuration)).toEqual(['59s', '1m00s', '59m59s', '1h00m', '0s']);
   });
 });
