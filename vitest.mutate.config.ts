@@ -25,6 +25,7 @@ export default defineConfig({
       'test/finetune.test.ts',
       'test/hf.test.ts',
       'test/compiled-reference.test.ts',
+      'test/schedule.test.ts',
     ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
