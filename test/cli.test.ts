@@ -246,6 +246,18 @@ describe('chotta-compile', () => {
     expect(bad.stderr).toBe('chotta-compile: --max-storage-buffers must be an integer of at least 8 (what WebGPU guarantees)\n');
   });
 
+  it('--max-binding-mib stores larger values in pieces; a kernel that still cannot fit is one line naming them', () => {
+    // The tiny preset at 1 MiB: its 5.3 MiB flat buffers are in 6 pieces, and AdamW runs once per piece.
+    const small = chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--max-binding-mib', '1', '--batch', '1', '--seq', '8', '--stats']);
+    expect(small.code, small.stderr).toBe(0);
+    expect(small.stdout).toMatch(/update program: 10 kernels \(k4_where_1383168_w0, .*, k4_where_1383168_w5 writes params, adam_m, adam_v\)/);
+    // GPT-2 at its default 4×1024 tokens and 128 MiB: the logits (786 MiB) take 7 bindings.
+    const big = chottaCompile(['models/gpt.ts', '--max-binding-mib', '128', '--stats']);
+    expect(big.code).toBe(1);
+    expect(big.stderr).toMatch(/^chotta-compile: fuse-elementwise: kernel of %\d+ binds \d+ buffers and no part of it fits in 8; values larger than one binding \(128\.0 MiB\) take a binding per piece: .*%\d+ \(786\.0 MiB\) in 7\. Lower --batch-size or --block-size/);
+    expect(big.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
   it('--help describes the options', () => {
     const r = chottaCompile(['--help']);
     expect(r.code).toBe(0);

@@ -8,6 +8,7 @@
 
 import { GraphBuilder, IRError, isGraphInput, type Attrs, type DType, type Graph, type Node, type Shape } from './graph.ts';
 import { inferType } from './ops.ts';
+import { UsageError } from './errors.ts';
 import { formatType } from './printer.ts';
 
 export type PassCounters = Record<string, number>;
@@ -74,7 +75,8 @@ export function runPasses(g: Graph, passes: readonly Pass[], opts: RunPassesOpti
     try {
       result = pass.run(graph);
     } catch (e) {
-      if (e instanceof PassError) throw e;
+      // A mistake the user can fix (a model too large for the adapter's bindings) stays one line.
+      if (e instanceof PassError || e instanceof UsageError) throw e;
       throw new PassError(`pass ${pass.name} failed on graph ${graph.name}: ${(e as Error).message}`, { cause: e });
     }
     validateGraph(result.graph, `pass ${pass.name}`);
