@@ -240,7 +240,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram
     const piece = pieceElements(opts.maxBindingBytes);
     const size = numel(kernel.extent);
     if (kernel.kind !== 'elementwise' || size <= piece) return [kernel];
-    const windowed = windowedValues(g, facts, kernelOf, k, members[k], size);
+    const windowed = windowedValues(g, facts, kernelOf, k, members[k], size, io[k]);
     // A write in place goes to its input's buffer (kernelBuffers names that input); a read is of the node itself.
     const at = new Set([...kernel.reads.filter((r) => windowed.has(r.node)), ...kernel.writes.filter((w) => windowed.has(facts.state.get(w.node) ?? w.node))].map((r) => r.binding));
     if (at.size === 0) return [kernel];

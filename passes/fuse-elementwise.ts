@@ -239,13 +239,13 @@ function overLimit(g: Graph, facts: GraphFacts, r: Assignment, limit: number, ma
   const members: number[][] = r.groups.map(() => []);
   for (let id = 0; id < g.nodes.length; id++) if (r.kernel[id] >= 0) members[r.kernel[id]].push(id);
   const state = facts.state;
-  // A value stored in pieces takes a binding for each, unless the kernel runs once per piece
-  // (kernel-io.ts windowedValues).
-  let windowed = new Set<number>();
-  const bindings = (ids: Iterable<number>) => [...ids].reduce((s, id) => s + (windowed.has(id) ? 1 : piecesOf(numel(g.nodes[id].shape), maxBindingBytes)), 0);
   for (let k = 0; k < r.groups.length; k++) {
-    const { reads, writes, written } = kernelBuffers(g, facts, r.kernel, k, members[k]);
-    windowed = maxBindingBytes === undefined || written.length === 0 ? new Set() : windowedValues(g, facts, r.kernel, k, members[k], numel(g.nodes[written[0]].shape));
+    const io = kernelBuffers(g, facts, r.kernel, k, members[k]);
+    const { reads, writes, written } = io;
+    // A value stored in pieces takes a binding for each, unless the kernel runs once per piece
+    // (kernel-io.ts windowedValues).
+    const windowed = maxBindingBytes === undefined || written.length === 0 ? new Set<number>() : windowedValues(g, facts, r.kernel, k, members[k], numel(g.nodes[written[0]].shape), io);
+    const bindings = (ids: Iterable<number>) => [...ids].reduce((s, id) => s + (windowed.has(id) ? 1 : piecesOf(numel(g.nodes[id].shape), maxBindingBytes)), 0);
     const bound = bindings(new Set([...reads, ...writes]));
     if (bound <= limit) continue;
     // Split off the largest part of the kernel that fits on its own: the value (computed here or

@@ -11,6 +11,7 @@ import type { KernelSpec } from './wgsl/wgsl.ts';
 import { numel, type Attrs, type DType, type Graph, type Node, type Shape } from '../../compiler/ir/graph.ts';
 import { pieceElements, piecesOf } from '../../compiler/ir/kernel-io.ts';
 import { fusedKernel } from './wgsl/fused.ts';
+import { bindingLimit, pieceBytesOf, pieceSizes } from './program.ts';
 import { inferType, type ValueType } from '../../compiler/ir/ops.ts';
 import type { TensorBackend } from '../../compiler/frontend/tensor.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
@@ -30,7 +31,8 @@ export interface EagerValue {
 /** A value's memory as bindable parts: each piece with the bytes of the value it holds. */
 function partsOf(v: EagerValue, pieceBytes: number): { buffer: GPUBuffer; size: number }[] {
   if (!v.pieces) return [{ buffer: v.buffer, size: Math.max(4, v.bytes) }];
-  return v.pieces.map((buffer, j) => ({ buffer, size: Math.min(pieceBytes, v.bytes - j * pieceBytes) }));
+  const sizes = pieceSizes(v.bytes, pieceBytes);
+  return v.pieces.map((buffer, j) => ({ buffer, size: sizes[j] }));
 }
 
 /**
@@ -118,8 +120,8 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   ) {
     this.device = gpu.device;
     this.pool = new BufferPool(this.device);
-    this.maxBindingBytes = Math.min(this.device.limits.maxStorageBufferBindingSize, this.device.limits.maxBufferSize, opts.maxBindingBytes ?? Infinity);
-    this.pieceBytes = pieceElements(this.maxBindingBytes) * 4;
+    this.maxBindingBytes = Math.min(bindingLimit(this.device), opts.maxBindingBytes ?? Infinity);
+    this.pieceBytes = pieceBytesOf(this.maxBindingBytes);
     // Errors outside a pipeline's creation (binding, dispatch limits, out of memory, submit) make
     // a command buffer run nothing; recorded here, they fail the next read instead of reading zeros.
     this.device.addEventListener('uncapturederror', (e) => {
@@ -138,14 +140,8 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   /** A new value whose buffer (or pieces, past one binding) comes from the pool; the caller fills it. */
   allocate(shape: Shape, dtype: DType): EagerValue {
     const bytes = numel(shape) * 4;
-    const count = Math.ceil(bytes / this.pieceBytes);
-    const v: EagerValue =
-      count > 1
-        ? (() => {
-            const pieces = Array.from({ length: count }, (_, j) => this.pool.acquire(Math.min(this.pieceBytes, bytes - j * this.pieceBytes), this.maxBindingBytes));
-            return { buffer: pieces[0], pieces, shape: [...shape], dtype, bytes };
-          })()
-        : { buffer: this.pool.acquire(bytes, this.maxBindingBytes), shape: [...shape], dtype, bytes };
+    const pieces = pieceSizes(bytes, this.pieceBytes).map((size) => this.pool.acquire(size, this.maxBindingBytes));
+    const v: EagerValue = { buffer: pieces[0], ...(pieces.length > 1 ? { pieces } : {}), shape: [...shape], dtype, bytes };
     this.created.push(v);
     return v;
   }
@@ -183,9 +179,9 @@ export class EagerBackend implements TensorBackend<EagerValue> {
   }
 
   emit(op: string, inputs: EagerValue[], attrs: Attrs = {}, type?: ValueType): EagerValue {
-    const t = inferType(op, inputs.map((x) => this.typeOf(x)), attrs, type);
-    const out = this.allocate(t.shape, t.dtype);
     const ins = inputs.map((x) => this.typeOf(x));
+    const t = inferType(op, ins, attrs, type);
+    const out = this.allocate(t.shape, t.dtype);
     const pieced = out.pieces || inputs.some((x) => x.pieces);
     if (pieced) {
       const slots = [...inputs, out].reduce((n, x) => n + (x.pieces?.length ?? 1), 0);

@@ -11,7 +11,7 @@ import type { GpuContext } from './device.ts';
 import { webgpu } from './index.ts';
 import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
-import { createStored, pieceBytesOf, PipelineCache, Program, sharedTemps, sliceStored, storedBytes, type Externals, type Stored } from './program.ts';
+import { bindingLimit, createStored, pieceBytesOf, PipelineCache, Program, sharedTemps, sliceStored, storedBytes, type Externals, type Stored } from './program.ts';
 import type { WebGpuProgram, WebGpuRenderOptions } from './render.ts';
 
 export interface WebGpuTargetOptions {
@@ -33,7 +33,7 @@ export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): W
   return {
     backend: webgpu,
     maxStorageBuffers: Math.min(gpu.device.limits.maxStorageBuffersPerShaderStage, opts.maxStorageBuffers ?? Infinity),
-    maxBindingBytes: Math.min(gpu.device.limits.maxStorageBufferBindingSize, gpu.device.limits.maxBufferSize, opts.maxBindingBytes ?? Infinity),
+    maxBindingBytes: Math.min(bindingLimit(gpu.device), opts.maxBindingBytes ?? Infinity),
     renderKey: tuner ? `tuned:${tuner.section}` : tiles,
     async render(compiled, log) {
       if (!tuner) return renderAll(compiled, () => tiles);

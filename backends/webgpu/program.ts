@@ -100,19 +100,28 @@ export const storedBytes = (s: Stored): number => s.reduce((n, p) => n + p.size,
 /** Bytes of one piece for a plan's storage-binding limit (Infinity: no limit, one buffer). */
 export const pieceBytesOf = (maxBindingBytes: number | undefined): number => pieceElements(maxBindingBytes) * 4;
 
+/** The largest one storage binding of `device` may be: a buffer is bounded by maxBufferSize too. */
+export const bindingLimit = (device: GPUDevice): number => Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+
+/** The byte sizes of the pieces a value of `bytes` is stored in: `pieceBytes` each but the last. */
+export function pieceSizes(bytes: number, pieceBytes: number): number[] {
+  const count = Number.isFinite(pieceBytes) ? Math.max(1, Math.ceil(bytes / pieceBytes)) : 1;
+  return Array.from({ length: count }, (_, j) => (count === 1 ? bytes : Math.min(pieceBytes, bytes - j * pieceBytes)));
+}
+
 /**
  * A value of `bytes` in pieces of `pieceBytes` (each its own buffer), or one buffer when it fits.
  * Without a piece size (a plan made with no storage-binding limit), one that does not fit the
  * adapter's binding is an error that says what holds it and what shrinks it.
  */
 export function createStored(device: GPUDevice, bytes: number, pieceBytes: number, label?: string): Stored {
-  const count = Number.isFinite(pieceBytes) ? Math.max(1, Math.ceil(bytes / pieceBytes)) : 1;
-  if (count === 1) return asStored(createBuffer(device, bytes, label));
-  return Array.from({ length: count }, (_, j) => asStored(createBuffer(device, Math.min(pieceBytes, bytes - j * pieceBytes), `${label ?? 'value'} piece ${j}`))[0]);
+  const sizes = pieceSizes(bytes, pieceBytes);
+  if (sizes.length === 1) return asStored(createBuffer(device, bytes, label));
+  return sizes.map((size, j) => asStored(createBuffer(device, size, `${label ?? 'value'} piece ${j}`))[0]);
 }
 
 export function createBuffer(device: GPUDevice, bytes: number, label?: string): GPUBuffer {
-  const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+  const limit = bindingLimit(device);
   if (bytes > limit) {
     // What shrinks it: activations scale with the micro-batch and context, model state with the model.
     const activation = !label || /^(temporary|logits|idx|targets|loss_mask|eval_)/.test(label) || / temp /.test(label);

@@ -141,8 +141,15 @@ function onlyAtThreadIndex(facts: GraphFacts, t: { here: Set<number>; atThreadIn
  * (compiler/schedule.ts), so they take one binding each however large they are. A matmul or
  * scatter kernel has none.
  */
-export function windowedValues(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[], size: number): Set<number> {
-  const { reads, writes } = kernelBuffers(g, facts, kernel, k, members);
+export function windowedValues(
+  g: Graph,
+  facts: GraphFacts,
+  kernel: Int32Array,
+  k: number,
+  members: number[],
+  size: number,
+  { reads, writes }: { reads: Set<number>; writes: Set<number> } = kernelBuffers(g, facts, kernel, k, members),
+): Set<number> {
   if (members.some((m) => g.nodes[m].op === 'matmul' || g.nodes[m].op === 'scatter_add' || FLASH_OPS.has(g.nodes[m].op))) return new Set();
   const t = threadIndexed(g, facts, kernel, k, members, size);
   const out = new Set(writes);

@@ -52,7 +52,7 @@ function onPiece(arrays: string[], pieceElements: number, index: string, stateme
   if (arrays.length === 1) return statement(arrays[0], index);
   const P = `${pieceElements}u`;
   // The last piece takes every index past the others: one past its end stays past it, as in one array.
-  const cases = arrays.map((a, j) => (j === arrays.length - 1 ? `default: { ${statement(a, `piece_at - ${j * pieceElements}u`)} }` : `case ${j}u: { ${statement(a, `piece_at - ${j * pieceElements}u`)} }`));
+  const cases = arrays.map((a, j) => `${j === arrays.length - 1 ? 'default' : `case ${j}u`}: { ${statement(a, `piece_at - ${j * pieceElements}u`)} }`);
   return `{ let piece_at = ${index}; let piece = piece_at / ${P}; switch piece { ${cases.join(' ')} } }`;
 }
 
