@@ -258,10 +258,28 @@ describe('chotta-compile', () => {
     expect(big.stderr.trim().split('\n')).toHaveLength(1);
   });
 
+  it('--explain-attention gives each candidate attention its model line: fused, or the first condition that failed', () => {
+    const model = 'test/fixtures/models/attention-spellings.ts';
+    const explain = (preset: string, ...more: string[]) => chottaCompile([model, '--preset', preset, '--explain-attention', ...more]);
+    // HF GPT-2's spelling (÷√d, a f32-lowest fill, exp over Σ exp) and a scale split between q and k both fuse.
+    expect(explain('hf').stdout).toBe(`${model}:53: fused (causal, scale 0.25)\n`);
+    expect(explain('scaled').stdout).toBe(`${model}:47: fused (causal, scale 0.25)\n`);
+    const near = explain('shifted');
+    expect(near.code, near.stderr).toBe(0);
+    expect(near.stdout).toBe(`${model}:53: not fused: the mask is not causal (key 1 is visible to query 0)\n`);
+    // --stats lists the unfused one under its counter; the gradient program says the same.
+    expect(chottaCompile([model, '--preset', 'shifted', '--stats']).stdout).toContain(`left unfused: 1 kept-mask-not-causal\n  ${model}:53: not fused: the mask is not causal (key 1 is visible to query 0)\n`);
+    expect(explain('shifted', '--program', 'gradient').stdout).toBe(near.stdout);
+    // GPT: one fused attention per layer, at the line of att·v.
+    expect(chottaCompile(['models/gpt.ts', '--preset', 'tiny', '--explain-attention']).stdout).toBe('models/gpt.ts:43: fused (causal, scale 0.176777)\n'.repeat(4));
+    const update = explain('hf', '--program', 'update');
+    expect([update.code, update.stderr]).toEqual([1, 'chotta-compile: the update program has no fuse-attention stage; choose --program evaluate or gradient\n']);
+  });
+
   it('--help describes the options', () => {
     const r = chottaCompile(['--help']);
     expect(r.code).toBe(0);
-    for (const flag of ['--dump-ir', '--backward', '--program', '--after', '--emit', '--dump-dir', '--stats', '--preset', '--max-storage-buffers']) expect(r.stdout).toContain(flag);
+    for (const flag of ['--dump-ir', '--backward', '--program', '--after', '--emit', '--dump-dir', '--stats', '--preset', '--max-storage-buffers', '--explain-attention']) expect(r.stdout).toContain(flag);
     expect(r.stdout).toContain('Examples:');
   });
 });

@@ -12,8 +12,10 @@ import { parseGraph } from '../compiler/ir/parser.ts';
 import { runPasses } from '../compiler/ir/pass.ts';
 import { printGraph } from '../compiler/ir/printer.ts';
 import { passNamed } from '../passes/index.ts';
+import { explainAttention } from '../passes/fuse-attention.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
+import { buildJointGraph } from '../compiler/autodiff/autograd.ts';
 import { worstMismatch } from './support/compare.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -326,9 +328,18 @@ describe('fuse-attention: mask forms', () => {
     expectFused(attention({ mask: whereHidden(hidden) }).text, { causal: true, scale: 0.5 });
   });
 
-  it('refuses a finite fill (−1e9): only −∞ marks hidden scores', () => {
-    const mask = (b: IR, y: string, t: Types) => b.op(t.scores, `where ${lift(b, causalVisible(b, t), 'bool', t)}, ${y}, ${b.op(t.scores, 'const {value=-1000000000}')}`);
-    expectKept(attention({ mask }).text);
+  it('fuses a finite fill at most −1e9 (HF GPT-2 fills with f32’s lowest, −3.4e38): exp takes it to exactly 0', () => {
+    for (const fill of ['-1000000000', '-3.4028234663852886e38']) {
+      const mask = (b: IR, y: string, t: Types) => b.op(t.scores, `where ${lift(b, causalVisible(b, t), 'bool', t)}, ${y}, ${b.op(t.scores, `const {value=${fill}}`)}`);
+      expectFused(attention({ mask }).text, { causal: true, scale: 0.5 });
+    }
+  });
+
+  it('refuses a finite fill above −1e9 (−1e4: softmax still weighs those scores in some rows), and says so', () => {
+    const mask = (b: IR, y: string, t: Types) => b.op(t.scores, `where ${lift(b, causalVisible(b, t), 'bool', t)}, ${y}, ${b.op(t.scores, 'const {value=-10000}')}`);
+    const { text } = attention({ mask });
+    expectKept(text);
+    expect(explainAttention(parseGraph(text)).map((v) => v.text)).toEqual([expect.stringMatching(/^not fused: the mask's fill %\d+ \(-10000\) is not a constant −∞ or at most -1000000000/)]);
   });
 
   it('reads −∞ only from a const node, not from another op that carries a value attribute', () => {
@@ -533,5 +544,161 @@ describe('fuse-attention: classifying constant masks', () => {
       return b.op(t.scores, `where ${b.op(t.full('bool'), `ge ${i}, ${j}`)}, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`);
     };
     expectKept(attention({ batch: [2], T: 2048, mask }).text, 'kept-mask-not-causal');
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// A fuzz of spellings: attention blocks built by choosing each part at random among the ways
+// people write it. Every valid block is the same causal (or unmasked) softmax attention and must
+// fuse, match the reference, and differentiate (through autograd) to the same gradients; every
+// near-miss must be left alone, counted where the pass counts it, and explained.
+
+/** Each part of an attention block, and the spellings it is chosen among. */
+const SPELLINGS = {
+  // Where the scale 0.5 (or its parts) is applied.
+  scale: ['scores·c', 'c·scores', 'scores/2', 'q·c', 'k·c', 'q·a and k·b', 'q·a and scores·b', 'after the mask'],
+  kT: ['transB', 'permute'],
+  mask: ['none', 'where(i ≥ j, y, −∞)', 'where(j ≤ i, y, −∞)', 'where(j > i, −∞, y)', 'where(i < j, −∞, y)', 'y + where(i ≥ j, 0, −∞)', 'y + (j > i)·−1e30', 'where(i ≥ j, y, f32 lowest)', 'sliced from a 2T×2T causal mask'],
+  softmax: ['stable', 'plain'],
+} as const;
+type Choice = { [K in keyof typeof SPELLINGS]: (typeof SPELLINGS)[K][number] };
+
+const FUZZ = { batch: [2, 2], T: 8, D: 4 };
+
+/** One attention block in IR text: q, k, v parameters (so autograd differentiates them), loss = Σ y·w. */
+interface BlockOptions {
+  /** Add ops after the block (a near-miss reading its probabilities). */
+  nearMiss?: (b: IR, t: Types, parts: { y: string; p: string }) => void;
+  /** A mask of one's own instead of c.mask: S from the scores y and the T×T iotas i (query), j (key). */
+  mask?: (b: IR, t: Types, y: string, i: string, j: string) => string;
+  /** Return the scalar loss Σ y·w (for autograd) rather than y. */
+  loss?: boolean;
+}
+
+function fuzzBlock(c: Choice, opts: BlockOptions = {}): string {
+  const { batch, T, D } = FUZZ;
+  const t = typesOf({ batch, T, D, Tk: T, Dv: D });
+  const qkv = ty('f32', [...batch, T, D]);
+  const b = new IR([['q', `${qkv} param`], ['k', `${qkv} param`], ['v', `${qkv} param`], ['w', qkv]]);
+  const constant = (type: string, value: number | string) => b.op(type, `const {value=${value}}`);
+  const scaled = (x: string, by: number) => b.op(qkv, `mul ${x}, ${constant(qkv, by)}`);
+  let q = '%q';
+  let k = '%k';
+  if (c.scale === 'q·c') q = scaled(q, 0.5);
+  if (c.scale === 'k·c') k = scaled(k, 0.5);
+  if (c.scale === 'q·a and k·b') [q, k] = [scaled(q, 0.25), scaled(k, 2)];
+  if (c.scale === 'q·a and scores·b') q = scaled(q, 0.25);
+  const z = c.kT === 'transB' ? b.op(t.scores, `matmul ${q}, ${k} {transB}`) : b.op(t.scores, `matmul ${q}, ${b.op(ty('f32', [...batch, D, T]), `permute ${k} {perm=[0,1,3,2]}`)}`);
+  const scoresBy = (x: string, by: number) => b.op(t.scores, `mul ${x}, ${constant(t.scores, by)}`);
+  let y = z;
+  if (c.scale === 'scores·c') y = scoresBy(z, 0.5);
+  if (c.scale === 'c·scores') y = b.op(t.scores, `mul ${constant(t.scores, 0.5)}, ${z}`);
+  if (c.scale === 'scores/2') y = b.op(t.scores, `div ${z}, ${constant(t.scores, 2)}`);
+  if (c.scale === 'q·a and scores·b') y = scoresBy(z, 2);
+  // The T×T iotas, made when a mask reads them (an unread one would stay behind in the graph).
+  let ij: [string, string] | undefined;
+  const i = () => (ij ??= iotas(b, t))[0];
+  const j = () => (ij ??= iotas(b, t))[1];
+  const cmp = (op: string, x: string, z2: string) => lift(b, b.op(t.square('bool'), `${op} ${x}, ${z2}`), 'bool', t);
+  const ninf = () => constant(t.scores, '-inf');
+  let s = opts.mask ? opts.mask(b, t, y, i(), j()) : y;
+  if (!opts.mask) switch (c.mask) {
+    case 'where(i ≥ j, y, −∞)': s = b.op(t.scores, `where ${cmp('ge', i(), j())}, ${y}, ${ninf()}`); break;
+    case 'where(j ≤ i, y, −∞)': s = b.op(t.scores, `where ${cmp('le', j(), i())}, ${y}, ${ninf()}`); break;
+    case 'where(j > i, −∞, y)': s = b.op(t.scores, `where ${cmp('gt', j(), i())}, ${ninf()}, ${y}`); break;
+    case 'where(i < j, −∞, y)': s = b.op(t.scores, `where ${cmp('lt', i(), j())}, ${ninf()}, ${y}`); break;
+    case 'y + where(i ≥ j, 0, −∞)': {
+      const m = b.op(t.square('f32'), `where ${b.op(t.square('bool'), `ge ${i()}, ${j()}`)}, ${constant(t.square('f32'), 0)}, ${constant(t.square('f32'), '-inf')}`);
+      s = b.op(t.scores, `add ${y}, ${lift(b, m, 'f32', t)}`);
+      break;
+    }
+    case 'y + (j > i)·−1e30': {
+      const ahead = b.op(t.square('f32'), `cast ${b.op(t.square('bool'), `gt ${j()}, ${i()}`)}`);
+      s = b.op(t.scores, `add ${lift(b, b.op(t.square('f32'), `mul ${ahead}, ${constant(t.square('f32'), -1e30)}`), 'f32', t)}, ${y}`);
+      break;
+    }
+    case 'where(i ≥ j, y, f32 lowest)': s = b.op(t.scores, `where ${cmp('ge', i(), j())}, ${y}, ${constant(t.scores, -3.4028234663852886e38)}`); break;
+    case 'sliced from a 2T×2T causal mask': {
+      const big = ty('i32', [2 * T, 2 * T]);
+      const tri = b.op(ty('bool', [2 * T, 2 * T]), `ge ${b.op(big, 'iota {axis=0}')}, ${b.op(big, 'iota {axis=1}')}`);
+      // The window at (4, 4): i + 4 ≥ j + 4 is still causal.
+      const rows = b.op(ty('bool', [T, 2 * T]), `slice ${tri} {axis=0, start=4, end=${T + 4}}`);
+      const cut = b.op(t.square('bool'), `slice ${rows} {axis=1, start=4, end=${T + 4}}`);
+      s = b.op(t.scores, `where ${lift(b, cut, 'bool', t)}, ${y}, ${ninf()}`);
+      break;
+    }
+  }
+  if (c.scale === 'after the mask') s = scoresBy(s, 0.5);
+  const p = c.softmax === 'stable' ? stableSoftmax(b, s, t) : (() => {
+    const e = b.op(t.scores, `exp ${s}`);
+    return b.op(t.scores, `div ${e}, ${b.op(t.scores, `broadcast ${b.op(t.row, `sum ${e} {axis=${t.last}}`)}`)}`);
+  })();
+  const out = b.op(t.out, `matmul ${p}, %v`, 'y');
+  opts.nearMiss?.(b, t, { y: out, p });
+  if (!opts.loss) return b.text([out]);
+  let r = b.op(t.out, `mul ${out}, %w`);
+  for (let axis = t.rank - 1; axis >= 0; axis--) r = b.op(ty('f32', [...batch, T, D].map((d, a) => (a >= axis ? 1 : d))), `sum ${r} {axis=${axis}}`);
+  return b.text([r]);
+}
+
+/** The joint graphs (loss, then the gradients of q, k, v) of `before` and `after` agree on the reference. */
+function expectSameGradients(before: Graph, after: Graph, seed: number) {
+  const [jb, ja] = [buildJointGraph(before), buildJointGraph(after)];
+  expect(ja.nodes.some((n) => n.op.startsWith('flash_attention'))).toBe(true);
+  const inputs = randomInputs(jb, seed);
+  const [want, got] = [evaluate(jb, inputs), evaluate(ja, inputs)];
+  expect(want).toHaveLength(4);
+  want.forEach((w, n) => {
+    const worst = worstMismatch(got[n].data, w.data, { rtol: 1e-9, atol: 1e-12 });
+    expect(worst!.ratio, `output ${n} (${jb.nodes[jb.outputs[n]].name ?? 'loss'}): ${JSON.stringify(worst)}`).toBeLessThanOrEqual(1);
+  });
+}
+
+describe('fuse-attention: a seeded fuzz of equivalent spellings', () => {
+  const rng = mulberry32(20261202);
+  const pick = <T,>(xs: readonly T[]) => xs[Math.floor(rng() * xs.length)];
+  // Case n takes option n of each part while there is one (so every spelling appears), then a random one.
+  const choose = <T,>(xs: readonly T[], n: number) => (n < xs.length ? xs[(n * 5) % xs.length] : pick(xs));
+  const cases = Array.from({ length: 40 }, (_, n): Choice => ({ scale: choose(SPELLINGS.scale, n), kT: choose(SPELLINGS.kT, n), mask: choose(SPELLINGS.mask, n), softmax: choose(SPELLINGS.softmax, n) }));
+
+  it('covers every spelling of every part', () => {
+    for (const [part, options] of Object.entries(SPELLINGS)) for (const o of options) expect(cases.some((c) => c[part as keyof Choice] === o), `${part}: ${o}`).toBe(true);
+  });
+
+  it.each(cases.map((c, n) => [n, `${c.scale}; kᵀ by ${c.kT}; mask ${c.mask}; ${c.softmax} softmax`, c] as const))('#%i fuses %s, with the same values and gradients', (n, _, c) => {
+    const text = fuzzBlock(c);
+    expectFused(text, { causal: c.mask !== 'none', scale: 0.5 });
+    expect(explainAttention(parseGraph(text)).map((v) => v.text)).toEqual([`fused (${c.mask !== 'none' ? 'causal, ' : ''}scale 0.5)`]);
+    const loss = fuse(fuzzBlock(c, { loss: true }));
+    expect(loss.counters['attention-fused']).toBe(1);
+    expectSameGradients(loss.input, loss.graph, n);
+  });
+});
+
+describe('fuse-attention: near-misses are left alone, counted and explained', () => {
+  const base: Choice = { scale: 'scores·c', kT: 'transB', mask: 'none', softmax: 'stable' };
+  /** A block whose mask is where(i + offset OP j, y, −∞). */
+  const masked = (op: string, offset: number) => fuzzBlock(base, {
+    mask: (b, t, y, i, j) => {
+      const shifted = b.op(t.square('i32'), `add ${i}, ${b.op(t.square('i32'), `const {value=${offset}}`)}`);
+      return b.op(t.scores, `where ${lift(b, b.op(t.square('bool'), `${op} ${shifted}, ${j}`), 'bool', t)}, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`);
+    },
+  });
+
+  it.each<[string, () => string, keyof typeof ZERO | undefined, RegExp]>([
+    ['a mask that is not causal (query i sees key i + 1)', () => masked('ge', 1), 'kept-mask-not-causal', /^not fused: the mask is not causal \(key 1 is visible to query 0\)$/],
+    ['a mask that hides the diagonal (key j < query i)', () => masked('gt', 0), 'kept-mask-not-causal', /^not fused: the mask is not causal \(key 0 is hidden from query 0\)$/],
+    ['probabilities read elsewhere (an entropy term returned)', () => fuzzBlock({ ...base, mask: 'where(i ≥ j, y, −∞)' }, {
+      nearMiss: (b, t, { p }) => void b.op(t.scores, `mul ${p}, ${p}`, 'pp'),
+    }).replace(/return (%\S+)/, 'return $1, %pp'), 'kept-matrix-read-elsewhere', /^not fused: the attention matrix %\d+ \(div\) is read outside the attention: %\d+ mul reads it$/],
+    ['a scale that is not uniform (each key scaled by 1 + j)', () => fuzzBlock(base).replace(/const \{value=0\.5\}/, 'add %nu1, %nu2').replace(/(\n {2}%0:)/, `\n  %nu0: i32[${[...FUZZ.batch, 8, 8]}] = iota {axis=3}\n  %nu1: f32[${[...FUZZ.batch, 8, 8]}] = cast %nu0\n  %nu2: f32[${[...FUZZ.batch, 8, 8]}] = const {value=1}$1`), undefined, /^not fused: the scores %\d+ \(mul\) are not scaled by one constant: the scale is not uniform$/],
+    ['a negative scale after the mask (−∞·−0.5 = +∞)', () => fuzzBlock({ ...base, scale: 'after the mask', mask: 'where(i ≥ j, y, −∞)' }).replace(/const \{value=0\.5\}/, 'const {value=-0.5}'), undefined, /^not fused: the scores %\d+ \(where\) are not a product q·kᵀ$/],
+    ['a −1e9 fill scaled by 0.5 after the mask (−5e8: not at most −1e9)', () => fuzzBlock({ ...base, scale: 'after the mask', mask: 'where(i ≥ j, y, f32 lowest)' }).replace(/const \{value=-3\.4028234663852886e\+?38\}/, 'const {value=-1000000000}'), undefined, /^not fused: the mask's fill %\d+ \(-500000000\) is not a constant −∞ or at most -1000000000/],
+  ])('%s', (_, build, counter, reason) => {
+    const text = build();
+    expectKept(text, counter);
+    const verdicts = explainAttention(parseGraph(text));
+    expect(verdicts.map((v) => v.text), verdicts.map((v) => v.text).join('\n')).toEqual([expect.stringMatching(reason)]);
+    console.info(`near-miss: ${_}\n  ${verdicts[0].text}`);
   });
 });

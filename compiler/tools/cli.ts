@@ -10,7 +10,7 @@ import { defaultMicroBatch } from '../frontend/nn.ts';
 import { UsageError } from '../ir/errors.ts';
 import { PROGRAMS, type ProgramName } from '../pipeline.ts';
 import { BACKENDS, backendNamed } from '../../backends/index.ts';
-import { attentionReport, compileWithStages, DEFAULT_BACKEND, emitKernels, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
+import { attentionReport, attentionVerdicts, compileWithStages, DEFAULT_BACKEND, emitKernels, findStage, paddingReport, printGraphStage, optimizerReport, stepReport, writeDumpDir } from './compile-report.ts';
 import { printGraph, type PrintStyle } from '../ir/printer.ts';
 import { eagerDispatchesPerStep, formatCount, graphFlops, nanoGptFlopsPerToken, opCounts, parameterCount } from '../stats.ts';
 import { DEFAULT_MAX_STORAGE_BUFFERS } from '../../passes/fuse-elementwise.ts';
@@ -70,6 +70,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('emit', { choices: [...new Set(Object.values(BACKENDS).map((b) => b.language))], describe: "print the kernels of the program in the backend's language (WebGPU: wgsl), each after a comment with its name, kind, workgroups and bindings" })
     .option('backend', { choices: Object.keys(BACKENDS), default: DEFAULT_BACKEND, describe: 'the backend that renders the kernels (--emit, --dump-dir)' })
     .option('dump-dir', { type: 'string', describe: 'write every stage of every program (DIR/<program>/NN-<stage>.ir), each kernel (DIR/<program>/kernels/<name>.wgsl) and each plan (DIR/<program>/plan.txt)' })
+    .option('explain-attention', { type: 'boolean', describe: "print every candidate attention of the program (a softmax whose result feeds a matmul) with its model line: fused, or the first condition that failed" })
     .option('stats', { type: 'boolean', describe: 'print parameters, op counts, FLOPs, and for one training step: compiled kernels vs eager dispatches, peak bytes, every pass\'s counters' })
     .option('preset', { type: 'string', describe: "model preset (e.g. gpt2, tiny); the model's default if omitted" })
     .option('batch', { type: 'number', describe: "sequences per micro-batch (the trace's batch dimension); the preset's default if omitted" })
@@ -81,6 +82,7 @@ export async function main(argv: string[]): Promise<void> {
     .example('$0 models/gpt.ts --preset tiny --program update --after cse', 'the optimizer update graph right after common-subexpression elimination')
     .example('$0 models/gpt.ts --preset tiny --emit wgsl', 'the WGSL kernels of the forward program')
     .example('$0 models/gpt.ts --preset tiny --dump-dir debug/', 'everything, one file per stage and kernel, like a torch.compile debug folder')
+    .example('$0 models/gpt.ts --explain-attention', 'each attention of the model, fused into flash_attention or why not, with its line')
     .example('$0 models/gpt.ts --stats', 'parameters, FLOPs, compiled kernels vs eager dispatches per step, peak bytes, pass counters')
     .epilogue('Set CHOTTA_DEBUG=1 for stack traces on errors. NO_COLOR turns colour off.')
     .strict()
@@ -122,7 +124,12 @@ export async function main(argv: string[]): Promise<void> {
     }
     process.stdout.write(printGraphStage(stage, style, c));
   }
-  const nothingElse = args.after === undefined && !args.emit && !args.stats && args.dumpDir === undefined;
+  if (args.explainAttention) {
+    const lines = attentionVerdicts(r, program);
+    if (!r.stages[program].some((s) => s.name === 'fuse-attention')) throw new UsageError(`the ${program} program has no fuse-attention stage; choose --program evaluate or gradient`);
+    process.stdout.write(lines.length ? lines.map((l) => `${l.text}\n`).join('') : `no candidate attention in the ${program} program (no softmax feeds a matmul)\n`);
+  }
+  const nothingElse = args.after === undefined && !args.emit && !args.stats && args.dumpDir === undefined && !args.explainAttention;
   if (args.dumpIr || nothingElse) process.stdout.write(printGraph(stages.at(-1)!.graph, style));
   if (args.emit !== undefined) process.stdout.write(emitKernels(r.backend, r.compiled.programs[program]));
   if (args.stats) {

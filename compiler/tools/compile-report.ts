@@ -19,6 +19,7 @@ import { gradSumName, momentNames } from '../autodiff/train-step.ts';
 import { describeGroups, describeLayout } from '../ir/flat-layout.ts';
 import { fuseElementwise } from '../../passes/fuse-elementwise.ts';
 import { padReport, TILE_GRANULE } from '../../passes/pad-nice-numbers.ts';
+import { explainAttention } from '../../passes/fuse-attention.ts';
 
 export interface Stage {
   /** `03-dce`: its position in the program's pipeline and its name, as the --dump-dir files are named. */
@@ -193,6 +194,18 @@ export function paddingReport(c: ChalkInstance, r: CompiledWithStages): string {
 }
 
 /**
+ * Every candidate attention of `program` (a softmax whose result feeds a matmul), as fuse-attention
+ * saw it: `models/x.ts:42: fused (causal, scale 0.125)` or `…: not fused: <the first condition that
+ * failed>`. Empty when the program has no fuse-attention stage.
+ */
+export function attentionVerdicts(r: CompiledWithStages, program: ProgramName): { fused: boolean; text: string }[] {
+  const stages = r.stages[program];
+  const at = stages.findIndex((s) => s.name === 'fuse-attention');
+  if (at < 1) return [];
+  return explainAttention(stages[at - 1].graph).map((v) => ({ fused: v.fused, text: `${v.loc ?? `%${v.node}`}: ${v.text}` }));
+}
+
+/**
  * What fuse-attention did to the training step: attentions fused (one per layer in a GPT), their
  * kernels in the gradient program, and every [batch, heads, T, T] value any program still writes to
  * memory (there should be none: flash attention never forms the matrix).
@@ -204,6 +217,7 @@ export function attentionReport(c: ChalkInstance, r: CompiledWithStages, seqLen:
   const fused = pass.counters?.['attention-fused'] ?? 0;
   const kept = Object.entries(pass.counters ?? {}).filter(([k, v]) => k.startsWith('kept-') && v > 0).map(([k, v]) => `${v} ${k}`);
   out.push(`  ${fused} attention${fused === 1 ? '' : 's'} fused into flash_attention${kept.length ? `; left unfused: ${kept.join(', ')}` : ''}`);
+  for (const line of attentionVerdicts(r, 'gradient').filter((l) => !l.fused)) out.push(`  ${line.text}`);
   const kernels = r.compiled.programs.gradient.kernels.filter((k) => k.kind === 'attention');
   const by = (part: string) => kernels.filter((k) => k.name.includes(part)).length;
   out.push(`  gradient program: ${kernels.length} attention kernels (forward with log-sum-exp ${by('_fwd_')}, dq ${by('_dq_')}, dk+dv ${by('_dkdv_')})`);
