@@ -5,6 +5,7 @@
 //
 // The match starts at the product P·v and walks up:
 //   P       = E / broadcast(sum(E))                           softmax's normalisation
+//           | exp(S − broadcast(log(sum(E)) [+ max(S)]))      the same, through log-sum-exp
 //   E       = exp(S − broadcast(max(S)))  or  exp(S)          stable or plain softmax
 //   S       = S′·c (c > 0, the scale after the mask) | S′
 //   S′      = where(mask, Y, f) | where(¬mask, f, Y) | Y + M (M holds 0 and f) | Y;  f = −∞ or f·c ≤ −10⁹
@@ -130,26 +131,63 @@ function matchAttention(g: Graph, root: Node, masks: Map<string, MaskVerdict>): 
   const take = (id: number) => (inner.push(id), node(id));
   const no = (reason: string): Refusal => ({ reason });
   // A value, seen through a broadcast of it (the reductions keep their axis as size 1).
+  const unbroadcast = (id: number) => (node(id).op === 'broadcast' ? node(id).inputs[0] : id);
   const throughBroadcast = (id: number) => (node(id).op === 'broadcast' ? (inner.push(id), node(node(id).inputs[0])) : node(id));
   const constOf = (id: number) => (node(id).op === 'const' ? (node(id).attrs.value as number) : undefined);
   /** The constant side of a product by a constant, or undefined. */
   const constSide = (n: Node) => (n.op === 'mul' ? [1, 0].find((s) => constOf(n.inputs[s]) !== undefined) : undefined);
 
   const P = take(root.inputs[0]);
-  if (P.op !== 'div' || node(P.inputs[0]).op !== 'exp') return undefined;
-  const E = take(P.inputs[0]);
-  const total = throughBroadcast(P.inputs[1]);
-  if (total.op !== 'sum' || total.inputs[0] !== E.id) return no(`the softmax's denominator %${total.id} (${total.op}) is not the sum of its numerator %${E.id}`);
-  if (!lastAxis(total)) return no(`the softmax sums over axis ${total.attrs.axis}, not the last (the keys)`);
-  inner.push(total.id);
-  let S = node(E.inputs[0]);
-  if (S.op === 'sub') {
-    const max = throughBroadcast(S.inputs[1]);
-    if (max.op !== 'max_reduce' || max.inputs[0] !== S.inputs[0]) return no(`the softmax subtracts %${max.id} (${max.op}), not the row max of its scores %${S.inputs[0]}`);
+  /** The scores under `x` = exp's operand: x itself, or S when x = S − broadcast(max(S)). */
+  const unstabilized = (x: Node): Node | Refusal => {
+    if (x.op !== 'sub') return x;
+    const max = throughBroadcast(x.inputs[1]);
+    if (max.op !== 'max_reduce' || max.inputs[0] !== x.inputs[0]) return no(`the softmax subtracts %${max.id} (${max.op}), not the row max of its scores %${x.inputs[0]}`);
     if (!lastAxis(max)) return no(`the softmax's max runs over axis ${max.attrs.axis}, not the last (the keys)`);
-    inner.push(S.id, max.id);
-    S = node(S.inputs[0]);
-  }
+    inner.push(x.id, max.id);
+    return node(x.inputs[0]);
+  };
+  /** The exponentials' row sum `total`, of E = exp(…) over the last axis, or why not. */
+  const rowSum = (total: Node, E: Node): Refusal | undefined => {
+    if (total.op !== 'sum' || total.inputs[0] !== E.id) return no(`the softmax's denominator %${total.id} (${total.op}) is not the sum of its numerator %${E.id}`);
+    if (!lastAxis(total)) return no(`the softmax sums over axis ${total.attrs.axis}, not the last (the keys)`);
+    inner.push(total.id);
+  };
+  let found: Node | Refusal;
+  if (P.op === 'div' && node(P.inputs[0]).op === 'exp') {
+    // exp(S [− max]) / Σ exp(S [− max])
+    const E = take(P.inputs[0]);
+    const bad = rowSum(throughBroadcast(P.inputs[1]), E);
+    found = bad ?? unstabilized(node(E.inputs[0]));
+  } else if (P.op === 'exp' && node(P.inputs[0]).op === 'sub') {
+    // Through log-sum-exp: exp(S − L), L = log Σ exp(S) or log Σ exp(S − m) + m, m = max(S).
+    const D = take(P.inputs[0]);
+    let L = throughBroadcast(D.inputs[1]);
+    let m: number | undefined;
+    if (L.op === 'add') {
+      const side = [0, 1].find((x) => node(L.inputs[x]).op === 'log');
+      if (side === undefined) return no(`the log-softmax subtracts %${L.id} (add), which adds no log Σ exp`);
+      inner.push(L.id);
+      m = L.inputs[1 - side];
+      L = node(L.inputs[side]);
+    }
+    if (L.op !== 'log') return no(`the log-softmax subtracts %${L.id} (${L.op}), not log Σ exp of its scores`);
+    inner.push(L.id);
+    const total = node(L.inputs[0]);
+    const E = node(total.inputs[0] ?? -1);
+    if (E?.op !== 'exp') return no(`the log-softmax's %${total.id} (${total.op}) is not a sum of exponentials`);
+    inner.push(E.id);
+    const bad = rowSum(total, E);
+    const under = bad ?? unstabilized(node(E.inputs[0]));
+    const scores = node(D.inputs[0]);
+    if ('reason' in under) found = under;
+    else if (under.id !== scores.id) found = no(`the log-softmax's log Σ exp is of %${under.id}, not of the scores %${scores.id} it normalizes`);
+    else if (m !== undefined && (node(E.inputs[0]).op !== 'sub' || unbroadcast(node(E.inputs[0]).inputs[1]) !== unbroadcast(m))) found = no(`the log-softmax adds %${m} back, not the max it subtracted`);
+    else if (m === undefined && node(E.inputs[0]).op === 'sub') found = no('the log-softmax subtracts the row max inside log Σ exp but does not add it back');
+    else found = scores;
+  } else return undefined;
+  if ('reason' in found) return found;
+  let S = found;
   take(S.id);
 
   // A positive scale after the mask: (masked scores)·c, c > 0, keeps −∞ at −∞ and 0 where visible.

@@ -182,7 +182,7 @@ function expectFused(text: string, want: { causal: boolean; scale: number }, opt
   expect(flash).toHaveLength(1);
   expect(flash[0].attrs.causal ?? false).toBe(want.causal);
   expect(flash[0].attrs.scale as number).toBeCloseTo(want.scale, 12);
-  expect(graph.nodes.filter((n) => ['exp', 'sum', 'max_reduce', 'div', 'where', 'iota'].includes(n.op)).map((n) => n.op)).toEqual([]);
+  expect(graph.nodes.filter((n) => ['exp', 'log', 'sum', 'max_reduce', 'div', 'where', 'iota'].includes(n.op)).map((n) => n.op)).toEqual([]);
   if (opts.values !== false) expectSameValues(input, graph);
   return graph;
 }
@@ -558,8 +558,8 @@ const SPELLINGS = {
   // Where the scale 0.5 (or its parts) is applied.
   scale: ['scores·c', 'c·scores', 'scores/2', 'q·c', 'k·c', 'q·a and k·b', 'q·a and scores·b', 'after the mask'],
   kT: ['transB', 'permute'],
-  mask: ['none', 'where(i ≥ j, y, −∞)', 'where(j ≤ i, y, −∞)', 'where(j > i, −∞, y)', 'where(i < j, −∞, y)', 'y + where(i ≥ j, 0, −∞)', 'y + (j > i)·−1e30', 'where(i ≥ j, y, f32 lowest)', 'sliced from a 2T×2T causal mask'],
-  softmax: ['stable', 'plain'],
+  mask: ['none', 'where(i ≥ j, y, −∞)', 'where(j ≤ i, y, −∞)', 'where(j > i, −∞, y)', 'where(i < j, −∞, y)', 'y + where(i ≥ j, 0, −∞)', 'y + (j > i)·−1e30', 'where(i ≥ j, y, f32 lowest)', 'sliced from a 2T×2T causal mask', 'where(tril_f32 > 0, y, −∞)', 'where(tril_f32 == 0, −∞, y)'],
+  softmax: ['stable', 'plain', 'log-sum-exp', 'stable log-sum-exp'],
 } as const;
 type Choice = { [K in keyof typeof SPELLINGS]: (typeof SPELLINGS)[K][number] };
 
@@ -618,6 +618,16 @@ function fuzzBlock(c: Choice, opts: BlockOptions = {}): string {
       break;
     }
     case 'where(i ≥ j, y, f32 lowest)': s = b.op(t.scores, `where ${cmp('ge', i(), j())}, ${y}, ${constant(t.scores, -3.4028234663852886e38)}`); break;
+    case 'where(tril_f32 > 0, y, −∞)':
+    case 'where(tril_f32 == 0, −∞, y)': {
+      // A float lower-triangular matrix of ones, as torch.tril(torch.ones(T, T)) builds it.
+      const tril = b.op(t.square('f32'), `cast ${b.op(t.square('bool'), `ge ${i()}, ${j()}`)}`);
+      const zero = constant(t.square('f32'), 0);
+      s = c.mask === 'where(tril_f32 > 0, y, −∞)'
+        ? b.op(t.scores, `where ${lift(b, b.op(t.square('bool'), `gt ${tril}, ${zero}`), 'bool', t)}, ${y}, ${ninf()}`)
+        : b.op(t.scores, `where ${lift(b, b.op(t.square('bool'), `eq ${tril}, ${zero}`), 'bool', t)}, ${ninf()}, ${y}`);
+      break;
+    }
     case 'sliced from a 2T×2T causal mask': {
       const big = ty('i32', [2 * T, 2 * T]);
       const tri = b.op(ty('bool', [2 * T, 2 * T]), `ge ${b.op(big, 'iota {axis=0}')}, ${b.op(big, 'iota {axis=1}')}`);
@@ -629,10 +639,20 @@ function fuzzBlock(c: Choice, opts: BlockOptions = {}): string {
     }
   }
   if (c.scale === 'after the mask') s = scoresBy(s, 0.5);
-  const p = c.softmax === 'stable' ? stableSoftmax(b, s, t) : (() => {
+  const rowSum = (x: string) => b.op(t.row, `sum ${b.op(t.scores, `exp ${x}`)} {axis=${t.last}}`);
+  let p: string;
+  if (c.softmax === 'stable') p = stableSoftmax(b, s, t);
+  else if (c.softmax === 'plain') {
     const e = b.op(t.scores, `exp ${s}`);
-    return b.op(t.scores, `div ${e}, ${b.op(t.scores, `broadcast ${b.op(t.row, `sum ${e} {axis=${t.last}}`)}`)}`);
-  })();
+    p = b.op(t.scores, `div ${e}, ${b.op(t.scores, `broadcast ${b.op(t.row, `sum ${e} {axis=${t.last}}`)}`)}`);
+  } else if (c.softmax === 'log-sum-exp') {
+    p = b.op(t.scores, `exp ${b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${b.op(t.row, `log ${rowSum(s)}`)}`)}`)}`);
+  } else {
+    // exp(s − (log Σ exp(s − m) + m)), m the row max: log_softmax as torch computes it.
+    const m = b.op(t.row, `max_reduce ${s} {axis=${t.last}}`);
+    const lse = b.op(t.row, `add ${b.op(t.row, `log ${rowSum(b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${m}`)}`))}`)}, ${m}`);
+    p = b.op(t.scores, `exp ${b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${lse}`)}`)}`);
+  }
   const out = b.op(t.out, `matmul ${p}, %v`, 'y');
   opts.nearMiss?.(b, t, { y: out, p });
   if (!opts.loss) return b.text([out]);
