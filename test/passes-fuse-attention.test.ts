@@ -695,6 +695,28 @@ describe('fuse-attention: a seeded fuzz of equivalent spellings', () => {
   });
 });
 
+describe('fuse-attention: heads split and merged in any order', () => {
+  // q, k and v come from one [1, 8, 3·2·4] projection: sliced, then split into 2 heads of 4 either
+  // by reshape [1, 8, 2, 4] and permute, or by reshape [8, 2, 4], permute and reshape; y is merged back.
+  it.each([['reshape, then permute', false], ['reshape, permute, reshape', true]] as const)('fuses heads split by %s', (_, twoStep) => {
+    const b = new IR([['x', 'f32[1,8,24]']]);
+    const t = typesOf({ batch: [1, 2], T: 8, D: 4, Tk: 8, Dv: 4 });
+    const head = (n: number) => {
+      const part = b.op('f32[1,8,8]', `slice %x {axis=2, start=${8 * n}, end=${8 * n + 8}}`);
+      if (!twoStep) return b.op('f32[1,2,8,4]', `permute ${b.op('f32[1,8,2,4]', `reshape ${part}`)} {perm=[0,2,1,3]}`);
+      return b.op('f32[1,2,8,4]', `reshape ${b.op('f32[2,8,4]', `permute ${b.op('f32[8,2,4]', `reshape ${part}`)} {perm=[1,0,2]}`)}`);
+    };
+    const [q, k, v] = [head(0), head(1), head(2)];
+    const z = b.op(t.scores, `matmul ${q}, ${k} {transB}`);
+    const y = b.op(t.scores, `mul ${z}, ${b.op(t.scores, 'const {value=0.5}')}`);
+    const [i, j] = iotas(b, t);
+    const s = b.op(t.scores, `where ${lift(b, b.op(t.square('bool'), `ge ${i}, ${j}`), 'bool', t)}, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`);
+    const o = b.op(t.out, `matmul ${stableSoftmax(b, s, t)}, ${v}`);
+    const merged = b.op('f32[1,8,8]', `reshape ${b.op('f32[1,8,2,4]', `permute ${o} {perm=[0,2,1,3]}`)}`, 'y');
+    expectFused(b.text([merged]), { causal: true, scale: 0.5 });
+  });
+});
+
 describe('fuse-attention: near-misses are left alone, counted and explained', () => {
   const base: Choice = { scale: 'scores·c', kT: 'transB', mask: 'none', softmax: 'stable' };
   /** A block whose mask is where(i + offset OP j, y, −∞). */
