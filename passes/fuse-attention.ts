@@ -33,11 +33,12 @@ interface AttentionMatch {
   inner: number[];
 }
 
-type KeptCounter = 'kept-matrix-read-elsewhere' | 'kept-mask-not-causal' | 'kept-shape-unsupported';
+type KeptCounter = 'kept-matrix-read-elsewhere' | 'kept-mask-not-causal' | 'kept-shape-unsupported' | 'kept-spelling-not-matched';
 
 /**
  * Why a candidate attention was not fused: the first condition that failed. `counter` is the pass
- * counter it adds to; the refusals without one are spellings the pass does not know as attention.
+ * counter it adds to; without one, kept-spelling-not-matched (a spelling the pass does not know as
+ * attention, or that is not attention).
  */
 interface Refusal {
   reason: string;
@@ -90,11 +91,11 @@ function verdicts(g: Graph): Map<number, { node: number; verdict: AttentionMatch
 export const fuseAttention: Pass = {
   name: 'fuse-attention',
   run(g: Graph) {
-    const counters: PassCounters = { 'attention-fused': 0, 'kept-matrix-read-elsewhere': 0, 'kept-mask-not-causal': 0, 'kept-shape-unsupported': 0 };
+    const counters: PassCounters = { 'attention-fused': 0, 'kept-matrix-read-elsewhere': 0, 'kept-mask-not-causal': 0, 'kept-shape-unsupported': 0, 'kept-spelling-not-matched': 0 };
     const matches = new Map<number, AttentionMatch>();
     for (const [id, { verdict }] of verdicts(g)) {
       if (!('reason' in verdict)) matches.set(id, verdict);
-      else if (verdict.counter) counters[verdict.counter]++;
+      else counters[verdict.counter ?? 'kept-spelling-not-matched']++;
     }
     if (matches.size === 0) return { graph: g, counters };
     const rw = new GraphRewriter(g);
