@@ -9,6 +9,7 @@ export type { Backend, DeviceValues, Executor, Recording, RenderedKernel, Render
 export { webgpu };
 export type { WebGpuKernel, WebGpuProgram, WebGpuRenderOptions } from './webgpu/index.ts';
 export { webgpuTarget, type WebGpuTarget, type WebGpuTargetOptions } from './webgpu/executor.ts';
+export { KERNEL_CHOICES, kernelFamily, type KernelChoice, type KernelFamily } from './webgpu/family.ts';
 export type { KernelProfiler } from './webgpu/profiler.ts';
 
 // Each backend renders its own program type, so the registry holds them at `any`; a caller that

@@ -1,7 +1,9 @@
 // Unfused vs flash attention, forward + backward, from one run on this adapter. Unfused is what the
 // eager engine runs for models/gpt.ts today, op by op: q·kᵀ, scale, causal where, softmax (max,
 // sub, exp, sum, div), ·v, then the VJP rules of every op replayed from the tape. Flash is the four
-// kernels of backends/webgpu/wgsl/flash-attention.ts (forward, delta, dq, dk/dv). Both get the same
+// kernels (forward, delta, dq, dk/dv) of the kernel family compiled mode uses on this adapter
+// (backends/webgpu/family.ts; CHOTTA_KERNELS forces one): backends/webgpu/wgsl/flash-attention.ts
+// (software) or backends/webgpu/wgsl/gpu/flash-attention.ts (GPU: K/V tiles in workgroup memory). Both get the same
 // q, k, v and upstream gradient; the dq, dk and dv each produces are compared with the reference
 // interpreter's (compiler/ir/interpret-attention.ts, float64) in the last column.
 //
@@ -15,7 +17,10 @@
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { backprop } from '../compiler/autodiff/autograd.ts';
-import { flashAttentionBackward, flashAttentionForward, type FlashKernelSpec } from '../backends/webgpu/wgsl/flash-attention.ts';
+import * as softwareAttention from '../backends/webgpu/wgsl/flash-attention.ts';
+import * as gpuAttention from '../backends/webgpu/wgsl/gpu/flash-attention.ts';
+import type { FlashKernelSpec } from '../backends/webgpu/wgsl/flash-attention.ts';
+import { kernelFamily, type KernelFamily } from '../backends/webgpu/family.ts';
 import { softmax } from '../compiler/frontend/nn.ts';
 import { Ops } from '../compiler/ir/ops.ts';
 import { causalMask, Tensor, where } from '../compiler/frontend/tensor.ts';
@@ -30,6 +35,8 @@ export interface AttentionOptions {
   D: number;
   reps: number;
   causal: boolean;
+  /** Whose flash kernels: the adapter's family (family.ts) when absent. */
+  family?: KernelFamily;
   log?: (line: string) => void;
 }
 
@@ -52,6 +59,7 @@ export async function measureAttention(gpu: GpuContext, opts: AttentionOptions):
   const { BH, D, reps, causal } = opts;
   const scale = 1 / Math.sqrt(D);
   const log = opts.log ?? (() => {});
+  const kernels = (opts.family ?? kernelFamily(gpu)) === 'gpu' ? gpuAttention : softwareAttention;
 
   type Inputs = { q: EagerValue; k: EagerValue; v: EagerValue; dO: EagerValue };
   /** Records one fwd+bwd and returns dq, dk, dv (left unread). */
@@ -80,7 +88,7 @@ export async function measureAttention(gpu: GpuContext, opts: AttentionOptions):
     const opts = { causal, scale };
     const rows = () => be.allocate([BH, T, D], 'f32');
     const tensors = { ...x, o: rows(), lse: be.allocate([BH, T], 'f32'), delta: be.allocate([BH, T], 'f32'), dq: rows(), dk: rows(), dv: rows() };
-    for (const spec of [flashAttentionForward(BH, T, D, opts), ...flashAttentionBackward(BH, T, D, opts)]) runFlash(be, spec, tensors);
+    for (const spec of [kernels.flashAttentionForward(BH, T, D, opts), ...kernels.flashAttentionBackward(BH, T, D, opts)]) runFlash(be, spec, tensors);
     return [tensors.dq, tensors.dk, tensors.dv];
   };
 

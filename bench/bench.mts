@@ -16,6 +16,8 @@
 //   npm run bench                 every row (the larger preset too); tens of minutes on lavapipe
 //   npm run bench -- --quick      tiny preset only, fewer steps, sizes and reps (< 5 min on an idle 2-core lavapipe)
 //   npm run bench -- --systems eager,compiled,tfjs-webgpu --sections step,matmul
+//   npm run bench -- --sections matmul --squares 1024,4096   other square sizes
+//   CHOTTA_KERNELS=gpu npm run bench -- --quick   the GPU kernel family on any adapter (default: by adapter)
 //
 // Dispatches and GPU bytes are counted by wrapping Dawn's prototypes (./report/instrument.ts), so
 // every system is counted the same way. Timings are wall time on a machine shared with other jobs:
@@ -37,7 +39,8 @@ import type { BenchConfig } from './peers/peer.ts';
 import { CompiledEngine, createCompiledEngine, openCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import { GPT3_ADAMW, type Batch, type TrainingEngine } from '../runtime/engines/engine.ts';
-import { adapterMatmulDefault, matmulKernelFor } from '../backends/webgpu/matmul-tuner.ts';
+import { matmulKernelFor, untunedMatmulTiles } from '../backends/webgpu/matmul-tuner.ts';
+import { kernelFamily } from '../backends/webgpu/family.ts';
 import { measureAttention } from './attention.mts';
 import { median, timed } from './peers/peer.ts';
 import { measureDevicePeak } from './report/device-peak.ts';
@@ -62,6 +65,8 @@ const { values } = parseArgs({
     sections: { type: 'string', default: ALL_SECTIONS.join(',') },
     /** Timed steps per system on the tiny preset (default 9, --quick 2). */
     steps: { type: 'string' },
+    /** The square matmul sizes, comma-separated (default 256,512,1024,2048; --quick to 1024). */
+    squares: { type: 'string' },
     out: { type: 'string', default: 'bench/reports' },
     lr: { type: 'string', default: '1e-3' },
     tol: { type: 'string', default: '1e-3' },
@@ -111,8 +116,11 @@ try {
   peersError = `bench/peers could not be loaded: ${errorText(err)}`;
 }
 const gpu: GpuContext = peers ? await peers.installWebGpuGlobals() : await requestDevice();
+/** The kernel family compiled mode uses here (CHOTTA_KERNELS forces one), and its untuned matmul tiles. */
+const family = kernelFamily(gpu);
+const tiles = untunedMatmulTiles(gpu, family);
 const counters: GpuCounters = installGpuCounters();
-log(`adapter: ${gpu.info.vendor} · ${gpu.info.architecture} · ${gpu.info.description}; ${quick ? 'quick' : 'full'} run; load average ${loadStart.map((x) => x.toFixed(2)).join(' ')}`);
+log(`adapter: ${gpu.info.vendor} · ${gpu.info.architecture} · ${gpu.info.description}; ${family} kernels; ${quick ? 'quick' : 'full'} run; load average ${loadStart.map((x) => x.toFixed(2)).join(' ')}`);
 
 const def = await loadModel('models/gpt.ts');
 const notes: string[] = [];
@@ -320,7 +328,8 @@ if (sections.has('step')) {
 /** Median ms of one [M,K]·[K,N] dispatch on our compiled mode's tiles, waited for by reading one value back (as TF.js is timed). */
 async function ourMatmulMs(M: number, N: number, K: number, reps: number): Promise<number> {
   const d = gpu.device;
-  const spec = matmulKernelFor({ batch: 1, M, N, K, transA: false, transB: false }, adapterMatmulDefault(gpu));
+  const key = { batch: 1, M, N, K, transA: false, transB: false };
+  const spec = matmulKernelFor(key, tiles.configFor(key));
   const made: GPUBuffer[] = [];
   const buffer = (n: number) => {
     const b = d.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
@@ -355,7 +364,8 @@ async function ourMatmulMs(M: number, N: number, K: number, reps: number): Promi
 
 if (sections.has('matmul')) {
   const reps = quick ? 3 : 5;
-  const squares = quick ? [256, 512, 1024] : [256, 512, 1024, 2048];
+  const squares = values.squares ? values.squares.split(',').map(Number) : quick ? [256, 512, 1024] : [256, 512, 1024, 2048];
+  if (squares.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--squares ${values.squares}: give positive integers, e.g. 1024,4096`);
   const shapes: [string, number, number, number][] = [
     ...squares.map((n) => [`${n}²`, n, n, n] as [string, number, number, number]),
     ['1024×4096×128 (tiny LM head)', 1024, 4096, 128],
@@ -364,7 +374,6 @@ if (sections.has('matmul')) {
   ];
   const matmulPeers = ['tfjs-webgpu', 'jax-webgpu'].filter((p) => systems.includes(p));
   const ours = 'ours (compiled tiles)';
-  const tiles = adapterMatmulDefault(gpu);
   const rows: MatmulRow[] = [];
   for (const [label, M, N, K] of shapes) {
     const row: MatmulRow = { label: label.replace(/^(\d+)²$/, `$1×$1×$1`), M, N, K, results: {} };
@@ -387,7 +396,7 @@ if (sections.has('matmul')) {
   }
   results.matmul = {
     systems: [ours, ...matmulPeers],
-    method: `C = A·B, float32, A [M, K] and B [K, N] row-major, uniform values made once on the device. Each system: median wall time of ${reps} runs after an untimed one (shader compile), each run one matmul and waiting for it the peer's own way: ours and TF.js read one element of C back (a 4-byte copy and map after the matmul; TF.js slices first, one more small kernel), jax-js blockUntilReady()s C. Ours is the kernel compiled mode uses on this adapter (backends/webgpu/matmul-tuner.ts adapterMatmulDefault: ${JSON.stringify(tiles)}), not autotuned.`,
+    method: `C = A·B, float32, A [M, K] and B [K, N] row-major, uniform values made once on the device. Each system: median wall time of ${reps} runs after an untimed one (shader compile), each run one matmul and waiting for it the peer's own way: ours and TF.js read one element of C back (a 4-byte copy and map after the matmul; TF.js slices first, one more small kernel), jax-js blockUntilReady()s C. Ours is the kernel compiled mode uses on this adapter (the ${family} family, backends/webgpu/family.ts; tiles from backends/webgpu/matmul-tuner.ts untunedMatmulTiles: ${JSON.stringify(tiles.renderKey)}), not autotuned.`,
     rows,
     notes: quick ? ['--quick stops at 1024² (2048² takes minutes per peer on the software adapter).'] : [],
   };

@@ -4,6 +4,7 @@
 //
 //   npx tsx bench/step.mts --quick            tiny preset, 3 timed steps per engine
 //   npx tsx bench/step.mts --steps 10 --profile
+//   npx tsx bench/step.mts --preset gpt2 --engines compiled,compiled-software   both kernel families, GPT-2 124M
 //
 // (`npm run bench` is bench/bench.mts: these two engines and the peers, with a report.)
 
@@ -19,6 +20,7 @@ import type { TrainingEngine } from '../runtime/engines/engine.ts';
 import { KernelProfiler } from '../backends/webgpu/profiler.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { MatmulTuner } from '../backends/webgpu/matmul-tuner.ts';
+import { kernelFamily, type KernelFamily } from '../backends/webgpu/family.ts';
 
 const args = await yargs(hideBin(process.argv))
   .scriptName('npx tsx bench/step.mts')
@@ -28,6 +30,7 @@ const args = await yargs(hideBin(process.argv))
   .option('steps', { type: 'number', default: 5, describe: 'timed steps per engine (after one warm-up step)' })
   .option('profile', { type: 'boolean', describe: 'time every kernel of one more step per engine and print where the time goes' })
   .option('autotune', { type: 'boolean', describe: 'compiled mode uses per-shape tuned matmul tiles (tuned once, cached in .chotta/autotune)' })
+  .option('engines', { type: 'string', default: 'eager,compiled', describe: 'which to run, in order: eager, compiled (the adapter\'s kernel family), compiled-software, compiled-gpu' })
   .strict()
   .help()
   .version(false)
@@ -92,34 +95,44 @@ async function profile(engine: TrainingEngine): Promise<string> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-let t0 = performance.now();
-const eager = await createEagerEngine({ def, config, batchSize: B, seed: 1337, gpu });
-const eagerResult = await measure('eager', eager, performance.now() - t0);
-if (args.profile) eagerResult.profile = await profile(eager);
+const ENGINES = ['eager', 'compiled', 'compiled-software', 'compiled-gpu'];
+const engines = args.engines.split(',').filter(Boolean);
+for (const e of engines) if (!ENGINES.includes(e)) throw new Error(`--engines: unknown engine ${e} (engines: ${ENGINES.join(', ')})`);
 
-t0 = performance.now();
-const tuner = args.autotune ? new MatmulTuner(gpu) : undefined;
-const compiled = await createCompiledEngine({ def, config, batchSize: B, seed: 1337, target: webgpuTarget(gpu, { tuner }), cacheDir: '.chotta/compile', log });
-const compiledResult = await measure('compiled', compiled, performance.now() - t0);
-if (args.profile) compiledResult.profile = await profile(compiled);
+async function createEngine(name: string): Promise<TrainingEngine> {
+  if (name === 'eager') return createEagerEngine({ def, config, batchSize: B, seed: 1337, gpu });
+  const family = kernelFamily(gpu, name === 'compiled' ? undefined : (name.slice('compiled-'.length) as KernelFamily));
+  log(`${name}: the ${family} kernel family`);
+  const tuner = args.autotune ? new MatmulTuner(gpu, undefined, { family }) : undefined;
+  return createCompiledEngine({ def, config, batchSize: B, seed: 1337, target: webgpuTarget(gpu, { tuner, kernels: family }), cacheDir: '.chotta/compile', log });
+}
+
+const results: Result[] = [];
+for (const name of engines) {
+  const t0 = performance.now();
+  const engine = await createEngine(name);
+  const result = await measure(name, engine, performance.now() - t0);
+  if (args.profile) result.profile = await profile(engine);
+  results.push(result);
+}
 
 const tokens = B * T;
-const rows = [eagerResult, compiledResult].map((r) => {
+const rows = results.map((r) => {
   const ms = median(r.ms);
-  return `| ${r.mode.padEnd(8)} | ${ms.toFixed(0).padStart(8)} | ${Math.round((tokens / ms) * 1000).toString().padStart(8)} | ${String(r.dispatches).padStart(10)} | ${(r.setupMs / 1000).toFixed(1).padStart(8)} | ${(r.warmupMs / 1000).toFixed(1).padStart(9)} |`;
+  return `| ${r.mode.padEnd(17)} | ${ms.toFixed(0).padStart(8)} | ${Math.round((tokens / ms) * 1000).toString().padStart(8)} | ${String(r.dispatches).padStart(10)} | ${(r.setupMs / 1000).toFixed(1).padStart(8)} | ${(r.warmupMs / 1000).toFixed(1).padStart(9)} |`;
 });
-const ratio = median(eagerResult.ms) / median(compiledResult.ms);
+const byName = new Map(results.map((r) => [r.mode, r]));
+const ratios = results.slice(1).map((r) => `${r.mode} is ${(median(results[0].ms) / median(r.ms)).toFixed(2)}× faster than ${results[0].mode} (median ms per step, this run)`);
 const out = [
   `preset ${args.preset} (batch ${B} × ${T}), ${steps} timed steps each, median; adapter ${gpu.info.vendor} ${gpu.info.architecture} (${gpu.info.description})`,
   '',
-  '| engine   | ms/step  | tokens/s | dispatches | setup s  | warm-up s |',
-  '| -------- | -------- | -------- | ---------- | -------- | --------- |',
+  '| engine            | ms/step  | tokens/s | dispatches | setup s  | warm-up s |',
+  '| ----------------- | -------- | -------- | ---------- | -------- | --------- |',
   ...rows,
   '',
-  `compiled is ${ratio.toFixed(2)}× faster than eager (median ms per step, this run)`,
-  `losses, eager:    ${eagerResult.losses.map((l) => l.toFixed(5)).join(' ')}`,
-  `losses, compiled: ${compiledResult.losses.map((l) => l.toFixed(5)).join(' ')}`,
+  ...ratios,
+  ...results.map((r) => `losses, ${`${r.mode}:`.padEnd(18)} ${r.losses.map((l) => l.toFixed(5)).join(' ')}`),
 ];
-if (args.profile) out.push('', 'eager, one step, by kernel:', eagerResult.profile!, '', 'compiled, one step, by kernel:', compiledResult.profile!);
+if (args.profile) for (const r of byName.values()) out.push('', `${r.mode}, one step, by kernel:`, r.profile!);
 process.stdout.write(out.join('\n') + '\n');
 process.exit(0);

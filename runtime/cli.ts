@@ -10,6 +10,7 @@ import { DEFAULT_CORPUS_DESCRIPTION, namedCorporaHelp, prepareData } from './dat
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import type { TrainingEngine } from './engines/engine.ts';
 import { KernelProfiler } from '../backends/webgpu/profiler.ts';
+import { KERNEL_CHOICES, type KernelChoice } from '../backends/webgpu/family.ts';
 import { formatCount } from './train/progress.ts';
 import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
 import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
@@ -155,6 +156,7 @@ function trainOptions(y: Argv) {
     .option('mode', { choices: MODES, describe: 'compiled: the fused training program, one submit per step (default); eager: one kernel per op' })
     .option('profile', { type: 'boolean', describe: 'time every kernel on the device (timestamp queries) and print where the steps spent their time' })
     .option('autotune', { type: 'boolean', describe: 'compiled mode: time matmul tile shapes on this adapter first (cached in .chotta/autotune)' })
+    .option('kernels', { choices: KERNEL_CHOICES, describe: 'compiled mode: the kernel family: software (no workgroup memory, for CPU rasterizers such as lavapipe), gpu (workgroup-memory tiles), or auto: by the adapter [default: auto, or $CHOTTA_KERNELS]' })
     .option('resume', { type: 'boolean', describe: "continue the run in --out from its checkpoint, with the run's settings" })
     .option('out', { type: 'string', describe: 'the run folder (checkpoint, loss.csv, loss.svg) [default: runs/<preset>]' })
     .option('model', { type: 'string', describe: `model file [default: ${d.modelFile}]` })
@@ -189,12 +191,12 @@ function trainOptions(y: Argv) {
     .epilogue(`Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.\n${EPILOGUE}`);
 }
 
-type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean; profile?: boolean; autotune?: boolean };
+type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean; profile?: boolean; autotune?: boolean; kernels?: KernelChoice };
 
 async function trainCommand(args: TrainArgs): Promise<void> {
   const engines: TrainingEngine[] = [];
   const profiler: { current?: KernelProfiler } = {};
-  const factory = engineFactoryFor(args.mode ?? 'compiled', { autotune: args.autotune });
+  const factory = engineFactoryFor(args.mode ?? 'compiled', { autotune: args.autotune, kernels: args.kernels });
   const createEngine: EngineFactory = async (ctx) => {
     const engine = await factory(ctx);
     if (args.profile) {
@@ -381,7 +383,7 @@ async function exportCommand(args: { ckpt: string; out: string }): Promise<void>
  * The seam between the CLI and the ways of running a model. Each engine module is imported only
  * when a command needs it, so `info` and `data` never load kernels.
  */
-function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): EngineFactory & FinetuneEngineFactory {
+function engineFactoryFor(mode: Mode, opts: { autotune?: boolean; kernels?: KernelChoice } = {}): EngineFactory & FinetuneEngineFactory {
   switch (mode) {
     case 'eager':
       return async (ctx) => {
@@ -392,10 +394,11 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean } = {}): Engine
       return async (ctx: Parameters<EngineFactory>[0] & { lossMask?: boolean }) => {
         const { createCompiledEngine } = await import('./engines/compiled-engine.ts');
         const { MatmulTuner } = await import('../backends/webgpu/matmul-tuner.ts');
-        const { webgpuTarget } = await import('../backends/index.ts');
+        const { webgpuTarget, kernelFamily } = await import('../backends/index.ts');
+        const family = kernelFamily(ctx.gpu, opts.kernels);
         return createCompiledEngine({
           ...ctx,
-          target: webgpuTarget(ctx.gpu, { tuner: opts.autotune ? new MatmulTuner(ctx.gpu) : undefined }),
+          target: webgpuTarget(ctx.gpu, { kernels: family, tuner: opts.autotune ? new MatmulTuner(ctx.gpu, undefined, { family }) : undefined }),
           cacheDir: COMPILE_CACHE_DIR,
           log: (line) => process.stderr.write(`${line}\n`),
         });

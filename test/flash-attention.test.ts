@@ -2,15 +2,14 @@
 // computed in float64 on the host: S = q·kᵀ·scale, masked above the diagonal when causal,
 // P = softmax(S), o = P·v, and the gradients of Σ o∘g for a random upstream g. The naive backward
 // is itself checked once against central differences, so the oracle is not a copy of the kernels'
-// algebra.
+// algebra. Every case runs against both kernel families: the software family (one invocation per
+// row, no workgroup memory) and the GPU family (wgsl/gpu/: 64-row blocks over K/V or query tiles
+// staged in workgroup memory), at the same tolerance.
 
 import { describe, expect, it } from 'vitest';
-import {
-  flashAttentionBackward,
-  flashAttentionForward,
-  type FlashAttentionOptions,
-  type FlashKernelSpec,
-} from '../backends/webgpu/wgsl/flash-attention.ts';
+import * as softwareFamily from '../backends/webgpu/wgsl/flash-attention.ts';
+import type { FlashAttentionOptions, FlashKernelSpec } from '../backends/webgpu/wgsl/flash-attention.ts';
+import * as gpuFamily from '../backends/webgpu/wgsl/gpu/flash-attention.ts';
 import { EagerBackend, type EagerValue } from '../backends/webgpu/eager.ts';
 import { randomArray } from './support/gradcheck.ts';
 import { assertClose, type Tolerance } from './support/compare.ts';
@@ -91,6 +90,18 @@ const CASES: { BH: number; T: number; D: number; causal: boolean }[] = [
   { BH: 1, T: 37, D: 32, causal: true },
   { BH: 1, T: 64, D: 32, causal: false },
   { BH: 3, T: 64, D: 8, causal: true },
+  // Several 64-row blocks and 32-key tiles, the last of each partial: T = 100 is a block of 64 and
+  // one of 36 rows, key tiles of 32, 32, 32 and 4; at D = 64 the dK/dV query tiles have 16 rows.
+  { BH: 2, T: 100, D: 64, causal: true },
+  // A last block holding a single row (129 = 2·64 + 1), with every other row of it past T.
+  { BH: 1, T: 129, D: 16, causal: false },
+];
+
+/** The kernel generators a family provides; the test drives both alike. */
+type Family = Pick<typeof softwareFamily, 'flashAttentionForward' | 'flashAttentionBackward'>;
+const FAMILIES: [string, Family][] = [
+  ['software', softwareFamily],
+  ['gpu', gpuFamily],
 ];
 
 describe('naive float64 attention (the oracle)', () => {
@@ -113,7 +124,7 @@ describe('naive float64 attention (the oracle)', () => {
   });
 });
 
-describe('flash attention kernels vs naive float64 attention', () => {
+describe.each(FAMILIES)('flash attention kernels (%s family) vs naive float64 attention', (_, family) => {
   CASES.forEach(({ BH, T, D, causal }, c) => {
     it(`BH=${BH} T=${T} D=${D}${causal ? ' causal' : ''}`, async (t) => {
       const gpu = await gpuOrSkip(t);
@@ -131,8 +142,8 @@ describe('flash attention kernels vs naive float64 attention', () => {
         o: eager.allocate([BH, T, D], 'f32'), lse: eager.allocate([BH, T], 'f32'), delta: eager.allocate([BH, T], 'f32'),
         dq: eager.allocate([BH, T, D], 'f32'), dk: eager.allocate([BH, T, D], 'f32'), dv: eager.allocate([BH, T, D], 'f32'),
       };
-      runFlash(eager, flashAttentionForward(BH, T, D, opts), tensors);
-      for (const spec of flashAttentionBackward(BH, T, D, opts)) runFlash(eager, spec, tensors);
+      runFlash(eager, family.flashAttentionForward(BH, T, D, opts), tensors);
+      for (const spec of family.flashAttentionBackward(BH, T, D, opts)) runFlash(eager, spec, tensors);
       const reads = ['o', 'lse', 'dq', 'dk', 'dv'].map((name) => eager.readLater(tensors[name]));
       eager.flush();
       const [o, lse, dq, dk, dv] = await Promise.all(reads);
@@ -146,9 +157,76 @@ describe('flash attention kernels vs naive float64 attention', () => {
   });
 });
 
-describe('flash attention kernel generators', () => {
+describe.each(FAMILIES)('flash attention kernel generators (%s family)', (_, family) => {
   it('reject head dims the vec4 rows cannot hold', () => {
-    expect(() => flashAttentionForward(1, 8, 6, { causal: false, scale: 1 })).toThrow(/multiple of 4/);
-    expect(() => flashAttentionForward(1, 8, 128, { causal: false, scale: 1 })).toThrow(/≤ 64/);
+    expect(() => family.flashAttentionForward(1, 8, 6, { causal: false, scale: 1 })).toThrow(/multiple of 4/);
+    expect(() => family.flashAttentionForward(1, 8, 128, { causal: false, scale: 1 })).toThrow(/≤ 64/);
+  });
+});
+
+/** Bytes of the `var<workgroup>` arrays a kernel declares, read from its WGSL. */
+function workgroupBytes(wgsl: string): number {
+  return (wgsl.match(/var<workgroup>[^;]*;/g) ?? []).reduce((sum, decl) => {
+    const m = /array<(f32|vec4<f32>),\s*(\d+)>/.exec(decl);
+    if (!m) throw new Error(`a workgroup declaration this test cannot size: ${decl}`);
+    return sum + (m[1] === 'f32' ? 4 : 16) * Number(m[2]);
+  }, 0);
+}
+
+describe('GPU family flash attention kernels', () => {
+  const kernels = (BH: number, T: number, D: number, causal: boolean) => {
+    const opts = { causal, scale: 0.125 };
+    return [
+      gpuFamily.flashAttentionForward(BH, T, D, opts),
+      gpuFamily.flashAttentionBackwardQuery(BH, T, D, opts),
+      gpuFamily.flashAttentionBackwardKeyValue(BH, T, D, opts),
+    ];
+  };
+
+  it('stage tiles in at most 16 KiB of workgroup memory at D = 64, sized for the actual D', () => {
+    const [fwd, dq, dkdv] = kernels(2, 100, 64, true).map((k) => workgroupBytes(k.wgsl));
+    // K and V tiles of 32 keys × 64 floats; q and dO tiles of 16 queries × 64 floats plus their lse and delta.
+    expect([fwd, dq, dkdv]).toEqual([16384, 16384, 16 * (2 * 64 + 2) * 4]);
+    for (const D of [4, 8, 16, 32, 60, 64]) {
+      for (const k of kernels(1, 70, D, false)) {
+        const bytes = workgroupBytes(k.wgsl);
+        expect(bytes, `${k.name}`).toBeGreaterThan(0);
+        expect(bytes, `${k.name}`).toBeLessThanOrEqual(16384);
+      }
+      const want = gpuFamily.flashWorkgroupBytes(D);
+      expect(kernels(1, 70, D, false).map((k) => workgroupBytes(k.wgsl))).toEqual([want.forward, want.query, want.keyValue]);
+    }
+    expect(workgroupBytes(kernels(1, 70, 8, false)[0].wgsl)).toBe(2 * 32 * 8 * 4);
+  });
+
+  it('launch one workgroup of 64 invocations per (64-row block, head): [ceil(T/64), BH, 1]', () => {
+    for (const [BH, T] of [[1, 1], [3, 63], [2, 64], [2, 65], [5, 129], [1, 1000]]) {
+      for (const k of kernels(BH, T, 16, true)) {
+        expect(k.workgroups, `${k.name}`).toEqual([Math.ceil(T / 64), BH, 1]);
+        expect(k.wgsl).toContain('@workgroup_size(64)');
+      }
+    }
+  });
+
+  it('have the software family\'s bindings under names of their own', () => {
+    const opts = { causal: true, scale: 0.5 };
+    const pairs = [
+      [softwareFamily.flashAttentionForward, gpuFamily.flashAttentionForward],
+      [softwareFamily.flashAttentionBackwardQuery, gpuFamily.flashAttentionBackwardQuery],
+      [softwareFamily.flashAttentionBackwardKeyValue, gpuFamily.flashAttentionBackwardKeyValue],
+    ] as const;
+    for (const [sw, gpu] of pairs) {
+      const a = sw(2, 40, 32, opts), b = gpu(2, 40, 32, opts);
+      expect([b.inputs, b.outputs]).toEqual([a.inputs, a.outputs]);
+      expect(b.name).not.toBe(a.name);
+      // Same binding declarations, in the same order.
+      const decls = (w: string) => w.split('\n').filter((l) => l.startsWith('@group(0)'));
+      expect(decls(b.wgsl)).toEqual(decls(a.wgsl));
+    }
+    expect(gpuFamily.flashAttentionBackward(2, 40, 32, opts).map((k) => k.name)).toEqual([
+      softwareFamily.flashAttentionDelta(2, 40, 32).name,
+      gpuFamily.flashAttentionBackwardQuery(2, 40, 32, opts).name,
+      gpuFamily.flashAttentionBackwardKeyValue(2, 40, 32, opts).name,
+    ]);
   });
 });

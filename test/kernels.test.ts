@@ -12,6 +12,7 @@ import { assertClose, type Tolerance } from './support/compare.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import type { GpuContext } from '../backends/webgpu/device.ts';
 import { adapterMatmulDefault } from '../backends/webgpu/matmul-tuner.ts';
+import { GPU_MATMUL_TILES } from '../backends/webgpu/wgsl/gpu/matmul.ts';
 
 type In = { shape: Shape; dtype?: DType; positive?: boolean; ints?: number };
 type Case = { op: string; ins: In[]; attrs?: Attrs; out?: { shape: Shape; dtype: DType } };
@@ -154,6 +155,13 @@ const MATMUL_CONFIG_CASES: { cfg: MatmulConfig; tA: boolean; tB: boolean; K: num
   // A shared across subgroups of 8 (compiled mode's default on the software adapter): ragged and exact tiles.
   ...[false, true].flatMap((tA) => [false, true].map((tB) => ({ cfg: { rows: 8, cols: 8, wgX: 8, wgY: 8, shareA: 8 }, tA, tB, K: 37 }))),
   { cfg: { rows: 8, cols: 8, wgX: 8, wgY: 8, shareA: 8 }, tA: false, tB: true, K: 40, M: 128, N: 64 },
+  // The GPU family (wgsl/gpu/matmul.ts, workgroup-memory tiles): every tile it may choose, with
+  // ragged M, N and K (a partial tile on every side) under all four transposes, and exact tiles
+  // (no guards at all), with K below, at and past one tile depth.
+  ...GPU_MATMUL_TILES.flatMap((cfg, j) => [false, true].flatMap((tA) => [false, true].map((tB) => ({ cfg, tA, tB, K: 37 }))).filter((_, t) => j === 0 || j === GPU_MATMUL_TILES.length - 1 || t === j)),
+  ...GPU_MATMUL_TILES.map((cfg) => ({ cfg, tA: false, tB: true, K: 48, M: 2 * cfg.rows * cfg.wgY, N: 2 * cfg.cols * cfg.wgX })),
+  { cfg: { ...GPU_MATMUL_TILES[1], tileK: 8 }, tA: true, tB: false, K: 5, M: 70, N: 66 },
+  { cfg: { ...GPU_MATMUL_TILES[1], tileK: 32 }, tA: false, tB: false, K: 64, M: 64, N: 64 },
 ];
 
 type SubgroupInfo = GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };

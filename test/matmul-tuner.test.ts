@@ -6,7 +6,10 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { DEFAULT_MATMUL } from '../backends/webgpu/wgsl/primitives.ts';
+import { DEFAULT_MATMUL, type MatmulConfig } from '../backends/webgpu/wgsl/primitives.ts';
+import { gpuMatmulDefault, MIN_WORKGROUPS } from '../backends/webgpu/wgsl/gpu/matmul.ts';
+import { isSoftwareAdapter, kernelFamily } from '../backends/webgpu/family.ts';
+import { assertClose } from './support/compare.ts';
 import { EagerBackend } from '../backends/webgpu/eager.ts';
 import { matmulCandidates, matmulKernelFor, matmulKeyName, MatmulTuner, type MatmulKey } from '../backends/webgpu/matmul-tuner.ts';
 import { applyOp, type RefTensor } from '../compiler/ir/interpret.ts';
@@ -88,5 +91,83 @@ describe('MatmulTuner', () => {
     expect(big.length).toBeGreaterThanOrEqual(8);
     const thin = matmulCandidates({ batch: 32, M: 128, N: 32, K: 128, transA: false, transB: false });
     for (const c of thin.slice(1)) expect(c.cols * c.wgX).toBeLessThanOrEqual(64);
+  });
+
+  it('GPU-family candidates start with the occupancy rule\'s tile and are all workgroup-tiled', () => {
+    const key = { batch: 1, M: 512, N: 128, K: 128, transA: false, transB: false };
+    const gpu = matmulCandidates(key, 'gpu');
+    expect(gpu[0]).toEqual(gpuMatmulDefault(key));
+    expect(gpu.length).toBeGreaterThanOrEqual(3);
+    for (const c of gpu) expect(c.tileK).toBeGreaterThan(0);
+    expect(new Set(gpu.map((c) => JSON.stringify(c))).size).toBe(gpu.length);
+  });
+
+  it('tunes the GPU family in its own cache section, its choice agreeing with the reference', async (t) => {
+    const gpu = await gpuOrSkip(t);
+    const path = cacheFile();
+    const software = new MatmulTuner(gpu, path, { ...QUICK, family: 'software' });
+    const tuner = new MatmulTuner(gpu, path, { ...QUICK, family: 'gpu' });
+    expect(tuner.family).toBe('gpu');
+    expect(tuner.section).not.toBe(software.section);
+    await tuner.tune([SHAPES[0]]);
+    const config = tuner.configFor(SHAPES[0])!;
+    expect(config.tileK).toBeGreaterThan(0);
+    expect(software.configFor(SHAPES[0])).toBeUndefined();
+    const { batch, M, N, K } = SHAPES[0];
+    const a: RefTensor = { shape: [batch, K, M], dtype: 'f32', data: Float64Array.from(randomArray(batch * K * M, 3)) };
+    const b: RefTensor = { shape: [batch, K, N], dtype: 'f32', data: Float64Array.from(randomArray(batch * K * N, 4)) };
+    const want = applyOp('matmul', { transA: true }, [a, b], { shape: [batch, M, N], dtype: 'f32' });
+    const eager = new EagerBackend(gpu);
+    const out = eager.allocate([batch, M, N], 'f32');
+    eager.run(matmulKernelFor(SHAPES[0], config), [a, b].map((x) => eager.upload(Float32Array.from(x.data), x.shape, 'f32')), out);
+    assertClose(await eager.read(out), want.data, { rtol: 1e-5, atol: 1e-5 }, 'tuned GPU-family matmul');
+  });
+});
+
+describe('the occupancy rule (GPU family)', () => {
+  const shape = (M: number, N: number, batch = 1) => ({ batch, M, N, K: 64, transA: false, transB: false });
+  const tile = (c: MatmulConfig) => [c.rows * c.wgY, c.cols * c.wgX];
+  it('keeps the largest tile while the grid has MIN_WORKGROUPS workgroups', () => {
+    expect(tile(gpuMatmulDefault(shape(4096, 4096)))).toEqual([128, 64]);
+    // 1024×1024 in 128×64 tiles is 128 workgroups, in 64×64 tiles 256, in 64×32 512.
+    expect(tile(gpuMatmulDefault(shape(1024, 1024)))).toEqual([64, 32]);
+    expect(MIN_WORKGROUPS).toBeGreaterThan(128);
+  });
+  it('drops to the smallest tile when no tile fills the device (the tiny GPT: 512×128 is 64 workgroups of 32×32)', () => {
+    expect(tile(gpuMatmulDefault(shape(512, 128)))).toEqual([32, 32]);
+    expect(tile(gpuMatmulDefault(shape(2048, 2048)))).toEqual([128, 64]);
+    // Batched matmuls count every batch's workgroups: 128×128 alone is 16 workgroups of 32×32, but
+    // 64 of them make 512 of 64×32.
+    expect(tile(gpuMatmulDefault(shape(128, 128, 64)))).toEqual([64, 32]);
+    expect(tile(gpuMatmulDefault(shape(128, 128, 1)))).toEqual([32, 32]);
+  });
+});
+
+describe('kernel family selection', () => {
+  const adapter = (info: Partial<GPUAdapterInfo & { isFallbackAdapter: boolean }>) => ({
+    adapter: { info } as GPUAdapter,
+    info: { vendor: info.vendor ?? '', architecture: info.architecture ?? '', device: info.device ?? '', description: info.description ?? '' },
+  });
+  it('picks the software family on CPU rasterizers and the GPU family on GPUs', () => {
+    expect(kernelFamily(adapter({ vendor: 'mesa', architecture: 'software', device: 'llvmpipe-llvm-15', description: 'llvmpipe: Mesa 25.0.7' }), 'auto')).toBe('software');
+    expect(kernelFamily(adapter({ vendor: 'google', device: 'swiftshader device' }), 'auto')).toBe('software');
+    expect(kernelFamily(adapter({ vendor: 'nvidia', isFallbackAdapter: true }), 'auto')).toBe('software');
+    expect(kernelFamily(adapter({ vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA H200' }), 'auto')).toBe('gpu');
+    expect(kernelFamily(adapter({ vendor: 'apple', architecture: 'metal-3' }), 'auto')).toBe('gpu');
+  });
+  it('a forced family wins over the adapter, and CHOTTA_KERNELS is checked', () => {
+    const lavapipe = adapter({ vendor: 'mesa', architecture: 'software' });
+    expect(kernelFamily(lavapipe, 'gpu')).toBe('gpu');
+    expect(kernelFamily(adapter({ vendor: 'nvidia' }), 'software')).toBe('software');
+    vi.stubEnv('CHOTTA_KERNELS', 'gpu');
+    expect(kernelFamily(lavapipe)).toBe('gpu');
+    vi.stubEnv('CHOTTA_KERNELS', 'fast');
+    expect(() => kernelFamily(lavapipe)).toThrow(/CHOTTA_KERNELS=fast: choose one of auto, software, gpu/);
+    vi.unstubAllEnvs();
+  });
+  it('the adapter CI runs on is a software rasterizer, so compiled mode picks the software family there', async (t) => {
+    const gpu = await gpuOrSkip(t);
+    if (!process.env.CI && !isSoftwareAdapter(gpu)) return t.skip(`adapter ${gpu.info.description} is a GPU`);
+    expect(kernelFamily(gpu, 'auto')).toBe('software');
   });
 });

@@ -59,6 +59,19 @@ export function dawnInstance(): GPU | undefined {
   return gpuInstance;
 }
 
+/**
+ * Dawn's instance flags: CHOTTA_DAWN_FLAGS (space-separated), with timestamp quantization off.
+ * Dawn rounds timestamps down to about 65 µs by default (a browser's defence against timing
+ * attacks), which makes a profile's per-kernel times on a fast GPU mostly zeros.
+ */
+export function dawnFlags(user: string): string[] {
+  const flags = user.split(' ').filter(Boolean);
+  const disable = flags.findIndex((f) => f.startsWith('disable-dawn-features='));
+  if (disable < 0) return [...flags, 'disable-dawn-features=timestamp_quantization'];
+  flags[disable] += ',timestamp_quantization';
+  return flags;
+}
+
 async function acquire(): Promise<GpuContext> {
   // Mesa's drivers warn on stderr without XDG_RUNTIME_DIR. Set it before dawn.node loads (the
   // reason for the dynamic import below: a static import would load it before this line runs).
@@ -72,7 +85,7 @@ async function acquire(): Promise<GpuContext> {
   // code; node has none of them.
   Object.assign(globalThis, globals);
 
-  const gpu = (gpuInstance ??= create((process.env.CHOTTA_DAWN_FLAGS ?? '').split(' ').filter(Boolean)));
+  const gpu = (gpuInstance ??= create(dawnFlags(process.env.CHOTTA_DAWN_FLAGS ?? '')));
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) {
     throw new Error(

@@ -9,7 +9,8 @@ import type { CompiledTraining, ProgramName } from '../../compiler/pipeline.ts';
 import { renderTraining, type DeviceValues, type Executor, type Recording, type Target } from '../backend.ts';
 import type { GpuContext } from './device.ts';
 import { webgpu } from './index.ts';
-import { adapterMatmulDefault, matmulKeyName, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
+import { kernelFamily, type KernelChoice } from './family.ts';
+import { matmulKeyName, untunedMatmulTiles, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
 import type { KernelProfiler } from './profiler.ts';
 import { bindingLimit, createStored, pieceBytesOf, PipelineCache, Program, sharedTemps, sliceStored, storedBytes, type Externals, type Stored } from './program.ts';
 import type { WebGpuProgram, WebGpuRenderOptions } from './render.ts';
@@ -21,22 +22,26 @@ export interface WebGpuTargetOptions {
   maxBindingBytes?: number;
   /** Fewer storage buffers per kernel than the adapter allows (WebGPU's guaranteed 8, as on many browsers). */
   maxStorageBuffers?: number;
+  /** The kernel family (family.ts): by the adapter's class unless forced. */
+  kernels?: KernelChoice;
 }
 
 export type WebGpuTarget = Target<WebGpuProgram, KernelProfiler>;
 
 /** The WebGPU backend on `gpu`'s device. */
 export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): WebGpuTarget {
-  const tiles = adapterMatmulDefault(gpu);
+  const family = kernelFamily(gpu, opts.kernels);
+  const { configFor: tiles, renderKey } = untunedMatmulTiles(gpu, family);
   const { tuner } = opts;
-  const renderAll = (compiled: CompiledTraining, matmulConfig: WebGpuRenderOptions['matmulConfig']) => renderTraining(webgpu, compiled, { matmulConfig });
+  if (tuner && tuner.family !== family) throw new Error(`webgpu target: a tuner for the ${tuner.family} family cannot tune the ${family} family's kernels`);
+  const renderAll = (compiled: CompiledTraining, matmulConfig: WebGpuRenderOptions['matmulConfig']) => renderTraining(webgpu, compiled, { matmulConfig, family });
   return {
     backend: webgpu,
     maxStorageBuffers: Math.min(gpu.device.limits.maxStorageBuffersPerShaderStage, opts.maxStorageBuffers ?? Infinity),
     maxBindingBytes: Math.min(bindingLimit(gpu.device), opts.maxBindingBytes ?? Infinity),
-    renderKey: tuner ? `tuned:${tuner.section}` : tiles,
+    renderKey: tuner ? `tuned:${tuner.section}` : renderKey,
     async render(compiled, log) {
-      if (!tuner) return renderAll(compiled, () => tiles);
+      if (!tuner) return renderAll(compiled, tiles);
       // The matmul shapes are known once the programs are scheduled; tune those not in the tuner's
       // cache, then render with the tiles it chose.
       const keys = new Map<string, MatmulKey>();
@@ -45,7 +50,7 @@ export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): W
         if (result) log(`autotune: ${index + 1}/${total} ${matmulKeyName(key)}: ${result.gflops.toFixed(2)} GFLOP/s (default tiles ${result.defaultGflops.toFixed(2)})`);
       });
       log(`autotune: ${report.tuned} matmul shapes tuned in ${(report.ms / 1000).toFixed(1)} s, ${report.cached} from ${tuner.cachePath}`);
-      return renderAll(compiled, (k) => tuner.configFor(k) ?? tiles);
+      return renderAll(compiled, (k) => tuner.configFor(k) ?? tiles(k));
     },
     async open(programs, values, rebind = {}) {
       const executor = new WebGpuExecutor(gpu.device, programs, values, rebind);
@@ -54,6 +59,9 @@ export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): W
     },
   };
 }
+
+/** Reads up to this size reuse their mappable buffers (the loss, the gradient norm, a row of logits). */
+const READBACK_POOL_MAX_BYTES = 1 << 20;
 
 class WebGpuExecutor implements Executor<KernelProfiler> {
   profiler: KernelProfiler | undefined;
@@ -67,6 +75,12 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
   /** Staging buffers for uploads inside a recording, by value and by how many uploads of it came before in the recording. */
   private readonly staging = new Map<string, GPUBuffer[]>();
   private readonly errors: string[] = [];
+  /**
+   * Mappable buffers for reads, by size, free to reuse: a step reads the same few small values
+   * (the loss, the gradient norm) every time, so it takes them from here instead of creating and
+   * destroying two buffers per step.
+   */
+  private readonly readback = new Map<number, GPUBuffer[]>();
 
   constructor(
     private readonly device: GPUDevice,
@@ -122,6 +136,18 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
     }
   }
 
+  /** Returns a read's buffer to the pool (unmapped), or destroys it: small reads are pooled, large ones (a checkpoint's state) are not. */
+  private release(buffer: GPUBuffer, bytes: number): void {
+    if (buffer.mapState !== 'unmapped') buffer.unmap();
+    const pool = this.readback.get(bytes) ?? [];
+    if (bytes > READBACK_POOL_MAX_BYTES || pool.length >= 4) {
+      buffer.destroy();
+      return;
+    }
+    pool.push(buffer);
+    this.readback.set(bytes, pool);
+  }
+
   /** Whether a recording is open: uploads share staging buffers, so two open at once would overwrite each other's. */
   private recording = false;
 
@@ -170,7 +196,7 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
         const size = this.bytes(name);
         if (bytes % 4 !== 0 || offset % 4 !== 0 || offset + bytes > size) throw new Error(`webgpu executor: cannot read ${bytes} bytes at ${offset} of %${name} (${size} bytes, 4-byte units)`);
         const parts = sliceStored(this.binding(name), offset, bytes).map((part) => {
-          const buffer = device.createBuffer({ size: Math.max(4, part.size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+          const buffer = this.readback.get(part.size)?.pop() ?? device.createBuffer({ size: Math.max(4, part.size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
           encoder.copyBufferToBuffer(part.buffer, part.offset, buffer, 0, part.size);
           return new Promise<ArrayBuffer>((resolve, reject) => reads.push({ buffer, bytes: part.size, resolve, reject }));
         });
@@ -210,7 +236,7 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
             for (const r of reads) r.reject(e);
             throw e;
           } finally {
-            for (const r of reads) r.buffer.destroy();
+            for (const r of reads) this.release(r.buffer, r.bytes);
           }
         })();
         done.catch(() => {});

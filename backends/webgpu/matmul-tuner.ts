@@ -20,6 +20,8 @@ import { numel, type Attrs } from '../../compiler/ir/graph.ts';
 import type { ValueType } from '../../compiler/ir/ops.ts';
 import type { KernelSpec } from './wgsl/wgsl.ts';
 import type { AdapterSummary, GpuContext } from './device.ts';
+import { kernelFamily, type KernelFamily } from './family.ts';
+import { GPU_MATMUL_TILES, gpuMatmulDefault, tiledWorkgroupBytes } from './wgsl/gpu/matmul.ts';
 
 /** What tuning found for one shape: the chosen config and the timings behind the choice. */
 export interface TunedMatmul {
@@ -63,6 +65,8 @@ export interface MatmulTunerOptions {
   rounds?: number;
   /** A candidate must beat the default by this fraction to replace it. Default 0.05. */
   minGain?: number;
+  /** The kernel family whose tiles are tuned. Default: the adapter's (family.ts kernelFamily). */
+  family?: KernelFamily;
 }
 
 /** Where the cache lives by default: next to the prepared data, under the project's `.chotta/`. */
@@ -95,7 +99,7 @@ export function matmulGeneratorVersion(): string {
   if (generatorVersion) return generatorVersion;
   const probe: MatmulKey = { batch: 2, M: 13, N: 21, K: 7, transA: true, transB: false };
   const hash = createHash('sha256');
-  for (const cfg of [DEFAULT_MATMUL, { rows: 4, cols: 4, wgX: 8, wgY: 4, kUnroll: 2 }]) {
+  for (const cfg of [DEFAULT_MATMUL, { rows: 4, cols: 4, wgX: 8, wgY: 4, kUnroll: 2 }, ...GPU_MATMUL_TILES]) {
     hash.update(matmulKernelFor(probe, cfg).wgsl);
     hash.update(matmulKernelFor({ ...probe, transA: false, transB: true }, cfg).wgsl);
   }
@@ -134,24 +138,42 @@ function tileUse(key: MatmulKey, c: MatmulConfig): number {
   return (key.M * key.N) / (Math.ceil(key.M / tM) * tM * Math.ceil(key.N / tN) * tN);
 }
 
+// The GPU family's candidates: its tiles, and the 64×64 tile staged 8 and 32 deep.
+const GPU_CANDIDATES: MatmulConfig[] = [...GPU_MATMUL_TILES, { ...GPU_MATMUL_TILES[1], tileK: 8 }, { ...GPU_MATMUL_TILES[1], tileK: 32 }];
+
 /**
- * The configs worth timing for `key`: DEFAULT_MATMUL first, then the others in order of promise,
- * without those whose tile would be mostly padding for this shape (unless nothing else is left).
+ * The configs worth timing for `key` in `family`: the family's default first (the reference every
+ * other must agree with), then the others in order of promise, without those whose tile would be
+ * mostly padding for this shape (unless nothing else is left).
  */
-export function matmulCandidates(key: MatmulKey): MatmulConfig[] {
-  const rest = CANDIDATES.slice(1);
+export function matmulCandidates(key: MatmulKey, family: KernelFamily = 'software'): MatmulConfig[] {
+  const first = familyMatmulDefault(family, key);
+  const rest = (family === 'gpu' ? GPU_CANDIDATES : CANDIDATES).filter((c) => !sameConfig(c, first));
   const fitting = rest.filter((c) => tileUse(key, c) >= 0.5);
   const chosen = fitting.length >= 2 ? fitting : [...rest].sort((a, b) => tileUse(key, b) - tileUse(key, a)).slice(0, 3);
-  return [DEFAULT_MATMUL, ...chosen];
+  return [first, ...chosen];
+}
+
+/** The tiles compiled mode uses for each shape in `family` on this adapter without tuning (the render key's part: what they depend on besides the shape). */
+export function untunedMatmulTiles(gpu: GpuContext, family: KernelFamily): { configFor: (key: MatmulKey) => MatmulConfig; renderKey: unknown } {
+  if (family === 'gpu') return { configFor: gpuMatmulDefault, renderKey: 'gpu' };
+  const tiles = adapterMatmulDefault(gpu);
+  return { configFor: () => tiles, renderKey: tiles };
+}
+
+/** A family's tiles for `key` before any adapter-specific choice: DEFAULT_MATMUL, or the GPU family's occupancy rule. */
+export function familyMatmulDefault(family: KernelFamily, key: MatmulKey): MatmulConfig {
+  return family === 'gpu' ? gpuMatmulDefault(key) : DEFAULT_MATMUL;
 }
 
 const sameConfig = (a: MatmulConfig, b: MatmulConfig) =>
-  a.rows === b.rows && a.cols === b.cols && a.wgX === b.wgX && a.wgY === b.wgY && (a.kUnroll ?? 1) === (b.kUnroll ?? 1) && a.shareA === b.shareA;
+  a.rows === b.rows && a.cols === b.cols && a.wgX === b.wgX && a.wgY === b.wgY && (a.kUnroll ?? 1) === (b.kUnroll ?? 1) && a.shareA === b.shareA && a.tileK === b.tileK;
 
 /**
- * The tiles compiled mode uses on this adapter without tuning: DEFAULT_MATMUL, sharing A across
+ * The software family's tiles on this adapter without tuning: DEFAULT_MATMUL, sharing A across
  * subgroups where the adapter's subgroups are exactly as wide as a tile row (8: lavapipe's SIMD
- * width), which on the software adapter measured 1.3-2× faster than the default.
+ * width), which on the software adapter measured 1.3-2× faster than the default. (The GPU family's
+ * follow from the shape alone: familyMatmulDefault.)
  */
 export function adapterMatmulDefault(gpu: GpuContext): MatmulConfig {
   const info = gpu.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
@@ -164,7 +186,7 @@ function validConfig(c: unknown): c is MatmulConfig {
   if (!c || typeof c !== 'object') return false;
   const o = c as Record<string, unknown>;
   const posInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0 && (v as number) <= 256;
-  return posInt(o.rows) && posInt(o.cols) && (o.cols as number) % 4 === 0 && posInt(o.wgX) && posInt(o.wgY) && (o.kUnroll === undefined || posInt(o.kUnroll));
+  return posInt(o.rows) && posInt(o.cols) && (o.cols as number) % 4 === 0 && posInt(o.wgX) && posInt(o.wgY) && (o.kUnroll === undefined || posInt(o.kUnroll)) && (o.tileK === undefined || posInt(o.tileK));
 }
 
 function validEntry(e: unknown): e is TunedMatmul {
@@ -296,9 +318,12 @@ class MatmulBench {
     const l = this.device.limits;
     const spec = matmulKernelFor(this.key, config);
     const bytes = 4 * Math.max(this.key.batch * this.key.M * this.key.K, this.key.batch * this.key.K * this.key.N, this.key.batch * this.key.M * this.key.N);
+    // The GPU family's workgroups are one-dimensional (wgX·wgY invocations along x).
+    const [x, y] = config.tileK === undefined ? [config.wgX, config.wgY] : [config.wgX * config.wgY, 1];
     return (
-      config.wgX <= l.maxComputeWorkgroupSizeX &&
-      config.wgY <= l.maxComputeWorkgroupSizeY &&
+      x <= l.maxComputeWorkgroupSizeX &&
+      y <= l.maxComputeWorkgroupSizeY &&
+      tiledWorkgroupBytes(config) <= l.maxComputeWorkgroupStorageSize &&
       config.wgX * config.wgY <= l.maxComputeInvocationsPerWorkgroup &&
       spec.workgroups.every((g) => g <= l.maxComputeWorkgroupsPerDimension) &&
       bytes <= l.maxStorageBufferBindingSize
@@ -420,9 +445,14 @@ export class MatmulTuner {
     options: MatmulTunerOptions = {},
   ) {
     this.cachePath = resolve(cachePath);
-    this.options = { budgetMs: 90_000, rounds: 3, minGain: 0.05, ...options };
-    this.section = `${adapterFingerprint(gpu.info)} | ${matmulGeneratorVersion()}`;
+    this.options = { budgetMs: 90_000, rounds: 3, minGain: 0.05, family: kernelFamily(gpu), ...options };
+    this.section = `${adapterFingerprint(gpu.info)} | ${matmulGeneratorVersion()}${this.options.family === 'software' ? '' : ` | ${this.options.family}`}`;
     this.cache = readCache(this.cachePath);
+  }
+
+  /** The kernel family whose tiles this tuner times and chooses. */
+  get family(): KernelFamily {
+    return this.options.family;
   }
 
   private entries(): Record<string, TunedMatmul> {
@@ -468,9 +498,11 @@ export class MatmulTuner {
   private async tuneOne(key: MatmulKey, budgetMs: number): Promise<TunedMatmul> {
     const start = performance.now();
     // The adapter's own default right after DEFAULT_MATMUL, so it is always timed.
-    const adapterDefault = adapterMatmulDefault(this.gpu);
-    const candidates = matmulCandidates(key);
-    if (!sameConfig(adapterDefault, DEFAULT_MATMUL)) candidates.splice(1, 0, adapterDefault);
+    const { family } = this.options;
+    const candidates = matmulCandidates(key, family);
+    const familyDefault = candidates[0];
+    const adapterDefault = family === 'software' ? adapterMatmulDefault(this.gpu) : familyDefault;
+    if (!sameConfig(adapterDefault, familyDefault)) candidates.splice(1, 0, adapterDefault);
     const bench = new MatmulBench(this.gpu, key);
     try {
       for (const [i, config] of candidates.entries()) {
@@ -479,7 +511,7 @@ export class MatmulTuner {
         if (i >= 2 && projected > budgetMs) break;
         if (bench.fits(config)) await bench.prepare(config);
       }
-      const reference = bench.prepared.find((p) => sameConfig(p.config, DEFAULT_MATMUL));
+      const reference = bench.prepared.find((p) => sameConfig(p.config, familyDefault));
       if (!reference) throw new Error(`matmul ${matmulKeyName(key)}: the default kernel does not compile on this device`);
       await bench.time(this.options.rounds);
       const want = await bench.result(reference);
@@ -531,7 +563,7 @@ export class MatmulTuner {
       const c = e.config;
       lines.push(
         `${matmulKeyName(key).padEnd(24)} ${e.defaultMs.toFixed(2).padStart(10)} ${e.defaultGflops.toFixed(2).padStart(6)} ${e.ms.toFixed(2).padStart(9)} ${e.gflops.toFixed(2).padStart(6)} ${(e.defaultMs / e.ms).toFixed(2).padStart(5)}x  ` +
-          `${c.rows}x${c.cols} per thread, wg ${c.wgX}x${c.wgY}${(c.kUnroll ?? 1) > 1 ? `, k unroll ${c.kUnroll}` : ''}`,
+          `${c.rows}x${c.cols} per thread, wg ${c.wgX}x${c.wgY}${(c.kUnroll ?? 1) > 1 ? `, k unroll ${c.kUnroll}` : ''}${c.tileK ? `, ${c.tileK}-deep workgroup tiles` : ''}`,
       );
     }
     return lines.join('\n');

@@ -1,12 +1,16 @@
 // The WebGPU backend's renderer: the WGSL of each kernel of a scheduled program and the workgroup
 // grid it is launched on. Fused kernels come from wgsl/fused.ts (with the matmul tiling the
-// autotuner chose, or the default), attention kernels from wgsl/flash-attention.ts.
+// autotuner chose, or the family's default), attention kernels from wgsl/flash-attention.ts (the
+// software family) or wgsl/gpu/flash-attention.ts (the GPU family; family.ts).
 
 import type { ScheduledKernel, ScheduledProgram } from '../../compiler/schedule.ts';
 import { pieceElements, piecesOf } from '../../compiler/ir/kernel-io.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import type { RenderedKernel, RenderedProgram } from '../backend.ts';
-import { flashAttentionBackwardKeyValue, flashAttentionBackwardQuery, flashAttentionForward, type FlashKernelSpec } from './wgsl/flash-attention.ts';
+import * as softwareAttention from './wgsl/flash-attention.ts';
+import * as gpuAttention from './wgsl/gpu/flash-attention.ts';
+import type { FlashKernelSpec } from './wgsl/flash-attention.ts';
+import type { KernelFamily } from './family.ts';
 import { fusedKernel, type FusedKernel } from './wgsl/fused.ts';
 import { matmulKeyOf, type MatmulConfig, type MatmulKey } from './wgsl/primitives.ts';
 
@@ -20,6 +24,8 @@ export type WebGpuProgram = RenderedProgram<WebGpuKernel>;
 export interface WebGpuRenderOptions {
   /** The matmul tiling for a given matmul node (from the autotuner); the default blocking otherwise. */
   matmulConfig?(m: MatmulKey): MatmulConfig | undefined;
+  /** Whose attention kernels to use (family.ts); the software family when absent. */
+  family?: KernelFamily;
 }
 
 export function renderProgram(plan: ScheduledProgram, opts: WebGpuRenderOptions = {}): WebGpuProgram {
@@ -40,7 +46,7 @@ function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRe
           `(${((plan.maxBindingBytes ?? 0) / 2 ** 20).toFixed(0)} MiB) and attention kernels do not read pieces: lower --batch-size or --block-size`,
       );
     }
-    const spec = attentionSpec(k);
+    const spec = attentionSpec(k, opts.family ?? 'software');
     const { kind, ...rest } = common;
     return { name: `${k.name}_${spec.name}`, kind, wgsl: spec.wgsl, workgroups: spec.workgroups, ...rest };
   }
@@ -63,10 +69,11 @@ function renderKernel(plan: ScheduledProgram, k: ScheduledKernel, opts: WebGpuRe
   return { name: k.name, kind, wgsl: spec.wgsl, workgroups: spec.workgroups, ...rest };
 }
 
-function attentionSpec(k: ScheduledKernel): FlashKernelSpec {
+function attentionSpec(k: ScheduledKernel, family: KernelFamily): FlashKernelSpec {
   const a = k.attention!;
   const opts = { causal: a.causal, scale: a.scale };
-  if (a.variant === 'forward') return flashAttentionForward(a.heads, a.rows, a.headDim, opts);
-  if (a.variant === 'backward-query') return flashAttentionBackwardQuery(a.heads, a.rows, a.headDim, opts);
-  return flashAttentionBackwardKeyValue(a.heads, a.rows, a.headDim, opts);
+  const kernels = family === 'gpu' ? gpuAttention : softwareAttention;
+  if (a.variant === 'forward') return kernels.flashAttentionForward(a.heads, a.rows, a.headDim, opts);
+  if (a.variant === 'backward-query') return kernels.flashAttentionBackwardQuery(a.heads, a.rows, a.headDim, opts);
+  return kernels.flashAttentionBackwardKeyValue(a.heads, a.rows, a.headDim, opts);
 }

@@ -35,14 +35,14 @@ export interface FlashKernelSpec {
 }
 
 
-function check(BH: number, T: number, D: number): void {
+export function check(BH: number, T: number, D: number): void {
   for (const [k, v] of Object.entries({ BH, T, D })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`flash attention: ${k} must be a positive integer, got ${v}`);
   }
   if (D % 4 !== 0 || D > FLASH_ATTENTION_MAX_HEAD_DIM) throw new Error(`flash attention: head dim D must be a multiple of 4 and ≤ ${FLASH_ATTENTION_MAX_HEAD_DIM}, got ${D}`);
 }
 
-function declare(inputs: string[], outputs: string[], types: Record<string, string>): string {
+export function declare(inputs: string[], outputs: string[], types: Record<string, string>): string {
   const line = (name: string, binding: number, access: string) =>
     `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${types[name]}>;`;
   return [
@@ -51,12 +51,12 @@ function declare(inputs: string[], outputs: string[], types: Record<string, stri
   ].join('\n');
 }
 
-const VEC = 'vec4<f32>';
-const ROW_TYPES: Record<string, string> = {
+export const VEC = 'vec4<f32>';
+export const ROW_TYPES: Record<string, string> = {
   q: VEC, k: VEC, v: VEC, o: VEC, dO: VEC, dq: VEC, dk: VEC, dv: VEC, lse: 'f32', delta: 'f32',
 };
 
-const tag = (BH: number, T: number, D: number, o: FlashAttentionOptions) => `${BH}x${T}x${D}${o.causal ? '_causal' : ''}`;
+export const tag = (BH: number, T: number, D: number, o: FlashAttentionOptions) => `${BH}x${T}x${D}${o.causal ? '_causal' : ''}`;
 
 /** Shared prologue: which (head, row) this invocation owns, and the shape constants. */
 function rowPrologue(T: number, D: number, scale: number): string {
