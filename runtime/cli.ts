@@ -10,7 +10,7 @@ import { DEFAULT_CORPUS_DESCRIPTION, namedCorporaHelp, prepareData } from './dat
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import type { TrainingEngine } from './engines/engine.ts';
 import { KernelProfiler } from '../backends/webgpu/profiler.ts';
-import { KERNEL_CHOICES, type KernelChoice } from '../backends/webgpu/family.ts';
+import { describeKernelFamily, KERNEL_CHOICES, type KernelChoice } from '../backends/webgpu/family.ts';
 import { formatCount } from './train/progress.ts';
 import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
 import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
@@ -396,6 +396,7 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean; kernels?: Kern
         const { MatmulTuner } = await import('../backends/webgpu/matmul-tuner.ts');
         const { webgpuTarget, kernelFamily } = await import('../backends/index.ts');
         const family = kernelFamily(ctx.gpu, opts.kernels);
+        process.stderr.write(`${describeKernelFamily(ctx.gpu, opts.kernels)}\n`);
         return createCompiledEngine({
           ...ctx,
           target: webgpuTarget(ctx.gpu, { kernels: family, tuner: opts.autotune ? new MatmulTuner(ctx.gpu, undefined, { family }) : undefined }),

@@ -26,6 +26,13 @@ export function kernelFamily(gpu: Pick<GpuContext, 'adapter' | 'info'>, choice: 
   return isSoftwareAdapter(gpu) ? 'software' : 'gpu';
 }
 
+/** One line saying which family `choice` gives on this adapter, and why. */
+export function describeKernelFamily(gpu: Pick<GpuContext, 'adapter' | 'info'>, choice: KernelChoice = kernelChoiceFromEnv()): string {
+  const family = kernelFamily(gpu, choice);
+  if (choice !== 'auto') return `kernels: the ${family} family (forced by --kernels or CHOTTA_KERNELS)`;
+  return `kernels: the ${family} family (the adapter is ${isSoftwareAdapter(gpu) ? 'a software rasterizer' : 'a GPU'}; --kernels forces one)`;
+}
+
 /** CHOTTA_KERNELS, checked: `auto` when unset. */
 export function kernelChoiceFromEnv(): KernelChoice {
   const v = process.env.CHOTTA_KERNELS;
