@@ -18,6 +18,9 @@ export default defineConfig({
       'test/train-loop.test.ts',
       'test/train-checkpoint.test.ts',
       'test/train-report.test.ts',
+      // The trainer's settings, resume checks, reports and loop bookkeeping, in-process with a fake
+      // engine: the trainer was otherwise tested mostly through the CLI, which kills no mutant.
+      'test/train-config.test.ts',
       // In-process users of runtime/train/ (the run lock, checkpoints and safetensors through
       // fine-tuning and the Hugging Face export): the train scope's first run, without them, left
       // run-lock.ts at 37% and checkpoint.ts at 68%.

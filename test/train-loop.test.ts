@@ -3,15 +3,12 @@
 // interpreter, with gradients from the joint graph and the host AdamW. Real arithmetic, so "resume
 // continues exactly" means identical weights, moments and losses, not identical calls to a mock.
 
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ModelDefinition } from '../compiler/frontend/nn.ts';
-import { model, type GPTConfig } from '../models/gpt.ts';
 import { loadPreparedData, prepareData } from '../runtime/data/index.ts';
-import type { GpuContext } from '../backends/webgpu/device.ts';
 import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { loadCheckpoint, type LoadedCheckpoint } from '../runtime/train/checkpoint.ts';
@@ -21,15 +18,9 @@ import { fillBatch, windowCount } from '../runtime/train/sampler.ts';
 import { accumulationSteps, learningRate } from '../runtime/train/schedule.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { ReferenceEngine, referenceEngines, type EngineLog } from './support/reference-engine.ts';
+import { NO_GPU, TOY, TOY_MICRO_BATCH, toyModel, writeToyCorpus } from './support/toy-run.ts';
 
-const TOY: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 8, vocabSize: 512, bias: true };
-/** The toy preset's micro-batch (ModelDefinition.microBatch): what train() uses, no batchSize being given. */
-const B = 2;
-const toyModel: ModelDefinition = { ...model, presets: { toy: TOY }, microBatch: { toy: B }, defaultPreset: 'toy' };
-/** The reference engine runs on the CPU and never touches a device. */
-const NO_GPU = {} as GpuContext;
-
-const WORDS = 'river stone lamp orchard violet engine harbor quiet copper window meadow signal ember lantern atlas'.split(' ');
+const B = TOY_MICRO_BATCH;
 
 let scratch: string;
 let corpusPath: string;
@@ -78,11 +69,7 @@ let straight: { result: TrainResult; log: EngineLog; checkpoint: LoadedCheckpoin
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), 'chotta-train-loop-'));
-  const random = mulberry32(3);
-  const word = () => WORDS[Math.floor(random() * WORDS.length)];
-  const documents = Array.from({ length: 40 }, (_, i) => `Document ${i}: the ${word()} and the ${word()} met a ${word()}. ${word()} ${word()}.`);
-  corpusPath = join(scratch, 'corpus.jsonl');
-  await writeFile(corpusPath, documents.map((text) => JSON.stringify({ text })).join('\n') + '\n');
+  corpusPath = await writeToyCorpus(join(scratch, 'corpus.jsonl'));
 
   const { log, factory } = referenceEngines();
   const result = await train(options('straight'), factory);

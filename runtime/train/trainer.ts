@@ -389,7 +389,7 @@ export function defaultOutDir(preset: string): string {
   return join('runs', preset);
 }
 
-function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDefinition): ResolvedTrainConfig {
+export function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDefinition): ResolvedTrainConfig {
   const merged: TrainConfig = { ...DEFAULT_TRAIN_CONFIG, ...given };
   const positive = (key: keyof TrainConfig, value: unknown, min = 1) => {
     if (!Number.isInteger(value) || (value as number) < min) throw new UsageError(`${flag(key)} must be an integer of at least ${min}; got ${value}`);
@@ -436,15 +436,23 @@ function resolveConfig(given: Partial<TrainConfig>, outDir: string, def: ModelDe
  * arithmetic (the schedule, the model, the data's tokenization) is refused rather than applied:
  * the point of resuming is to continue the same run.
  */
-function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, outDir: string): ResolvedTrainConfig {
+export function configForResume(saved: LoadedCheckpoint, given: Partial<TrainConfig>, outDir: string): ResolvedTrainConfig {
   const { batchSize } = runShape(saved);
   const savedConfig = saved.state.config as unknown as ResolvedTrainConfig;
   // Runs saved before the micro-batch left the model config kept an override of it there too.
   const { batchSize: _legacy, ...modelOverrides } = (savedConfig.modelOverrides ?? {}) as Record<string, number | boolean>;
   const config = { ...savedConfig, init: savedConfig.init ?? null, modelOverrides, batchSize };
   const differing: string[] = [];
+  const savedModel = runShape(saved).modelConfig;
   for (const [key, value] of Object.entries(given) as [keyof TrainConfig, unknown][]) {
     if (CHANGEABLE_ON_RESUME.has(key)) continue;
+    if (key === 'modelOverrides') {
+      // Each model flag (--n-layer, ...) against the run's model: the value it already has is no change.
+      for (const [setting, v] of Object.entries(value as Record<string, unknown>)) {
+        if (JSON.stringify(v) !== JSON.stringify(savedModel[setting])) differing.push(`${flag(setting)} ${JSON.stringify(v)} (the run has ${JSON.stringify(savedModel[setting])})`);
+      }
+      continue;
+    }
     const meansDefault = (key === 'tokenizer' && value === 'auto') || ((key === 'warmupSteps' || key === 'rampSteps') && value === null);
     if (!meansDefault && JSON.stringify(value) !== JSON.stringify(config[key])) {
       differing.push(`${flag(key)} ${JSON.stringify(value)} (the run has ${JSON.stringify(config[key])})`);
@@ -526,7 +534,7 @@ export function parseTokenizerSpec(text: string): TokenizerSpec {
   }
 }
 
-function modelConfigFor(
+export function modelConfigFor(
   preset: { name: string; config: ModelShape },
   overrides: TrainConfig['modelOverrides'],
   tokenizerVocab: number,
@@ -575,7 +583,7 @@ export async function asUsageError<T>(work: Promise<T>, context: string): Promis
  * so that evaluations differ only by the weights. A split with fewer windows uses each of them
  * (repeated as evenly as possible to fill the last micro-batch: the engine's batch shape is fixed).
  */
-function validationBatches(val: ArrayLike<number>, B: number, T: number, count: number): Batch[] {
+export function validationBatches(val: ArrayLike<number>, B: number, T: number, count: number): Batch[] {
   const available = windowCount(val.length, T);
   if (available === 0) return [];
   const batches = Math.min(count, Math.ceil(available / B));
@@ -599,7 +607,7 @@ function dataRef(prepared: PreparedData): { [key: string]: JsonValue } {
   };
 }
 
-function checkSameData(saved: LoadedCheckpoint, prepared: PreparedData, data: LoadedData): void {
+export function checkSameData(saved: LoadedCheckpoint, prepared: PreparedData, data: LoadedData): void {
   const savedHash = saved.state.data.hash;
   if (savedHash !== prepared.meta.hash) {
     throw new UsageError(
@@ -638,7 +646,7 @@ function checkpointOf(exported: EngineState, state: Checkpoint['state']): Checkp
  * and fills caches). Time spent saving checkpoints, when the device is idle, is not counted;
  * evaluation, which keeps the device busy, is.
  */
-class ThroughputMeter {
+export class ThroughputMeter {
   private firstAt: number | undefined;
   private lastAt = 0;
   private tokens = 0;
@@ -674,7 +682,7 @@ class ThroughputMeter {
  * The first SIGINT or SIGTERM stops the run after the step in flight, with a checkpoint; a second
  * one exits at once (the last checkpoint is intact: saves are atomic).
  */
-function listenForStopSignals(stopping: AbortController, log: (line: string) => void): { remove(): void } {
+export function listenForStopSignals(stopping: AbortController, log: (line: string) => void): { remove(): void } {
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping.signal.aborted) {
       log(`${signal} again: exiting without saving; the last checkpoint is intact`);
@@ -688,7 +696,7 @@ function listenForStopSignals(stopping: AbortController, log: (line: string) => 
   return { remove: () => signals.forEach((signal) => process.off(signal, onSignal)) };
 }
 
-function summaryText(result: TrainResult, totalSteps: number, stepsThisProcess: number): string {
+export function summaryText(result: TrainResult, totalSteps: number, stepsThisProcess: number): string {
   const lines: string[] = [];
   const status = result.finished ? `trained ${totalSteps} steps` : `stopped at step ${result.step}/${totalSteps}`;
   lines.push(`${status} (${stepsThisProcess} in this run, ${formatDuration(result.wallMs)} wall time)`);
