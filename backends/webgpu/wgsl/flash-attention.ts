@@ -69,6 +69,30 @@ function rowPrologue(T: number, D: number, scale: number): string {
 }
 
 /**
+ * One key of the forward's online softmax, as WGSL lines at `indent`: the score s = qi·k_j, the
+ * running max m and sum l, the accumulator acc rescaled when the max grows. `kAt` and `vAt` are the
+ * key's and value's vec4 number `d`. Both kernel families run these same lines, so they agree to
+ * the last bit.
+ */
+export function onlineSoftmaxStep(kAt: string, vAt: string, indent: string): string {
+  return `var s = 0.0;
+for (var d = 0u; d < D4; d++) { s += dot(qi[d], ${kAt}); }
+// Rescale only when the running max grows: one exp per key instead of two.
+if (s > m) {
+  let alpha = exp(m - s);
+  l *= alpha;
+  for (var d = 0u; d < D4; d++) { acc[d] *= alpha; }
+  m = s;
+}
+let p = exp(s - m);
+l += p;
+for (var d = 0u; d < D4; d++) { acc[d] += p * ${vAt}; }`
+    .split('\n')
+    .map((line) => indent + line)
+    .join('\n');
+}
+
+/**
  * Forward: o = softmax(mask(q·kᵀ·scale))·v and lse[i] = log Σ_j exp(s_ij) over unmasked j.
  * Bindings: q, k, v (inputs 0–2) → o [BH,T,D] (3), lse [BH,T] (4). One invocation per query row.
  */
@@ -89,18 +113,7 @@ export function flashAttentionForward(BH: number, T: number, D: number, opts: Fl
   let end = ${opts.causal ? 'row + 1u' : 'T'};
   for (var j = 0u; j < end; j++) {
     let kj = rows + j * D4;
-    var s = 0.0;
-    for (var d = 0u; d < D4; d++) { s += dot(qi[d], k[kj + d]); }
-    // Rescale only when the running max grows: one exp per key instead of two.
-    if (s > m) {
-      let alpha = exp(m - s);
-      l *= alpha;
-      for (var d = 0u; d < D4; d++) { acc[d] *= alpha; }
-      m = s;
-    }
-    let p = exp(s - m);
-    l += p;
-    for (var d = 0u; d < D4; d++) { acc[d] += p * v[kj + d]; }
+${onlineSoftmaxStep('k[kj + d]', 'v[kj + d]', '    ')}
   }
   let inv = 1.0 / l;
   for (var d = 0u; d < D4; d++) { o[i * D4 + d] = acc[d] * inv; }

@@ -27,6 +27,7 @@ import {
   check,
   declare,
   flashAttentionDelta,
+  onlineSoftmaxStep,
   ROW_TYPES,
   tag,
   VEC,
@@ -134,18 +135,7 @@ export function flashAttentionForward(BH: number, T: number, D: number, opts: Fl
   }
   var m = ${literal(-Infinity, 'f32')};
   var l = 0.0;
-${overKeyTiles(opts.causal, `      var s = 0.0;
-      for (var d = 0u; d < D4; d++) { s += dot(qi[d], kt[kv + d]); }
-      // Rescale only when the running max grows: one exp per key instead of two.
-      if (s > m) {
-        let alpha = exp(m - s);
-        l *= alpha;
-        for (var d = 0u; d < D4; d++) { acc[d] *= alpha; }
-        m = s;
-      }
-      let p = exp(s - m);
-      l += p;
-      for (var d = 0u; d < D4; d++) { acc[d] += p * vt[kv + d]; }`)}
+${overKeyTiles(opts.causal, onlineSoftmaxStep('kt[kv + d]', 'vt[kv + d]', '      '))}
   if (live) {
     let inv = 1.0 / l;
     for (var d = 0u; d < D4; d++) { o[i + d] = acc[d] * inv; }

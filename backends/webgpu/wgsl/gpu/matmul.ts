@@ -11,17 +11,7 @@
 // adapters, where a barrier costs more than the loads it saves.
 
 import type { KernelSpec } from '../wgsl.ts';
-import type { MatmulConfig, MatmulIO } from '../primitives.ts';
-
-/** The sizes a matmul kernel is generated for: C[batch, M, N] = op(A)·op(B). */
-export interface MatmulShape {
-  batch: number;
-  M: number;
-  N: number;
-  K: number;
-  transA: boolean;
-  transB: boolean;
-}
+import type { MatmulConfig, MatmulIO, MatmulKey as MatmulShape } from '../primitives.ts';
 
 /** Why a workgroup-tiled config cannot be generated, or undefined when it can. */
 export function tiledConfigProblem(cfg: MatmulConfig): string | undefined {
