@@ -121,7 +121,6 @@ const rows = results.map((r) => {
   const ms = median(r.ms);
   return `| ${r.mode.padEnd(17)} | ${ms.toFixed(0).padStart(8)} | ${Math.round((tokens / ms) * 1000).toString().padStart(8)} | ${String(r.dispatches).padStart(10)} | ${(r.setupMs / 1000).toFixed(1).padStart(8)} | ${(r.warmupMs / 1000).toFixed(1).padStart(9)} |`;
 });
-const byName = new Map(results.map((r) => [r.mode, r]));
 const ratios = results.slice(1).map((r) => `${r.mode} is ${(median(results[0].ms) / median(r.ms)).toFixed(2)}× faster than ${results[0].mode} (median ms per step, this run)`);
 const out = [
   `preset ${args.preset} (batch ${B} × ${T}), ${steps} timed steps each, median; adapter ${gpu.info.vendor} ${gpu.info.architecture} (${gpu.info.description})`,
@@ -133,6 +132,6 @@ const out = [
   ...ratios,
   ...results.map((r) => `losses, ${`${r.mode}:`.padEnd(18)} ${r.losses.map((l) => l.toFixed(5)).join(' ')}`),
 ];
-if (args.profile) for (const r of byName.values()) out.push('', `${r.mode}, one step, by kernel:`, r.profile!);
+if (args.profile) for (const r of results) out.push('', `${r.mode}, one step, by kernel:`, r.profile!);
 process.stdout.write(out.join('\n') + '\n');
 process.exit(0);
