@@ -87,8 +87,8 @@ export interface Executor<Profiler = unknown> {
   readonly tempBytes: number;
   /** Kernel launches recorded so far. */
   readonly dispatches: number;
-  /** When set, every kernel is timed on the device. */
-  profiler: Profiler | undefined;
+  /** Times every kernel run from now on (skipFirstRun: not the first run of each, which includes compiling it), or stops timing with `false`. */
+  profile(opts: { skipFirstRun?: boolean } | false): Profiler | undefined;
   /** The size of a value, in bytes. */
   bytes(name: string): number;
   /** Sets a value's contents (from its start) before the next recording submitted after this call runs. */

@@ -17,7 +17,6 @@ import { requestDevice } from '../backends/webgpu/device.ts';
 import { createCompiledEngine } from '../runtime/engines/compiled-engine.ts';
 import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import type { TrainingEngine } from '../runtime/engines/engine.ts';
-import { KernelProfiler } from '../backends/webgpu/profiler.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { MatmulTuner } from '../backends/webgpu/matmul-tuner.ts';
 import { kernelFamily, type KernelFamily } from '../backends/webgpu/family.ts';
@@ -85,11 +84,10 @@ async function measure(mode: string, engine: TrainingEngine, setupMs: number): P
 
 async function profile(engine: TrainingEngine): Promise<string> {
   // Kernels have all run in the timed steps before, so this step's timings exclude shader compiles.
-  const profiler = new KernelProfiler(gpu.device);
-  engine.profiler = profiler;
+  const profiler = engine.profile!({})!;
   await engine.step([batches[steps + 1]], 1e-3).loss;
   await profiler.settle();
-  engine.profiler = undefined;
+  engine.profile!(false);
   return profiler.report(15);
 }
 

@@ -9,12 +9,13 @@ import { UsageError } from '../compiler/ir/errors.ts';
 import { DEFAULT_CORPUS_DESCRIPTION, namedCorporaHelp, prepareData } from './data/index.ts';
 import { requestDevice, type GpuContext } from '../backends/webgpu/device.ts';
 import type { TrainingEngine } from './engines/engine.ts';
-import { KernelProfiler } from '../backends/webgpu/profiler.ts';
+import type { KernelTimes } from '../backends/profile.ts';
 import { describeKernelFamily, KERNEL_CHOICES, type KernelChoice } from '../backends/webgpu/family.ts';
 import { formatCount } from './train/progress.ts';
 import { sample, SAMPLE_DEFAULTS } from './train/sample.ts';
 import { DEFAULT_TRAIN_CONFIG, parseTokenizerSpec, train, type EngineFactory, type TrainConfig } from './train/trainer.ts';
 import { DEFAULT_FINETUNE_CONFIG, type FinetuneEngineFactory } from './finetune/finetune.ts';
+import { DEVICE_CHOICES, gpuOf, type DeviceChoice } from './device.ts';
 
 export { runCli };
 
@@ -153,8 +154,9 @@ const MODEL_FLAGS = {
 function trainOptions(y: Argv) {
   const d = DEFAULT_TRAIN_CONFIG;
   return y
+    .option('device', DEVICE_OPTION)
     .option('mode', { choices: MODES, describe: 'compiled: the fused training program, one submit per step (default); eager: one kernel per op' })
-    .option('profile', { type: 'boolean', describe: 'time every kernel on the device (timestamp queries) and print where the steps spent their time' })
+    .option('profile', { type: 'boolean', describe: 'time every kernel (GPU: timestamp queries; CPU: the first worker\'s clock) and print where the steps spent their time' })
     .option('autotune', { type: 'boolean', describe: 'compiled mode: time matmul tile shapes on this adapter first (cached in .chotta/autotune)' })
     .option('kernels', { choices: KERNEL_CHOICES, describe: 'compiled mode: the kernel family: software (no workgroup memory, for CPU rasterizers such as lavapipe), gpu (workgroup-memory tiles), or auto: by the adapter [default: auto, or $CHOTTA_KERNELS]' })
     .option('resume', { type: 'boolean', describe: "continue the run in --out from its checkpoint, with the run's settings" })
@@ -191,19 +193,15 @@ function trainOptions(y: Argv) {
     .epilogue(`Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.\n${EPILOGUE}`);
 }
 
-type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean; profile?: boolean; autotune?: boolean; kernels?: KernelChoice };
+type TrainArgs = Record<string, unknown> & { mode?: Mode; resume?: boolean; profile?: boolean; autotune?: boolean; kernels?: KernelChoice; device?: DeviceChoice };
 
 async function trainCommand(args: TrainArgs): Promise<void> {
   const engines: TrainingEngine[] = [];
-  const profiler: { current?: KernelProfiler } = {};
+  const profiler: { current?: KernelTimes } = {};
   const factory = engineFactoryFor(args.mode ?? 'compiled', { autotune: args.autotune, kernels: args.kernels });
   const createEngine: EngineFactory = async (ctx) => {
     const engine = await factory(ctx);
-    if (args.profile) {
-      if (!ctx.gpu.device.features.has('timestamp-query')) throw new UsageError("--profile needs the adapter feature 'timestamp-query', which this adapter lacks");
-      profiler.current = new KernelProfiler(ctx.gpu.device, { skipFirstRun: true });
-      engine.profiler = profiler.current;
-    }
+    if (args.profile) profiler.current = engine.profile?.({ skipFirstRun: true });
     engines.push(engine);
     return engine;
   };
@@ -232,11 +230,11 @@ async function trainCommand(args: TrainArgs): Promise<void> {
   const overrides = Object.entries(MODEL_FLAGS).filter(([option]) => args[option] !== undefined);
   if (overrides.length > 0) given.modelOverrides = Object.fromEntries(overrides.map(([option, key]) => [key, args[option] as number]));
 
-  const result = await train({ ...given, resume: args.resume }, createEngine);
+  const result = await train({ ...given, resume: args.resume, device: args.device }, createEngine);
   if (profiler.current) {
     await profiler.current.settle();
     const engine = engines[0];
-    process.stdout.write(`\nwhere the time went (${engine.mode} engine, device timestamps of every kernel run after its first, which includes compiling it):\n${profiler.current.report(25)}\n`);
+    process.stdout.write(`\nwhere the time went (${engine.mode} engine, every kernel run after its first, which on a GPU includes compiling it):\n${profiler.current.report(25)}\n`);
   }
   if (!result.finished) {
     process.stderr.write(`resume with: chotta train --resume --out ${result.outDir}\n`);
@@ -256,6 +254,7 @@ function sampleOptions(y: Argv) {
     .option('temperature', { type: 'number', default: SAMPLE_DEFAULTS.temperature, describe: '<1 more likely text, >1 more varied, 0 always the likeliest token' })
     .option('top-k', { type: 'number', default: SAMPLE_DEFAULTS.topK, describe: 'draw among the k likeliest tokens only; 0 for all' })
     .option('seed', { type: 'number', default: SAMPLE_DEFAULTS.seed, describe: 'the same seed gives the same text' })
+    .option('device', DEVICE_OPTION)
     .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
     .example('$0 sample --ckpt runs/tiny --prompt "The Congress"', '200 tokens after the prompt')
     .example('$0 sample --ckpt runs/tiny --temperature 0 --tokens 50', 'greedy: the likeliest continuation')
@@ -270,10 +269,11 @@ async function sampleCommand(args: {
   topK: number;
   seed: number;
   mode?: Mode;
+  device?: DeviceChoice;
 }): Promise<void> {
   const createEngine = engineFactoryFor(args.mode ?? 'compiled');
   await sample(
-    { ckpt: args.ckpt, prompt: args.prompt, tokens: args.tokens, temperature: args.temperature, topK: args.topK === 0 ? null : args.topK, seed: args.seed },
+    { ckpt: args.ckpt, prompt: args.prompt, tokens: args.tokens, temperature: args.temperature, topK: args.topK === 0 ? null : args.topK, seed: args.seed, device: args.device },
     createEngine,
   );
 }
@@ -298,6 +298,7 @@ function finetuneOptions(y: Argv) {
     .option('checkpoint-interval', { type: 'number', describe: `save every N steps [default: ${d.checkpointInterval}]` })
     .option('eval-examples', { type: 'number', describe: `held-out examples scored, 0 for all [default: ${d.evalExamples}]` })
     .option('seed', { type: 'number', describe: `example order, and the random-init baseline's weights [default: ${d.seed}]` })
+    .option('device', DEVICE_OPTION)
     .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
     .example('$0 finetune --ckpt runs/wiki-tiny --task imdb-sentiment --baselines', 'movie-review sentiment, with all four baselines')
     .example('$0 finetune --ckpt runs/wiki-tiny --task jsonl:qa.jsonl --steps 100', 'your own task')
@@ -324,6 +325,7 @@ async function finetuneCommand(args: Record<string, unknown> & { ckpt: string; t
       checkpointInterval: args.checkpointInterval as number | undefined,
       evalExamples: args.evalExamples as number | undefined,
       seed: args.seed as number | undefined,
+      device: args.device as DeviceChoice | undefined,
     },
     engineFactoryFor(args.mode ?? 'compiled'),
   );
@@ -337,6 +339,7 @@ function evalOptions(y: Argv) {
     .option('labels', { type: 'string', describe: 'jsonl {text, label}: the label set, comma-separated' })
     .option('text', { type: 'string', describe: 'a text file: perplexity' })
     .option('eval-examples', { type: 'number', describe: `held-out examples (or, with --text, windows) scored, 0 for all [default: ${DEFAULT_FINETUNE_CONFIG.evalExamples}]` })
+    .option('device', DEVICE_OPTION)
     .option('mode', { choices: MODES, describe: 'compiled (default) or eager' })
     .example('$0 eval --ckpt runs/finetune-imdb-sentiment --task imdb-sentiment', 'accuracy on the held-out reviews')
     .example('$0 eval --ckpt runs/wiki-tiny --text ../shared/data/wikitext-2/test.txt', 'perplexity')
@@ -352,6 +355,7 @@ async function evalCommand(args: Record<string, unknown> & { ckpt: string; mode?
       text: args.text as string | undefined,
       labels: typeof args.labels === 'string' ? args.labels.split(',').map((l) => l.trim()) : undefined,
       evalExamples: args.evalExamples as number | undefined,
+      device: args.device as DeviceChoice | undefined,
     },
     engineFactoryFor(args.mode ?? 'compiled'),
   );
@@ -377,6 +381,13 @@ async function exportCommand(args: { ckpt: string; out: string }): Promise<void>
   process.stdout.write(`wrote ${args.out}: ${files.join(', ')} (from ${checkpoint.loadedFrom}, step ${checkpoint.state.step})\n`);
 }
 
+/** `--device`, on every command that runs a model. */
+const DEVICE_OPTION = {
+  choices: DEVICE_CHOICES,
+  default: 'auto' as DeviceChoice,
+  describe: 'where it runs: gpu (WebGPU), cpu (WebAssembly SIMD on worker threads; no Vulkan driver needed), or auto: a real GPU if there is one, else the CPU (also when the only adapter is a software rasterizer such as lavapipe)',
+} as const;
+
 // --- engines ----------------------------------------------------------------------------------
 
 /**
@@ -388,20 +399,28 @@ function engineFactoryFor(mode: Mode, opts: { autotune?: boolean; kernels?: Kern
     case 'eager':
       return async (ctx) => {
         const { createEagerEngine } = await import('./engines/eager-engine.ts');
-        return createEagerEngine(ctx);
+        return createEagerEngine({ ...ctx, gpu: gpuOf(ctx.device, 'eager mode (one WGSL kernel per op)') });
       };
     case 'compiled':
       return async (ctx: Parameters<EngineFactory>[0] & { lossMask?: boolean }) => {
         const { createCompiledEngine } = await import('./engines/compiled-engine.ts');
+        const log = (line: string) => process.stderr.write(`${line}\n`);
+        if (ctx.device.kind === 'cpu') {
+          const { wasmTarget } = await import('../backends/index.ts');
+          const target = wasmTarget();
+          log(`kernels: the CPU backend, ${target.threads} worker threads, WebAssembly SIMD matmuls with ${target.fma ? 'relaxed-SIMD FMA' : 'mul + add (relaxed SIMD is unavailable)'}`);
+          return createCompiledEngine({ ...ctx, target, cacheDir: COMPILE_CACHE_DIR, log });
+        }
+        const gpu = ctx.device.gpu;
         const { MatmulTuner } = await import('../backends/webgpu/matmul-tuner.ts');
         const { webgpuTarget, kernelFamily } = await import('../backends/index.ts');
-        const family = kernelFamily(ctx.gpu, opts.kernels);
-        process.stderr.write(`${describeKernelFamily(ctx.gpu, opts.kernels)}\n`);
+        const family = kernelFamily(gpu, opts.kernels);
+        log(describeKernelFamily(gpu, opts.kernels));
         return createCompiledEngine({
           ...ctx,
-          target: webgpuTarget(ctx.gpu, { kernels: family, tuner: opts.autotune ? new MatmulTuner(ctx.gpu, undefined, { family }) : undefined }),
+          target: webgpuTarget(gpu, { kernels: family, tuner: opts.autotune ? new MatmulTuner(gpu, undefined, { family }) : undefined }),
           cacheDir: COMPILE_CACHE_DIR,
-          log: (line) => process.stderr.write(`${line}\n`),
+          log,
         });
       };
   }

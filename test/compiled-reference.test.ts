@@ -18,7 +18,7 @@ import { createEagerEngine } from '../runtime/engines/eager-engine.ts';
 import type { TrainingEngine } from '../runtime/engines/engine.ts';
 import { GPT3_ADAMW } from '../compiler/autodiff/train-step.ts';
 import { pieceElements } from '../compiler/ir/kernel-io.ts';
-import { webgpuTarget } from '../backends/index.ts';
+import { wasmTarget, webgpuTarget } from '../backends/index.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';
 import type { Batch } from '../runtime/train/sampler.ts';
@@ -155,14 +155,22 @@ describe('compiled training against the float64 reference', () => {
     { what: 'compiled with the GPU kernel family', mode: 'compiled', config: SMALL, maxBindingBytes: undefined, kernels: 'gpu' as const },
     { what: `compiled, values over ${PIECE_LIMIT / 1024} KiB in pieces, 8 storage buffers a kernel`, mode: 'compiled', config: PIECED, maxBindingBytes: PIECE_LIMIT },
     { what: `eager, values over ${PIECE_LIMIT / 1024} KiB in pieces`, mode: 'eager', config: PIECED, maxBindingBytes: PIECE_LIMIT },
-  ])('4 steps of a 2-layer GPT, $what: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 300_000 }, async ({ mode, config, maxBindingBytes, kernels }, t) => {
-    const gpu = await gpuOrSkip(t);
+    // The CPU backend (backends/wasm/): JavaScript kernels and the WebAssembly SIMD GEMM on worker
+    // threads; it needs no adapter. With one thread and with three (more workers than this
+    // machine's cores: every kernel split three ways, barriers between dependent ones).
+    { what: 'on the CPU backend, one worker thread', mode: 'wasm', config: SMALL, maxBindingBytes: undefined, threads: 1 },
+    { what: 'on the CPU backend, three worker threads, mul+add instead of relaxed-SIMD FMA', mode: 'wasm', config: SMALL, maxBindingBytes: undefined, threads: 3, noFma: true },
+  ])('4 steps of a 2-layer GPT, $what: the same loss and gradient norm at every step, the same weights and moments after', { timeout: 300_000 }, async ({ mode, config, maxBindingBytes, kernels, threads, noFma }, t) => {
     const def: ModelDefinition = { ...model, presets: { small: config }, defaultPreset: 'small' };
     const reference = new ReferenceEngine(def, config, B, SEED);
-    const compiled: TrainingEngine =
-      mode === 'compiled'
-        ? await createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes, maxStorageBuffers: maxBindingBytes ? 8 : undefined, kernels }) })
-        : await createEagerEngine({ def, config, batchSize: B, seed: SEED, gpu, maxBindingBytes });
+    const engine = async (): Promise<TrainingEngine> => {
+      if (mode === 'wasm') return createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: wasmTarget({ threads, noFma }) });
+      const gpu = await gpuOrSkip(t);
+      return mode === 'compiled'
+        ? createCompiledEngine({ def, config, batchSize: B, seed: SEED, target: webgpuTarget(gpu, { maxBindingBytes, maxStorageBuffers: maxBindingBytes ? 8 : undefined, kernels }) })
+        : createEagerEngine({ def, config, batchSize: B, seed: SEED, gpu, maxBindingBytes });
+    };
+    const compiled = await engine();
     const [r0, c0] = await Promise.all([reference.exportState(), compiled.exportState()]);
     expect([...c0.params.keys()]).toEqual([...r0.params.keys()]);
     for (const [name, p] of r0.params) expect(Buffer.from(c0.params.get(name)!.data.buffer).equals(Buffer.from(p.data.buffer)), `initial ${name}`).toBe(true);

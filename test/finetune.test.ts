@@ -308,7 +308,7 @@ describe('finetune and eval (reference engine)', () => {
     const lines = [...spellings(GOOD, 'good'), ...spellings(BAD, 'bad')];
     const file = await writeLines('sentiment.jsonl', lines);
     const out = join(scratch, 'ft-labels');
-    const common = { ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, steps: 4, maxLr: 1e-2, checkpointInterval: 2, outDir: out };
+    const common = { ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, device: 'gpu' as const, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, steps: 4, maxLr: 1e-2, checkpointInterval: 2, outDir: out };
     const result = await finetune({ ...common, baselines: true }, factory);
     expect(result.rows.map((r) => r.model)).toEqual([
       'majority class',
@@ -384,14 +384,14 @@ describe('finetune and eval (reference engine)', () => {
     expect(again.rows.at(-1)!.accuracy).toBe(result.rows.find((r) => r.model === 'pretrained, fine-tuned')!.accuracy);
     await expect(finetune(common, factory)).rejects.toThrow(/already holds a fine-tuning run/);
 
-    const evaluated = await evaluateCheckpoint({ ckpt: out, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, log: () => {} }, factory);
+    const evaluated = await evaluateCheckpoint({ ckpt: out, task: `jsonl:${file}`, def: toyModel, device: 'gpu', requestGpu: async () => NO_GPU, log: () => {} }, factory);
     expect(evaluated.accuracy).toBe(again.rows.at(-1)!.accuracy);
     expect(evaluated.text).toMatch(/accuracy \d+\.\d% on 3 held-out examples/);
 
     // Perplexity of a text file: windows of T tokens, no mask.
     const text = join(scratch, 'text.txt');
     await writeFile(text, [...GOOD, ...BAD].join('. ').repeat(4));
-    const perplexity = await evaluateCheckpoint({ ckpt: out, text, def: toyModel, requestGpu: async () => NO_GPU, log: () => {} }, factory);
+    const perplexity = await evaluateCheckpoint({ ckpt: out, text, def: toyModel, device: 'gpu', requestGpu: async () => NO_GPU, log: () => {} }, factory);
     expect(perplexity.perplexity).toBeCloseTo(Math.exp(perplexity.loss!), 6);
     expect(perplexity.text).toMatch(/perplexity \d+\.\d\d .* over \d+ windows of 24 tokens/);
   });
@@ -400,7 +400,7 @@ describe('finetune and eval (reference engine)', () => {
     const file = await writeLines('qa.jsonl', [...GOOD, ...BAD].map((g, i) => ({ prompt: `Q: ${g}?\nA:`, completion: i < 4 ? ' yes' : ' no' })));
     const out = join(scratch, 'ft-qa');
     const schedule = { steps: 3, maxLr: 1e-2, minLrRatio: 0.5, warmupSteps: 1 };
-    const result = await finetune({ ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, ...schedule, context: 16, outDir: out }, factory);
+    const result = await finetune({ ckpt: pretrained, task: `jsonl:${file}`, def: toyModel, device: 'gpu', requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, ...schedule, context: 16, outDir: out }, factory);
     expect(result.rows).toHaveLength(1);
     // --context 16: the engine's rows are 16 tokens, the position table its first 16 rows, and the checkpoint says so.
     expect(engines.at(-1)!.seqLen).toBe(16);
@@ -420,7 +420,7 @@ describe('finetune and eval (reference engine)', () => {
     const file = await writeLines('bad.jsonl', [{ text: 'a', label: 'good' }, { text: 'b', label: 'ugly' }]);
     const before = engines.length;
     await expect(
-      finetune({ ckpt: pretrained, task: `jsonl:${file}`, labels: ['good', 'bad'], def: toyModel, requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, outDir: join(scratch, 'ft-bad') }, factory),
+      finetune({ ckpt: pretrained, task: `jsonl:${file}`, labels: ['good', 'bad'], def: toyModel, device: 'gpu', requestGpu: async () => NO_GPU, progress: quiet, summary: quiet, outDir: join(scratch, 'ft-bad') }, factory),
     ).rejects.toThrow(/bad\.jsonl:2: label "ugly" is not in the label set/);
     expect(engines.length).toBe(before);
   });

@@ -183,7 +183,7 @@ describe('chotta train --init hf:DIR', () => {
       return engine;
     };
     const sink = { write: () => true };
-    const options = { def, data: corpus, cacheDir: join(scratch, 'cache'), steps: 1, evalBatches: 1, evalInterval: 1, outDir: join(scratch, 'run'), requestGpu: async () => ({}) as GpuContext, handleSignals: false, progress: sink, summary: sink };
+    const options = { def, data: corpus, cacheDir: join(scratch, 'cache'), steps: 1, evalBatches: 1, evalInterval: 1, outDir: join(scratch, 'run'), device: 'gpu' as const, requestGpu: async () => ({}) as GpuContext, handleSignals: false, progress: sink, summary: sink };
     const result = await train({ ...options, init: `hf:${hf}` }, factory);
     expect(result.finished).toBe(true);
     for (const [name, t] of run.parameters) expect(Array.from(imported!.params.get(name)!.data), name).toEqual(Array.from(t.data));

@@ -687,6 +687,7 @@ function options(name: string, extra: Partial<TrainOptions> = {}): TrainOptions 
     evalBatches: 1,
     checkpointInterval: 2,
     seed: 7,
+    device: 'gpu',
     requestGpu: async () => NO_GPU,
     handleSignals: false,
     ...extra,

@@ -44,6 +44,7 @@ function options(outDir: string, extra: Partial<TrainOptions> = {}): TrainOption
     checkpointInterval: 100,
     seed: 7,
     outDir: join(scratch, outDir),
+    device: 'gpu',
     requestGpu: async () => NO_GPU,
     handleSignals: false,
     progress: output,
@@ -264,7 +265,7 @@ describe('train with the eager engine', () => {
     // Four steps: one micro-batch, then two from step 3 on. Validation before the first and after the last.
     const short = { steps: 4, rampSteps: 3, evalInterval: 4, evalBatches: 1 };
     const reference = (await train(options('eager-reference', short), referenceEngines().factory)).lossHistory;
-    const eager = await train(options('eager', { ...short, requestGpu: async () => gpu }), (ctx) => createEagerEngine(ctx));
+    const eager = await train(options('eager', { ...short, requestGpu: async () => gpu }), (ctx) => createEagerEngine({ ...ctx, gpu }));
     expect(eager.lossHistory.map((row) => [row.step, row.trainLoss !== undefined, row.valLoss !== undefined])).toEqual(
       reference.map((row) => [row.step, row.trainLoss !== undefined, row.valLoss !== undefined]),
     );
@@ -281,7 +282,7 @@ describe('sample', () => {
     const ckpt = join(scratch, 'straight');
     const run = (extra: { temperature?: number; topK?: number | null; seed?: number }) => {
       const out = { text: '', write(text: string) { this.text += text; } };
-      return sample({ ckpt, prompt: 'the river', tokens: 6, def: toyModel, requestGpu: async () => NO_GPU, out, ...extra }, referenceEngines().factory).then(
+      return sample({ ckpt, prompt: 'the river', tokens: 6, def: toyModel, device: 'gpu', requestGpu: async () => NO_GPU, out, ...extra }, referenceEngines().factory).then(
         (result) => ({ ...result, printed: out.text }),
       );
     };

@@ -11,7 +11,7 @@ import type { GpuContext } from './device.ts';
 import { webgpu } from './index.ts';
 import { kernelFamily, type KernelChoice } from './family.ts';
 import { matmulKeyName, untunedMatmulTiles, type MatmulKey, type MatmulTuner } from './matmul-tuner.ts';
-import type { KernelProfiler } from './profiler.ts';
+import { KernelProfiler } from './profiler.ts';
 import { bindingLimit, createStored, pieceBytesOf, PipelineCache, Program, sharedTemps, sliceStored, storedBytes, type Externals, type Stored } from './program.ts';
 import type { WebGpuProgram, WebGpuRenderOptions } from './render.ts';
 
@@ -64,7 +64,7 @@ export function webgpuTarget(gpu: GpuContext, opts: WebGpuTargetOptions = {}): W
 const READBACK_POOL_MAX_BYTES = 1 << 20;
 
 class WebGpuExecutor implements Executor<KernelProfiler> {
-  profiler: KernelProfiler | undefined;
+  private profiler: KernelProfiler | undefined;
   dispatches = 0;
   readonly tempBytes: number;
   readonly pipelines: PipelineCache;
@@ -109,6 +109,11 @@ class WebGpuExecutor implements Executor<KernelProfiler> {
 
   get valueBytes(): number {
     return this.ownBytes;
+  }
+
+  profile(opts: { skipFirstRun?: boolean } | false): KernelProfiler | undefined {
+    this.profiler = opts ? new KernelProfiler(this.device, opts) : undefined;
+    return this.profiler;
   }
 
   /** Where a named value lives: its buffer's parts, or its view's. */

@@ -5,7 +5,7 @@
 // and gradient norm are read back later. Nothing in the step waits for the device.
 
 import { compileTraining } from '../../compiler/pipeline.ts';
-import type { DeviceValues, Executor, KernelProfiler, Recording, RenderedProgram, RenderedTraining, Target } from '../../backends/index.ts';
+import type { DeviceValues, Executor, KernelTimes, Recording, RenderedProgram, RenderedTraining, Target } from '../../backends/index.ts';
 import { numel } from '../../compiler/ir/graph.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../../compiler/frontend/nn.ts';
@@ -23,8 +23,8 @@ export interface CompiledEngineContext<P extends RenderedProgram = RenderedProgr
   /** The micro-batch the gradient and evaluate programs take (sequences). */
   batchSize: number;
   seed: number;
-  /** The backend on its device (backends/index.ts: webgpuTarget). Profiling is WebGPU's timestamp queries today. */
-  target: Target<P, KernelProfiler>;
+  /** The backend on its device (backends/index.ts: webgpuTarget, wasmTarget). */
+  target: Target<P, KernelTimes>;
   optimizer?: OptimizerSettings;
   /** Where compiled plans are cached; none: compile every time. */
   cacheDir?: string;
@@ -123,14 +123,14 @@ export class CompiledEngine<P extends RenderedProgram = RenderedProgram> impleme
   readonly batchSize: number;
   readonly seqLen: number;
   readonly compiled: RenderedTraining<P>;
-  readonly executor: Executor<KernelProfiler>;
+  readonly executor: Executor<KernelTimes>;
   private readonly params: ParamSpec[];
   private readonly lossMask: boolean;
   /** The buffers that hold every gradient accumulator: the flat one, or one per parameter. */
   private readonly accumulators: string[];
   private optimizerStep = 0;
 
-  constructor(ctx: CompiledEngineContext<P>, compiled: RenderedTraining<P>, executor: Executor<KernelProfiler>) {
+  constructor(ctx: CompiledEngineContext<P>, compiled: RenderedTraining<P>, executor: Executor<KernelTimes>) {
     this.compiled = compiled;
     this.executor = executor;
     this.params = compiled.params;
@@ -146,13 +146,8 @@ export class CompiledEngine<P extends RenderedProgram = RenderedProgram> impleme
     return this.executor.dispatches;
   }
 
-  /** When set, every kernel of every step is timed on the device. */
-  get profiler(): KernelProfiler | undefined {
-    return this.executor.profiler;
-  }
-
-  set profiler(p: KernelProfiler | undefined) {
-    this.executor.profiler = p;
+  profile(opts: { skipFirstRun?: boolean } | false): KernelTimes | undefined {
+    return this.executor.profile(opts);
   }
 
   private checkBatch(batch: Batch): void {

@@ -13,7 +13,7 @@ import type { GpuContext } from '../../backends/webgpu/device.ts';
 import { EagerBackend, type EagerValue } from '../../backends/webgpu/eager.ts';
 import { GPT3_ADAMW, type Batch, type EngineState, type OptimizerSettings, type StepResult, type TrainingEngine } from './engine.ts';
 import { initParameters } from '../init.ts';
-import type { KernelProfiler } from '../../backends/webgpu/profiler.ts';
+import { KernelProfiler } from '../../backends/webgpu/profiler.ts';
 
 interface Parameter {
   spec: ParamSpec;
@@ -76,12 +76,9 @@ export class EagerEngine implements TrainingEngine {
     return this.backend.dispatches;
   }
 
-  get profiler(): KernelProfiler | undefined {
+  profile(opts: { skipFirstRun?: boolean } | false): KernelProfiler | undefined {
+    this.backend.profiler = opts ? new KernelProfiler(this.backend.device, opts) : undefined;
     return this.backend.profiler;
-  }
-
-  set profiler(p: KernelProfiler | undefined) {
-    this.backend.profiler = p;
   }
 
   private persistent(): EagerValue[] {

@@ -2,7 +2,7 @@
 // op by op; the compiled runner implements it with one program per step. The trainer loop is
 // written once against this interface, so both modes train with the identical recipe.
 
-import type { KernelProfiler } from '../../backends/webgpu/profiler.ts';
+import type { KernelTimes } from '../../backends/profile.ts';
 
 // The optimizer's settings are the compiler's too: the update program is built from them.
 export { GPT3_ADAMW, type AdamWSettings as OptimizerSettings } from '../../compiler/autodiff/train-step.ts';
@@ -54,6 +54,6 @@ export interface TrainingEngine {
   importState(state: EngineState): void;
   /** Kernel dispatches recorded so far (a measure of launch overhead). */
   readonly dispatches: number;
-  /** When set, every kernel is timed on the device (needs the timestamp-query feature). */
-  profiler?: KernelProfiler;
+  /** Times every kernel from now on (on WebGPU it needs the timestamp-query feature), or stops with `false`. */
+  profile?(opts: { skipFirstRun?: boolean } | false): KernelTimes | undefined;
 }

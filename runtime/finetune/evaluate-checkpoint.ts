@@ -10,6 +10,7 @@ import { ExampleEncoder } from './encode.ts';
 import { classify, completionLoss, textPerplexity } from './evaluate.ts';
 import { DEFAULT_FINETUNE_CONFIG, modelOf, type FinetuneEngineFactory } from './finetune.ts';
 import { loadTask } from './tasks.ts';
+import { chooseDevice, type DeviceChoice } from '../device.ts';
 
 export interface EvalOptions {
   ckpt: string;
@@ -21,6 +22,8 @@ export interface EvalOptions {
   /** Task: held-out examples scored (0: all); text: at most this many windows. */
   evalExamples?: number;
   def?: ModelDefinition;
+  /** Where to run: `auto` (default) takes a real GPU, else the CPU (runtime/device.ts). */
+  device?: DeviceChoice;
   requestGpu?: () => Promise<GpuContext>;
   log?: (line: string) => void;
 }
@@ -45,8 +48,9 @@ export async function evaluateCheckpoint(options: EvalOptions, createEngine: Fin
   let text: string | undefined;
   if (options.text !== undefined) text = await asUsageError(readFile(options.text, 'utf8'), `--text ${options.text}`);
 
-  const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, batchSize, seed: 0, gpu, lossMask: task !== undefined });
+  const device = await chooseDevice(options.device ?? 'auto', options.requestGpu ?? requestDevice);
+  log(`device: ${device.why}`);
+  const engine = await createEngine({ def, config: modelConfig, batchSize, seed: 0, device, lossMask: task !== undefined });
   engine.importState(engineStateOf(checkpoint));
 
   if (text !== undefined) {

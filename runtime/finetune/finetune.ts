@@ -32,6 +32,7 @@ import { accuracyOf, BagOfWordsClassifier, majorityLabel } from './baselines.ts'
 import { exampleBatch, ExampleEncoder, type EncodedExample } from './encode.ts';
 import { classify, completionLoss } from './evaluate.ts';
 import { loadTask, type Task, type TaskExample } from './tasks.ts';
+import { chooseDevice, type Device, type DeviceChoice } from '../device.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration. Defaults are for the tiny preset on the software GPU, where one compiled step of
@@ -90,7 +91,8 @@ export type FinetuneEngineFactory = (ctx: {
   config: ModelShape & Record<string, unknown>;
   batchSize: number;
   seed: number;
-  gpu: GpuContext;
+  /** Where to run (runtime/device.ts). */
+  device: Device;
   lossMask: boolean;
 }) => Promise<TrainingEngine>;
 
@@ -99,6 +101,8 @@ export interface FinetuneOptions extends Partial<FinetuneConfig> {
   task: string;
   resume?: boolean;
   def?: ModelDefinition;
+  /** Where to run: `auto` (default) takes a real GPU, else the CPU (runtime/device.ts). */
+  device?: DeviceChoice;
   requestGpu?: () => Promise<GpuContext>;
   progress?: ProgressStream;
   summary?: { write(text: string): unknown };
@@ -180,8 +184,9 @@ async function finetuneLocked(
   );
   log(`${config.steps} steps of ${config.microBatches}×${B} examples · lr ${config.maxLr} (warmup ${config.warmupSteps}, cosine to ${config.maxLr * config.minLrRatio}) · from ${pretrained.loadedFrom} · writing to ${outDir}`);
 
-  const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, gpu, lossMask: true });
+  const device = await chooseDevice(options.device ?? 'auto', options.requestGpu ?? requestDevice);
+  log(`device: ${device.why}`);
+  const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, device, lossMask: true });
   const randomInit = config.baselines ? await engine.exportState() : undefined;
   const rows: ReportRow[] = [];
   const score = async (name: string, note: string): Promise<ReportRow> => {
@@ -225,7 +230,7 @@ async function finetuneLocked(
     log(`${variant.name}: ${describe(row)}`);
   }
 
-  const report = reportText(task, heldOut.length, rows, config, gpu);
+  const report = reportText(task, heldOut.length, rows, config, device);
   await mkdir(outDir, { recursive: true });
   await writeFile(join(outDir, 'report.md'), report);
   await writeFile(join(outDir, 'report.json'), JSON.stringify({ task: task.name, split: task.split, heldOut: heldOut.length, config, rows }, null, 2) + '\n');
@@ -400,12 +405,12 @@ async function trainVariant(run: VariantRun): Promise<{ finished: boolean; train
 // ---------------------------------------------------------------------------------------------
 // The report.
 
-function reportText(task: Task, heldOut: number, rows: ReportRow[], config: FinetuneConfig, gpu: GpuContext): string {
+function reportText(task: Task, heldOut: number, rows: ReportRow[], config: FinetuneConfig, device: Device): string {
   const classification = rows.some((r) => r.accuracy !== undefined);
   const lines = [
     `# ${task.name}: ${classification ? 'accuracy' : 'completion loss'} on ${heldOut} held-out examples`,
     '',
-    `split: ${task.split}; fine-tuning: ${config.steps} steps × ${config.microBatches} micro-batch(es), peak lr ${config.maxLr}, seed ${config.seed}; adapter: ${[gpu.info.vendor, gpu.info.architecture, gpu.info.description].filter(Boolean).join(' · ')}`,
+    `split: ${task.split}; fine-tuning: ${config.steps} steps × ${config.microBatches} micro-batch(es), peak lr ${config.maxLr}, seed ${config.seed}; ${device.kind === 'gpu' ? `adapter: ${[device.gpu.info.vendor, device.gpu.info.architecture, device.gpu.info.description].filter(Boolean).join(' · ')}` : `device: ${device.why}`}`,
     '',
     `| model | ${classification ? 'accuracy' : 'completion loss'} | time | notes |`,
     '| --- | ---: | ---: | --- |',

@@ -9,6 +9,7 @@ import { tokenizerFromJson, type Tokenizer, type TokenizerJson } from '../data/i
 import { requestDevice, type GpuContext } from '../../backends/webgpu/device.ts';
 import { mulberry32 } from '../init.ts';
 import { asUsageError, engineStateOf, loadRunCheckpoint, locateModelFile, modelConfigOf, type EngineFactory } from './trainer.ts';
+import { chooseDevice, type DeviceChoice } from '../device.ts';
 
 export interface SampleOptions {
   /** A run folder (holding checkpoint/) or a checkpoint folder. */
@@ -24,6 +25,8 @@ export interface SampleOptions {
   seed?: number;
   /** The model itself, instead of the model file the checkpoint names (tests pass one). */
   def?: ModelDefinition;
+  /** Where to run: `auto` (default) takes a real GPU, else the CPU (runtime/device.ts). */
+  device?: DeviceChoice;
   requestGpu?: () => Promise<GpuContext>;
   /** Where the text streams to (default stdout). */
   out?: { write(text: string): unknown };
@@ -51,9 +54,9 @@ export async function sample(options: SampleOptions, createEngine: EngineFactory
   const tokenizer = await tokenizerFromJson(extra.tokenizer as unknown as TokenizerJson);
   const def = options.def ?? (await loadModel(locateModelFile(String(config.modelFile))));
   const modelConfig = modelConfigOf(checkpoint);
-  const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
+  const device = await chooseDevice(options.device ?? 'auto', options.requestGpu ?? requestDevice);
   // One sequence at a time: the engine's micro-batch is 1 (the weights do not depend on it).
-  const engine = await createEngine({ def, config: modelConfig, batchSize: 1, seed, gpu });
+  const engine = await createEngine({ def, config: modelConfig, batchSize: 1, seed, device });
   engine.importState(engineStateOf(checkpoint));
 
   // Training put end-of-text before every document, so starting with it asks for a document's start.

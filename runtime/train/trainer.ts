@@ -26,6 +26,7 @@ import { writeLossCurve, type LossRow } from './loss-curve.ts';
 import { formatCount, formatDuration, ProgressReporter, type ProgressStream } from './progress.ts';
 import { EpochSampler, fillBatch, windowCount } from './sampler.ts';
 import { accumulationSteps, learningRate } from './schedule.ts';
+import { chooseDevice, type Device, type DeviceChoice } from '../device.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration. Defaults are for the `tiny` preset on a CPU software GPU (lavapipe), where the
@@ -123,7 +124,8 @@ export type EngineFactory = (ctx: {
   /** The micro-batch (sequences) every step's calls take. */
   batchSize: number;
   seed: number;
-  gpu: GpuContext;
+  /** Where to run (runtime/device.ts). */
+  device: Device;
 }) => Promise<TrainingEngine>;
 
 export interface TrainOptions extends Partial<TrainConfig> {
@@ -131,6 +133,8 @@ export interface TrainOptions extends Partial<TrainConfig> {
   resume?: boolean;
   /** The model itself, instead of loading modelFile (tests pass one). */
   def?: ModelDefinition;
+  /** Where to run: `auto` (default) takes a real GPU, else the CPU (runtime/device.ts). */
+  device?: DeviceChoice;
   /** Default: the process's one WebGPU device. */
   requestGpu?: () => Promise<GpuContext>;
   /** Aborting it stops the run as Ctrl-C does: the step in flight finishes, a checkpoint is saved. */
@@ -251,8 +255,9 @@ async function trainLocked(options: TrainOptions, createEngine: EngineFactory, s
   const startStep = saved?.state.step ?? 0;
   let tokensSeen = saved?.state.tokensSeen ?? 0;
 
-  const gpu = await asUsageError((options.requestGpu ?? requestDevice)(), 'WebGPU');
-  const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, gpu });
+  const device = await chooseDevice(options.device ?? 'auto', options.requestGpu ?? requestDevice);
+  log(`device: ${device.why}`);
+  const engine = await createEngine({ def, config: modelConfig, batchSize: B, seed: config.seed, device });
   if (saved) engine.importState(engineStateOf(saved));
   else if (init) engine.importState(engineStateOf(init));
 

@@ -6,6 +6,7 @@
 import { numel, type Attrs, type DType } from '../../../compiler/ir/graph.ts';
 import { bindings, flatKernel, literal, storageType, type KernelSpec } from './wgsl.ts';
 import { tiledMatmulKernel } from './gpu/matmul.ts';
+import { layoutRead } from '../../../compiler/ir/layout.ts';
 import { isOp, stridesOf, type ArithOp, type CompareOp, type Op, type UnaryOp, type ValueType } from '../../../compiler/ir/ops.ts';
 
 const shapeName = (s: readonly number[]) => s.join('x') || 'scalar';
@@ -85,27 +86,12 @@ function pointwise(op: string, attrs: Attrs, ins: ValueType[], out: ValueType): 
  */
 export function layoutSource(op: string, attrs: Attrs, inShape: readonly number[], outShape: readonly number[], i: string): { lines: string[]; index: string; inBounds?: string } {
   if (op === 'reshape') return { lines: [], index: i };
-  const xStrides = stridesOf(inShape);
+  const { strides: readStrides, base, shift: coordShift, pad } = layoutRead(op, attrs, inShape, outShape);
+  const inBounds = pad && `c${pad.axis} >= ${pad.before}u && c${pad.axis} < ${pad.before + pad.size}u`;
   const r = outShape.length;
-  let readStrides: number[] = xStrides;
-  let base = 0;
-  let inBounds: string | undefined;
-  let coordShift: number[] = new Array(r).fill(0);
-  if (op === 'permute') {
-    const perm = attrs.perm as number[];
-    readStrides = perm.map((p) => xStrides[p]);
-  } else if (op === 'broadcast') {
-    readStrides = inShape.map((d, k) => (d === 1 && outShape[k] !== 1 ? 0 : xStrides[k]));
-  } else if (op === 'slice') {
-    base = (attrs.start as number) * xStrides[attrs.axis as number];
-  } else if (op === 'pad') {
-    const axis = attrs.axis as number;
-    coordShift = coordShift.map((_, k) => (k === axis ? (attrs.before as number) : 0));
-    inBounds = `c${axis} >= ${attrs.before}u && c${axis} < ${(attrs.before as number) + inShape[axis]}u`;
-  } else throw new Error(`no layout rule for '${op}'`);
   const lines = [`var rest = ${i};`];
   for (let d = r - 1; d >= 0; d--) {
-    if (readStrides[d] === 0 && !(inBounds && d === (attrs.axis as number))) {
+    if (readStrides[d] === 0 && !(pad && d === pad.axis)) {
       if (d > 0) lines.push(`rest = rest / ${outShape[d]}u;`);
       continue;
     }

@@ -1,0 +1,86 @@
+// One worker of the CPU backend's pool (executor.ts). Plain JavaScript, so a worker starts without a
+// TypeScript loader. At start it compiles every kernel's source (render.ts) against the shared
+// memory and instantiates the GEMM module on it; then it waits for commands. A command names a
+// program: the worker runs its share of every kernel's work units, in order, meeting the other
+// workers at a barrier wherever a kernel touches memory that an earlier kernel since the last
+// barrier wrote (or writes what it read), and after the last. When all are done the main thread is
+// woken.
+//
+// The control words are an Int32Array over a SharedArrayBuffer (executor.ts CONTROL).
+
+import { parentPort, workerData } from 'node:worker_threads';
+
+const SEQ = 0, PROGRAM = 1, BAR_COUNT = 2, BAR_GEN = 3, DONE = 4, FAILED = 5, STOP = 6, TIMING = 7;
+/** Spins before sleeping at a barrier: most waits are shorter than a futex round trip. */
+const SPIN = 4000;
+
+const { memory, gemmModule, attentionModule, control, index, workers, scratch, programs } = workerData;
+const ctrl = new Int32Array(control);
+const f32 = new Float32Array(memory.buffer);
+const i32 = new Int32Array(memory.buffer);
+const gemm = new WebAssembly.Instance(gemmModule, { env: { memory } }).exports;
+const attention = new WebAssembly.Instance(attentionModule, { env: { memory } }).exports;
+
+/** Kernel k's run function, its unit range for this worker, and whether a barrier follows it. */
+const compiled = programs.map((p) =>
+  p.kernels.map((k) => {
+    const env = { f32, i32, base: Int32Array.from(k.base), gemm, attention, scratch };
+    let run;
+    try {
+      run = new Function('env', k.source)(env);
+    } catch (e) {
+      throw new Error(`kernel ${k.name} does not compile: ${e.message}\n--- source ---\n${k.source}`);
+    }
+    const chunk = Math.ceil(k.units / workers);
+    return { name: k.name, run, lo: Math.min(k.units, index * chunk), hi: Math.min(k.units, (index + 1) * chunk), barrierAfter: k.barrierAfter };
+  }),
+);
+
+function barrier() {
+  if (workers === 1) return;
+  const gen = Atomics.load(ctrl, BAR_GEN);
+  if (Atomics.add(ctrl, BAR_COUNT, 1) === workers - 1) {
+    Atomics.store(ctrl, BAR_COUNT, 0);
+    Atomics.add(ctrl, BAR_GEN, 1);
+    Atomics.notify(ctrl, BAR_GEN);
+    return;
+  }
+  for (let spins = 0; Atomics.load(ctrl, BAR_GEN) === gen; spins++) {
+    if (spins > SPIN) Atomics.wait(ctrl, BAR_GEN, gen);
+  }
+}
+
+parentPort.postMessage({ ready: true });
+let seen = 0;
+for (;;) {
+  Atomics.wait(ctrl, SEQ, seen);
+  seen = Atomics.load(ctrl, SEQ);
+  if (Atomics.load(ctrl, STOP)) break;
+  const program = Atomics.load(ctrl, PROGRAM);
+  const kernels = compiled[program];
+  const timing = index === 0 && Atomics.load(ctrl, TIMING) !== 0;
+  const times = timing ? new Float64Array(kernels.length) : undefined;
+  let failed = false;
+  let t = timing ? performance.now() : 0;
+  for (let k = 0; k < kernels.length; k++) {
+    const kernel = kernels[k];
+    if (!failed && kernel.lo < kernel.hi) {
+      try {
+        kernel.run(kernel.lo, kernel.hi);
+      } catch (e) {
+        failed = true;
+        Atomics.store(ctrl, FAILED, 1);
+        parentPort.postMessage({ error: `kernel ${kernel.name}: ${e && e.stack ? e.stack : e}` });
+      }
+    }
+    if (kernel.barrierAfter) barrier();
+    // A kernel's time runs to the barrier after it: until every worker has finished its share.
+    if (times) {
+      const now = performance.now();
+      times[k] = now - t;
+      t = now;
+    }
+  }
+  if (times) parentPort.postMessage({ times, program });
+  if (Atomics.add(ctrl, DONE, 1) === workers - 1) Atomics.notify(ctrl, DONE);
+}
