@@ -221,8 +221,15 @@ class ValueEmitter {
             rest = r;
           }
         }
-        const src = this.value(ins[0].id, terms.join(' + ') || '0');
-        return pad ? this.let(`${coords[pad.axis]} >= ${pad.before} && ${coords[pad.axis]} < ${pad.before + pad.size} ? ${src} : 0`) : src;
+        if (!pad) return this.value(ins[0].id, terms.join(' + ') || '0');
+        // Padding is zero: the operand is computed only where it is not (a concatenation of
+        // three pads computes each part once, not three times).
+        let src = '';
+        const inside = this.block(() => void (src = this.value(ins[0].id, terms.join(' + ') || '0')));
+        const v = this.fresh();
+        this.emit(`let ${v} = 0;`);
+        this.emit(`if (${coords[pad.axis]} >= ${pad.before} && ${coords[pad.axis]} < ${pad.before + pad.size}) {\n  ${inside.join('\n  ')}\n  ${v} = ${src};\n}`);
+        return v;
       }
       case 'sum': case 'max_reduce': {
         const x = ins[0];
