@@ -51,7 +51,7 @@ import type { AttentionRow, BenchResults, CompileRow, MatmulRow, OptimizerRow, P
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 process.chdir(ROOT);
 
-const ALL_SYSTEMS = ['eager', 'compiled', 'tfjs-webgpu', 'jax-webgpu', 'jax-wasm', 'jax-wasm-threads'];
+const ALL_SYSTEMS = ['eager', 'compiled', 'tfjs-webgpu', 'tfjs-wasm', 'jax-webgpu', 'jax-wasm', 'jax-wasm-threads', 'torch-cpu'];
 const ALL_SECTIONS = ['peak', 'step', 'compile', 'matmul', 'attention', 'optimizer'];
 /** The larger preset: a 6-layer, 256-dim GPT (GPT-2 itself exceeds lavapipe's 128 MiB storage-binding limit). */
 /** The tiny preset with its default micro-batch. */
@@ -303,7 +303,7 @@ async function stepSection(name: string, config: BenchConfig, timed: number): Pr
           dispose: () => peer.dispose(),
         };
       },
-      !system.startsWith('jax-wasm'),
+      !(peers.CPU_PEERS as readonly string[]).includes(system),
     );
     section.rows.push(row);
   }
@@ -318,6 +318,8 @@ if (sections.has('step')) {
   notes.push(`The larger preset "small" is defined in bench/bench.mts (${SMALL.nLayer} layers, ${SMALL.nEmbd} dims, ${SMALL.nHead} heads, context ${SMALL.blockSize}, vocab ${SMALL.vocabSize}, batch ${SMALL.batchSize}): GPT-2 does not fit the software adapter's 128 MiB storage-binding limit.`);
   notes.push('Batches: random tokens whose targets are a fixed function of the token (bench/peers learnableBatches), so the loss falls and a wrong gradient shows; learning rate ' + lr + ', AdamW as GPT-3 (β 0.9/0.95, weight decay 0.1 on 2-D+ tensors), clipping at 1.0.');
   notes.push('jax-wasm: jax-js\'s Wasm CPU backend as shipped in Node 20 (no global Worker, so single-threaded); jax-wasm-threads: the same with a worker_threads-based Worker shim (bench/peers/worker-shim.ts). They use no GPU: dispatches and GPU bytes do not apply.');
+  notes.push('tfjs-wasm: TF.js\'s Wasm backend (XNNPACK, the SIMD binary from node_modules); tfjs has no threads in Node as shipped, so bench/peers/tfjs-wasm-peer.ts bridges its threaded-SIMD binary to worker_threads where tfjs\'s own cap (min(8, logical CPUs / 2)) allows 2+ threads, and the row\'s device says which ran. tfjs-backend-wasm has no UnsortedSegmentSum kernel (tf.gather\'s gradient), so the embedding\'s gradient is a tf.scatterND there. No GPU: dispatches and GPU bytes do not apply.');
+  notes.push('torch-cpu (optional): PyTorch on the CPU in a Python subprocess (bench/peers/torch_step.py; CHOTTA_TORCH_PYTHON, default /usr/bin/python3), torch\'s own clip_grad_norm_ and AdamW, torch.set_num_threads(os.availableParallelism()); the row\'s device names the BLAS torch loaded. Without a python3 that imports torch the row is skipped (apt-get install python3-torch libopenblas0-pthread). No GPU: dispatches and GPU bytes do not apply.');
 } else if (sections.has('compile')) {
   notes.push('Compile time is measured with the training step (--sections step).');
 }

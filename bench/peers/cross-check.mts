@@ -50,6 +50,8 @@ interface Column {
   losses: number[];
   ms: number[];
   error?: string;
+  /** An optional peer that is not installed here (torch-cpu without torch): reported, not a failure. */
+  skipped?: string;
 }
 const columns: Column[] = [];
 
@@ -91,6 +93,11 @@ for (const name of peerNames) {
     log(`${name}: ${peer.version} · ${peer.device}`);
     peer.dispose();
   } catch (err) {
+    if (err instanceof Error && err.message.startsWith('skipped:')) {
+      col.skipped = err.message;
+      log(`${name}: ${col.skipped}`);
+      continue;
+    }
     col.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
     log(`${name}: FAILED ${col.error}`);
   }
@@ -117,9 +124,10 @@ lines.push(
   '| ------ | ---: | ---: |',
   ...columns.map((c) => `| ${c.name} | ${timed(c)} | ${c.ms[0]?.toFixed(0) ?? '—'} |`),
 );
-const failed = columns.filter((c) => c.error || c.losses.length < steps);
+const failed = columns.filter((c) => !c.skipped && (c.error || c.losses.length < steps));
 process.stdout.write(lines.join('\n') + '\n');
 for (const c of failed) process.stdout.write(`\n${c.name}: ${c.error ?? 'incomplete'}\n`);
+for (const c of columns.filter((c) => c.skipped)) process.stdout.write(`\n${c.name}: ${c.skipped}\n`);
 if (bad) process.stdout.write(`\n${bad} step(s) disagree with eager by more than ${tol}\n`);
 await terminateShimWorkers();
 process.exit(bad || failed.length ? 1 : 0);
