@@ -2,13 +2,17 @@
 // bench/reports/<date>-<adapter>.md (+ SVG charts and the raw results as JSON) and the headline
 // table printed to stdout. Sections, in the order they run:
 //
-//   device peak     an FMA-throughput kernel and a copy-bandwidth kernel (./report/device-peak.ts)
-//   training step   tiny preset and a larger one: ChottaGPT eager and compiled, TF.js on WebGPU,
-//                   jax-js on WebGPU, Wasm and Wasm with worker threads (bench/peers), same initial
+//   device peak     an FMA-throughput kernel and a copy-bandwidth kernel (./report/device-peak.ts),
+//                   and the CPU's WebAssembly SIMD FMA peak, one thread and all (./report/wasm-peak.ts)
+//   training step   tiny preset and a larger one: ChottaGPT eager and compiled (WGSL), compiled on the
+//                   CPU backend (compiled-wasm: backends/wasm), TF.js on WebGPU and on Wasm, jax-js
+//                   on WebGPU, Wasm and Wasm with worker threads, PyTorch on the CPU when a python3
+//                   with torch is installed (bench/peers), same initial
 //                   weights and batches; ms/step, tokens/s, GFLOP/s, dispatches, peak GPU bytes,
 //                   setup and first step; the losses of every step for the cross-check
 //   compile time    cold (a fresh cache directory) and from the cache
-//   matmul          our compiled mode's tiles vs tfjs-webgpu and jax-webgpu, squares and GPT shapes
+//   matmul          our compiled mode's tiles vs tfjs-webgpu and jax-webgpu, squares and GPT shapes;
+//                   with compiled-wasm, the CPU backend's matmul at the same shapes on all threads
 //   attention       unfused vs flash fwd+bwd (bench/attention.mts's measurement)
 //   optimizer       the update program with one AdamW kernel per tensor (compiled without
 //                   fuse-optimizer) vs the fused one
@@ -29,7 +33,10 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { renderTraining, webgpu, webgpuTarget } from '../backends/index.ts';
+import { renderTraining, wasm, wasmTarget, webgpu, webgpuTarget, type WasmExecutor, type WasmProgram } from '../backends/index.ts';
+import { GraphBuilder } from '../compiler/ir/graph.ts';
+import { KERNEL_ATTR } from '../compiler/ir/kernel-io.ts';
+import { schedule } from '../compiler/schedule.ts';
 import { compileTraining } from '../compiler/pipeline.ts';
 import { loadModel } from '../compiler/frontend/load-model.ts';
 import { graphFlops, parameterCount } from '../compiler/stats.ts';
@@ -44,14 +51,15 @@ import { kernelFamily } from '../backends/webgpu/family.ts';
 import { measureAttention } from './attention.mts';
 import { median, timed } from './peers/peer.ts';
 import { measureDevicePeak } from './report/device-peak.ts';
-import { installGpuCounters, type GpuCounters } from './report/instrument.ts';
+import { installGpuCounters, installWasmMemoryCounters, type GpuCounters } from './report/instrument.ts';
+import { measureWasmPeak } from './report/wasm-peak.ts';
 import { adapterSlug, renderReport, reportStem } from './report/markdown.ts';
 import type { AttentionRow, BenchResults, CompileRow, MatmulRow, OptimizerRow, PresetInfo, StepRow, StepSection } from './report/types.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 process.chdir(ROOT);
 
-const ALL_SYSTEMS = ['eager', 'compiled', 'tfjs-webgpu', 'tfjs-wasm', 'jax-webgpu', 'jax-wasm', 'jax-wasm-threads', 'torch-cpu'];
+const ALL_SYSTEMS = ['eager', 'compiled', 'compiled-wasm', 'tfjs-webgpu', 'tfjs-wasm', 'jax-webgpu', 'jax-wasm', 'jax-wasm-threads', 'torch-cpu'];
 const ALL_SECTIONS = ['peak', 'step', 'compile', 'matmul', 'attention', 'optimizer'];
 /** The larger preset: a 6-layer, 256-dim GPT (GPT-2 itself exceeds lavapipe's 128 MiB storage-binding limit). */
 /** The tiny preset with its default micro-batch. */
@@ -106,6 +114,9 @@ const pkgVersion = (name: string) => {
   }
 };
 
+// Every WebAssembly memory made from here on is charged to the system being measured.
+const wasmMemory = installWasmMemoryCounters();
+
 // The peers are another module (bench/peers); if it cannot load, their rows say why.
 type Peers = typeof import('./peers/index.ts');
 let peers: Peers | undefined;
@@ -156,6 +167,13 @@ if (sections.has('peak')) {
   counters.begin('peak');
   results.peak = await measureDevicePeak(gpu, { quick });
   log(`device peak: ${results.peak.fmaGflops.toFixed(2)} GFLOP/s FMA, ${results.peak.copyGBs.toFixed(2)} GB/s copy`);
+  try {
+    results.peak.wasm = await measureWasmPeak();
+    const w = results.peak.wasm;
+    log(`wasm SIMD peak (${w.fma ? 'relaxed-SIMD FMA' : 'mul + add'}): ${w.oneThread.toFixed(1)} GFLOP/s one thread, ${w.allThreads.toFixed(1)} GFLOP/s on ${w.threads}`);
+  } catch (err) {
+    notes.push(`The WebAssembly SIMD peak was not measured: ${errorText(err)}`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +203,7 @@ interface Runner {
 async function measureSystem(name: string, batches: Batch[], setup: () => Promise<Runner>, gpuSystem = true): Promise<StepRow> {
   const row: StepRow = { system: name };
   counters.begin(name);
+  wasmMemory.begin(name);
   try {
     let t0 = performance.now();
     const runner = await setup();
@@ -208,6 +227,7 @@ async function measureSystem(name: string, batches: Batch[], setup: () => Promis
     row.msPerStep = row.stepMs.length ? median(row.stepMs) : undefined;
     if (!gpuSystem) row.dispatches = undefined;
     row.peakBytes = gpuSystem ? counters.peak(name) : undefined;
+    row.wasmBytes = wasmMemory.bytes(name) || undefined;
     const problem = await runner.check?.();
     if (problem) row.note = problem;
     runner.dispose?.();
@@ -248,7 +268,7 @@ async function stepSection(name: string, config: BenchConfig, timed: number): Pr
   log(`step, preset ${name}: ${(preset.params / 1e6).toFixed(2)}M parameters, ${(preset.flopsPerStep / 1e9).toFixed(2)} GFLOP per step, 1 + ${timed} steps per system`);
   // Every system starts from our eager engine's initial weights (the compiled engine, seeded alike, has the same).
   let weights: Map<string, Float32Array> | undefined;
-  const needWeights = systems.some((s) => s !== 'compiled');
+  const needWeights = systems.some((s) => s !== 'compiled' && s !== 'compiled-wasm');
   if (needWeights) {
     const row = await measureSystem('eager', batches, async () => {
       const start = await peers!.ourEagerStart(config, gpu);
@@ -279,7 +299,26 @@ async function stepSection(name: string, config: BenchConfig, timed: number): Pr
     }
     rmSync(cacheDir, { recursive: true, force: true });
   }
-  for (const system of systems.filter((s) => !['eager', 'compiled'].includes(s))) {
+  if (systems.includes('compiled-wasm')) {
+    const row = await measureSystem(
+      'compiled-wasm',
+      batches,
+      async () => {
+        const target = wasmTarget();
+        const engine = await createCompiledEngine({ def, config, batchSize: config.batchSize, seed: 1337, target, cacheDir: '.chotta/compile', log: (l) => log(`  ${l}`) });
+        const executor = engine.executor as unknown as WasmExecutor;
+        return {
+          ...engineRunner(engine),
+          version: `node ${process.version}`,
+          device: `ChottaGPT compiled on the CPU backend: ${engine.compiled.programs.gradient.kernels.length} + ${engine.compiled.programs.update.kernels.length} kernels, ${target.threads} worker threads, WebAssembly SIMD matmuls and attention with ${target.fma ? 'relaxed-SIMD FMA' : 'mul + add'}`,
+          dispose: () => void executor.close(),
+        };
+      },
+      false,
+    );
+    section.rows.push(row);
+  }
+  for (const system of systems.filter((s) => !['eager', 'compiled', 'compiled-wasm'].includes(s))) {
     if (!weights) {
       section.rows.push({ system, note: 'no initial weights (the eager engine failed)' });
       continue;
@@ -364,6 +403,32 @@ async function ourMatmulMs(M: number, N: number, K: number, reps: number): Promi
   }
 }
 
+/** Median ms of one [M,K]·[K,N] matmul on the CPU backend: a one-kernel plan rendered and run as compiled programs are. */
+async function cpuMatmulMs(M: number, N: number, K: number, reps: number): Promise<number> {
+  const b = new GraphBuilder('matmul');
+  const a = b.add({ op: 'input', inputs: [], attrs: {}, shape: [M, K], dtype: 'f32', name: 'a' });
+  const w = b.add({ op: 'input', inputs: [], attrs: {}, shape: [K, N], dtype: 'f32', name: 'b' });
+  const c = b.add({ op: 'matmul', inputs: [a, w], attrs: { [KERNEL_ATTR]: 0 }, shape: [M, N], dtype: 'f32', name: 'c' });
+  const program = wasm.render(schedule(b.build([c])));
+  const target = wasmTarget();
+  const executor = (await target.open({ gradient: program } as Record<'gradient' | 'update' | 'evaluate' | 'logits', WasmProgram>, { buffers: [{ name: 'a', elements: M * K }, { name: 'b', elements: K * N }, { name: 'c', elements: M * N }], views: {} })) as WasmExecutor;
+  const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => ((i * 2654435761) % 1000) / 1000 - 0.5);
+  executor.write('a', rand(M * K));
+  executor.write('b', rand(K * N));
+  const once = async () => {
+    const r = executor.record();
+    r.run('gradient');
+    await r.submit();
+  };
+  try {
+    await once();
+    await once();
+    return median(await timed(once, reps * 3));
+  } finally {
+    await executor.close();
+  }
+}
+
 if (sections.has('matmul')) {
   const reps = quick ? 3 : 5;
   const squares = values.squares ? values.squares.split(',').map(Number) : quick ? [256, 512, 1024] : [256, 512, 1024, 2048];
@@ -402,6 +467,28 @@ if (sections.has('matmul')) {
     rows,
     notes: quick ? ['--quick stops at 1024² (2048² takes minutes per peer on the software adapter).'] : [],
   };
+  if (systems.includes('compiled-wasm')) {
+    const cpuRows: NonNullable<typeof results.cpuMatmul>['rows'] = [];
+    const cpuShapes: [string, number, number, number][] = [
+      ...shapes,
+      ['1024×128×512 (tiny MLP down)', 1024, 128, 512],
+      ['128×384×1024 (tiny q,k,v weight gradient)', 128, 384, 1024],
+    ];
+    for (const [label, M, N, K] of cpuShapes) {
+      try {
+        cpuRows.push({ label: label.replace(/^(\d+)²$/, '$1×$1×$1'), M, N, K, ms: await cpuMatmulMs(M, N, K, reps) });
+      } catch (err) {
+        cpuRows.push({ label, M, N, K, note: errorText(err) });
+      }
+      const r = cpuRows.at(-1)!;
+      log(`cpu matmul ${r.label}: ${r.ms ? `${r.ms.toFixed(2)} ms, ${((2 * M * N * K) / r.ms / 1e6).toFixed(1)} GFLOP/s` : r.note}`);
+    }
+    results.cpuMatmul = {
+      threads: wasmTarget().threads,
+      method: `C = A·B, float32, as the CPU backend runs a matmul kernel of a plan (backends/wasm: operands packed by the WebAssembly GEMM module, its SIMD micro-kernel, result blocks split over every worker thread): median wall time of ${reps * 3} runs after two untimed ones, each run one program of one kernel, from the submit to its end.`,
+      rows: cpuRows,
+    };
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ const tiny: StepSection = {
     { system: 'compiled', setupMs: 4000, warmupMs: 39000, stepMs: [3000, 3000], msPerStep: 3000, dispatches: 258, peakBytes: 125 * 2 ** 20, losses: [8.35828, 8.31067, 8.25997] },
     { system: 'tfjs-webgpu', version: '@tensorflow/tfjs-core 4.22.0', setupMs: 1000, warmupMs: 14000, stepMs: [6500, 6500], msPerStep: 6500, dispatches: 2000, peakBytes: 300 * 2 ** 20, losses: [8.35828, 8.31067, 8.262] },
     { system: 'jax-webgpu', note: 'failed: out of memory' },
-    { system: 'jax-wasm', setupMs: 100, warmupMs: 5000, stepMs: [2000, 2000], msPerStep: 2000, losses: [8.35829, 8.31066, 8.25998] },
+    { system: 'jax-wasm', setupMs: 100, warmupMs: 5000, stepMs: [2000, 2000], msPerStep: 2000, wasmBytes: 64 * 2 ** 20, losses: [8.35829, 8.31066, 8.25998] },
+    { system: 'compiled-wasm', setupMs: 1500, warmupMs: 2500, stepMs: [400, 400], msPerStep: 400, wasmBytes: 130 * 2 ** 20, losses: [8.35828, 8.31067, 8.25997] },
+    { system: 'torch-cpu', setupMs: 900, warmupMs: 700, stepMs: [500, 500], msPerStep: 500, losses: [8.35828, 8.31067, 8.25996] },
   ],
 };
 
@@ -36,7 +38,7 @@ const results: BenchResults = {
     wallSeconds: 240,
     env: {},
   },
-  peak: { fmaGflops: 50, fmaDetail: 'fma', copyGBs: 10, copyDetail: 'copy' },
+  peak: { fmaGflops: 50, fmaDetail: 'fma', copyGBs: 10, copyDetail: 'copy', wasm: { oneThread: 40, allThreads: 80, threads: 2, fma: true } },
   steps: [tiny, { preset: { ...tiny.preset, name: 'small' }, timedSteps: 0, rows: [], skipped: '--quick runs the tiny preset only' }],
   matmul: {
     systems: ['ours (compiled tiles)', 'tfjs-webgpu', 'jax-webgpu'],
@@ -78,9 +80,12 @@ describe('bench report', () => {
   it('derives tokens/s, GFLOP/s and fractions of peak from the step rows', () => {
     const { markdown, headline } = renderReport(results);
     // compiled: 1024 tokens in 3000 ms = 341 tokens/s; 10 GFLOP in 3 s = 3.33 GFLOP/s = 6.7% of 50.
-    expect(headline).toContain('| compiled | 3000 | 341 | 3.33 | 6.7% | 258 | 125.0 | 4.0 | 39.0 |');
+    expect(headline).toContain('| compiled | 3000 | 341 | 3.33 | 6.7% | 258 | 125.0 | — | 4.0 | 39.0 |');
     expect(headline).toContain('| jax-webgpu | not run: failed: out of memory |');
-    expect(headline).toContain('| jax-wasm | 2000 | 512 | 5.00 | 10.0% | — | — | 0.1 | 5.0 |');
+    // CPU systems: a share of the Wasm SIMD peak on all threads (80), and the Wasm memory they hold.
+    expect(headline).toContain('| jax-wasm | 2000 | 512 | 5.00 | 6.3% (Wasm) | — | — | 64.0 | 0.1 | 5.0 |');
+    expect(headline).toContain('| compiled-wasm | 400 | 2560 | 25.00 | 31.3% (Wasm) | — | — | 130.0 | 1.5 | 2.5 |');
+    expect(markdown).toContain('| Wasm SIMD FMA, 2 threads | 80.00 GFLOP/s |');
     expect(markdown).toContain('load average at start (1/5/15 min) | 8.60 / 7.70 / 8.19');
     expect(markdown).toContain('abc1234 (working tree had uncommitted changes)');
     expect(markdown).toContain('not run: --quick runs the tiny preset only');
@@ -89,6 +94,12 @@ describe('bench report', () => {
   it('states the comparisons the issue asks for', () => {
     const v = stepVerdicts(tiny);
     expect(v).toContain('compiled is 2.50× faster than eager');
+    expect(v).toContain('compiled-wasm (the CPU backend) vs torch-cpu: 1.25× faster (400 vs 500 ms/step)');
+    expect(v).toContain('compiled-wasm (the CPU backend) vs jax-wasm: 5.00× faster (400 vs 2000 ms/step)');
+    expect(v).toContain('compiled-wasm is faster than every CPU peer in this run (torch-cpu, jax-wasm)');
+    expect(stepVerdicts({ ...tiny, rows: tiny.rows.map((r) => (r.system === 'torch-cpu' ? { ...r, msPerStep: 300 } : r)) })).toContain(
+      'compiled-wasm is NOT faster than every CPU peer in this run (torch-cpu, jax-wasm)',
+    );
     expect(v).toContain('compiled vs the fastest WebGPU peer (tfjs-webgpu): 2.17× faster (at least 2×: yes)');
     expect(v.find((x) => x.startsWith('compiled LOSES to jax-wasm: 1.50× slower (3000 vs 2000 ms/step; 3.33 vs 5.00 GFLOP/s)'))).toBeDefined();
     const { markdown } = renderReport(results);
@@ -102,8 +113,8 @@ describe('bench report', () => {
   it('flags losses that disagree by more than the tolerance', () => {
     const { markdown } = renderReport(results);
     // Step 3: tfjs 8.26200 vs eager 8.25997 → 2.0e-3.
-    expect(markdown).toContain('| 3 | 8.25997 | 8.25997 | 8.26200 | 8.25998 | 2.0e-3 | **> 0.001** |');
-    expect(markdown).toContain('| 1 | 8.35828 | 8.35828 | 8.35828 | 8.35829 | 1.0e-5 | ok |');
+    expect(markdown).toContain('| 3 | 8.25997 | 8.25997 | 8.26200 | 8.25998 | 8.25997 | 8.25996 | 2.0e-3 | **> 0.001** |');
+    expect(markdown).toContain('| 1 | 8.35828 | 8.35828 | 8.35828 | 8.35829 | 8.35828 | 8.35828 | 1.0e-5 | ok |');
     expect(markdown).toContain('**1 step(s) disagree by more than 0.001.**');
   });
 

@@ -84,3 +84,62 @@ export function installGpuCounters(): GpuCounters {
   installed = counters;
   return counters;
 }
+
+/**
+ * The WebAssembly memories each system makes: `new WebAssembly.Memory` and every memory a module
+ * exports when instantiated (Emscripten builds export theirs), charged to the system current at
+ * the time. A memory's size is read when asked, so growth counts.
+ */
+export class WasmMemoryCounters {
+  current = 'other';
+  private readonly memories = new Map<string, WebAssembly.Memory[]>();
+
+  begin(system: string): void {
+    this.current = system;
+  }
+
+  add(memory: WebAssembly.Memory): void {
+    const list = this.memories.get(this.current) ?? [];
+    if (!list.includes(memory)) list.push(memory);
+    this.memories.set(this.current, list);
+  }
+
+  /** Bytes of `system`'s memories now. */
+  bytes(system: string): number {
+    return (this.memories.get(system) ?? []).reduce((s, m) => s + m.buffer.byteLength, 0);
+  }
+}
+
+let wasmCounters: WasmMemoryCounters | undefined;
+
+export function installWasmMemoryCounters(): WasmMemoryCounters {
+  if (wasmCounters) return wasmCounters;
+  const counters = (wasmCounters = new WasmMemoryCounters());
+  const W = WebAssembly as unknown as Record<string, unknown>;
+  const NativeMemory = WebAssembly.Memory;
+  const exported = (instance: WebAssembly.Instance) => {
+    for (const v of Object.values(instance.exports)) if (v instanceof NativeMemory) counters.add(v);
+  };
+  W.Memory = new Proxy(NativeMemory, {
+    construct(target, args) {
+      const m = Reflect.construct(target, args) as WebAssembly.Memory;
+      counters.add(m);
+      return m;
+    },
+  });
+  const NativeInstance = WebAssembly.Instance;
+  W.Instance = new Proxy(NativeInstance, {
+    construct(target, args) {
+      const i = Reflect.construct(target, args) as WebAssembly.Instance;
+      exported(i);
+      return i;
+    },
+  });
+  const instantiate = WebAssembly.instantiate.bind(WebAssembly) as (...a: unknown[]) => Promise<WebAssembly.Instance | WebAssembly.WebAssemblyInstantiatedSource>;
+  W.instantiate = async (...args: unknown[]) => {
+    const r = await instantiate(...args);
+    exported('instance' in r ? r.instance : r);
+    return r;
+  };
+  return counters;
+}

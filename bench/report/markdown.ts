@@ -6,6 +6,8 @@ import { barChartSvg, lineChartSvg } from './charts.ts';
 import type { BenchResults, StepRow, StepSection } from './types.ts';
 
 export const WEBGPU_PEERS = ['tfjs-webgpu', 'jax-webgpu'];
+/** Systems that run on the CPU, not through WebGPU: their share of peak is of the Wasm SIMD peak. */
+export const CPU_SYSTEMS = ['compiled-wasm', 'tfjs-wasm', 'jax-wasm', 'jax-wasm-threads', 'torch-cpu'];
 export const OURS = ['eager', 'compiled'];
 
 /** 'mesa · software · llvmpipe: Mesa 25…' → 'mesa-llvmpipe': vendor and the first word of the description. */
@@ -38,19 +40,21 @@ function table(header: string[], rows: string[][], align?: string[]): string {
 /** One row per system of a step section: the headline table is that of the first section. */
 export function stepTable(r: BenchResults, s: StepSection): string {
   const peak = r.peak?.fmaGflops;
+  const cpuPeak = r.peak?.wasm?.allThreads;
   return table(
-    ['system', 'ms/step', 'tokens/s', 'GFLOP/s', '% of FMA peak', 'dispatches/step', 'peak GPU MiB', 'setup s', 'first step s'],
+    ['system', 'ms/step', 'tokens/s', 'GFLOP/s', '% of FMA peak', 'dispatches/step', 'peak GPU MiB', 'Wasm MiB', 'setup s', 'first step s'],
     s.rows.map((row) =>
       row.note && row.msPerStep === undefined
-        ? [row.system, `not run: ${row.note}`, '', '', '', '', '', '', '']
+        ? [row.system, `not run: ${row.note}`, '', '', '', '', '', '', '', '']
         : [
             row.system,
             fmt(row.msPerStep),
             fmt(tokensPerSecond(s, row)),
             fmt(stepGflops(s, row), 2),
-            pct(stepGflops(s, row), peak),
+            CPU_SYSTEMS.includes(row.system) ? (cpuPeak ? `${pct(stepGflops(s, row), cpuPeak)} (Wasm)` : '') : pct(stepGflops(s, row), peak),
             fmt(row.dispatches),
             mib(row.peakBytes),
+            mib(row.wasmBytes),
             secs(row.setupMs),
             secs(row.warmupMs),
           ],
@@ -62,6 +66,17 @@ export function stepTable(r: BenchResults, s: StepSection): string {
 export function stepVerdicts(s: StepSection): string[] {
   const by = new Map(s.rows.filter((r) => r.msPerStep).map((r) => [r.system, r.msPerStep!]));
   const out: string[] = [];
+  const cpu = by.get('compiled-wasm');
+  if (cpu) {
+    const peers = CPU_SYSTEMS.filter((p) => p !== 'compiled-wasm' && by.has(p)).sort((a, b) => by.get(a)! - by.get(b)!);
+    for (const p of peers) {
+      const ratio = by.get(p)! / cpu;
+      out.push(`compiled-wasm (the CPU backend) vs ${p}: ${ratio.toFixed(2)}× ${ratio >= 1 ? 'faster' : 'SLOWER'} (${fmt(cpu)} vs ${fmt(by.get(p)!)} ms/step)`);
+    }
+    if (peers.length) out.push(`compiled-wasm is ${peers.every((p) => by.get(p)! > cpu) ? '' : 'NOT '}faster than every CPU peer in this run (${peers.join(', ')})`);
+    const wgsl = by.get('compiled');
+    if (wgsl) out.push(`compiled-wasm vs compiled (WGSL on this adapter): ${(wgsl / cpu).toFixed(2)}× ${wgsl >= cpu ? 'faster' : 'slower'}`);
+  }
   const compiled = by.get('compiled');
   const eager = by.get('eager');
   if (compiled && eager) out.push(`compiled is ${(eager / compiled).toFixed(2)}× faster than eager`);
@@ -158,9 +173,15 @@ export function renderReport(r: BenchResults): RenderedReport {
       table(['kernel', 'result', 'how'], [
         ['FMA throughput', `${peak.fmaGflops.toFixed(2)} GFLOP/s`, peak.fmaDetail],
         ['copy bandwidth', `${peak.copyGBs.toFixed(2)} GB/s`, peak.copyDetail],
+        ...(peak.wasm
+          ? [
+              ['Wasm SIMD FMA, one thread', `${peak.wasm.oneThread.toFixed(2)} GFLOP/s`, `bench/report/wasm-peak.ts: independent f32x4 ${peak.wasm.fma ? 'relaxed-SIMD FMA' : 'mul + add'} chains in registers, best round`],
+              [`Wasm SIMD FMA, ${peak.wasm.threads} threads`, `${peak.wasm.allThreads.toFixed(2)} GFLOP/s`, 'the same on every worker thread at once, total flops over the wall time they overlap'],
+            ]
+          : []),
       ], ['---', '---:', '---']),
       '',
-      'Percentages elsewhere in this report are of these two figures.',
+      'Percentages elsewhere in this report are of these figures: the adapter\'s for WebGPU systems, the Wasm SIMD peak on all threads for CPU systems.',
       '',
     );
   } else md.push('not measured', '');
@@ -254,6 +275,19 @@ export function renderReport(r: BenchResults): RenderedReport {
     });
     md.push(`![matmul GFLOP/s](${stem}-matmul.svg)`, '');
   } else md.push('not measured', '');
+
+  if (r.cpuMatmul) {
+    const cm = r.cpuMatmul;
+    const wp = r.peak?.wasm?.allThreads;
+    md.push(`## Matmul on the CPU backend (${cm.threads} worker threads)`, '', cm.method, '');
+    md.push(
+      table(
+        ['shape (M×N×K)', 'ms', 'GFLOP/s', ...(wp ? [`% of the Wasm SIMD peak (${wp.toFixed(1)} GFLOP/s)`] : [])],
+        cm.rows.map((row) => [row.label, row.ms === undefined ? `not run: ${row.note}` : fmt(row.ms, 2), fmt(gflops(row.M, row.N, row.K, row.ms), 1), ...(wp ? [pct(gflops(row.M, row.N, row.K, row.ms), wp)] : [])]),
+      ),
+      '',
+    );
+  }
 
   md.push('## Attention forward + backward', '');
   if (r.attention) {

@@ -29,6 +29,15 @@ export interface BenchMeta {
   env: Record<string, string>;
 }
 
+/** The CPU's WebAssembly SIMD peak (bench/report/wasm-peak.ts): independent f32x4 multiply-add chains. */
+export interface WasmPeakResult {
+  oneThread: number;
+  allThreads: number;
+  threads: number;
+  /** relaxed-SIMD FMA, or mul + add. */
+  fma: boolean;
+}
+
 export interface DevicePeak {
   /** FMA throughput kernel: GFLOP/s (one FMA = 2 FLOPs). */
   fmaGflops: number;
@@ -36,6 +45,8 @@ export interface DevicePeak {
   /** Copy kernel: GB/s counting bytes read + bytes written. */
   copyGBs: number;
   copyDetail: string;
+  /** The CPU's WebAssembly SIMD peak, for the CPU systems. */
+  wasm?: WasmPeakResult;
 }
 
 export interface PresetInfo {
@@ -68,6 +79,8 @@ export interface StepRow {
   msPerStep?: number;
   dispatches?: number;
   peakBytes?: number;
+  /** Bytes of the WebAssembly memories the system made (WebAssembly.Memory, or exported by a module it instantiated), at its last step. */
+  wasmBytes?: number;
   /** Losses of every step run, the first included. */
   losses?: number[];
 }
@@ -94,6 +107,12 @@ export interface MatmulSection {
   method: string;
   rows: MatmulRow[];
   notes: string[];
+}
+
+export interface CpuMatmulSection {
+  threads: number;
+  method: string;
+  rows: { label: string; M: number; N: number; K: number; ms?: number; note?: string }[];
 }
 
 export interface AttentionRow {
@@ -146,6 +165,8 @@ export interface BenchResults {
   peak?: DevicePeak;
   steps: StepSection[];
   matmul?: MatmulSection;
+  /** Matmul on the CPU backend, all worker threads, against the Wasm SIMD peak. */
+  cpuMatmul?: CpuMatmulSection;
   attention?: AttentionSection;
   optimizer?: OptimizerSection;
   compile: CompileRow[];
