@@ -38,7 +38,9 @@ export interface Backend<P extends RenderedProgram = RenderedProgram, Options = 
   render(plan: ScheduledProgram, opts?: Options): P;
   /** A kernel's source text. */
   source(k: P['kernels'][number]): string;
-  /** A kernel's launch as the plan dump shows it (WebGPU: the workgroup grid `[x,y,z]`). */
+  /** What a kernel's launch counts, as the plan dump names it (WebGPU: 'workgroups'; the CPU: 'work units'). */
+  readonly launchUnit: string;
+  /** A kernel's launch as the plan dump shows it (WebGPU: the workgroup grid `[x,y,z]`; the CPU: its work units). */
   launch(k: P['kernels'][number]): string;
   /** The bindings a kernel writes. */
   written(k: P['kernels'][number]): Set<number>;

@@ -12,6 +12,7 @@ export const wasm: Backend<WasmProgram> = {
   language: 'js',
   render: renderProgram,
   source: (k) => k.source,
-  launch: (k) => `${k.units} units`,
+  launchUnit: 'work units',
+  launch: (k) => String(k.units),
   written: (k) => new Set(k.written),
 };

@@ -11,6 +11,7 @@ export const webgpu: Backend<WebGpuProgram, WebGpuRenderOptions> = {
   language: 'wgsl',
   render: renderProgram,
   source: (k) => k.wgsl,
+  launchUnit: 'workgroups',
   launch: (k) => `[${k.workgroups.join(',')}]`,
   // Read from the kernel's own declarations, so the dump shows what the shader really writes. A
   // fused kernel's arrays are named for their binding (`b3`, or `b3_0`, `b3_1`, ... for one in

@@ -76,7 +76,7 @@ export function kernelBindings(backend: Backend, k: RenderedKernel, maxBindingBy
 
 /** `// k4_matmul_1024x384 · matmul · workgroups [6,16,1] · 3 ops` and a line of bindings. */
 export function kernelHeader(backend: Backend, k: RenderedKernel, maxBindingBytes?: number): string {
-  return `// ${k.name} · ${k.kind} · workgroups ${backend.launch(k)} · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(backend, k, maxBindingBytes)}\n`;
+  return `// ${k.name} · ${k.kind} · ${backend.launchUnit} ${backend.launch(k)} · ${k.ops} ops${k.clear ? ` · clears ${refText(k.clear)} first` : ''}\n// bindings: ${kernelBindings(backend, k, maxBindingBytes)}\n`;
 }
 
 /** Every kernel's source, each after its header: `chotta-compile --emit`. */
