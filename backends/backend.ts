@@ -9,6 +9,7 @@
 
 import type { CompiledTraining, ProgramName } from '../compiler/pipeline.ts';
 import type { BufferRef, KernelKind, PlanBuffers, ScheduledProgram } from '../compiler/schedule.ts';
+import { UsageError } from '../compiler/ir/errors.ts';
 
 /** A kernel as a backend rendered it: what every backend's kernels have. */
 export interface RenderedKernel {
@@ -53,6 +54,22 @@ export function renderTraining<P extends RenderedProgram, O>(backend: Backend<P,
 }
 
 // --- running ------------------------------------------------------------------------------------
+
+/**
+ * The programs' values and temporaries do not fit the device's memory. `activationBytes` (the
+ * temporaries) grow with the micro-batch and `stateBytes` (weights, moments, gradients) do not, so
+ * the engine, which knows the batch, can name the largest one that fits.
+ */
+export class MemoryLimitError extends UsageError {
+  constructor(
+    message: string,
+    readonly stateBytes: number,
+    readonly activationBytes: number,
+    readonly limitBytes: number,
+  ) {
+    super(message);
+  }
+}
 
 /**
  * The values a runtime keeps on the device between programs, by name (every program binds its

@@ -5,7 +5,7 @@ import type { Backend } from './backend.ts';
 import { webgpu } from './webgpu/index.ts';
 import { wasm } from './wasm/index.ts';
 
-export { renderTraining } from './backend.ts';
+export { MemoryLimitError, renderTraining } from './backend.ts';
 export type { Backend, DeviceValues, Executor, Recording, RenderedKernel, RenderedProgram, RenderedTraining, Target } from './backend.ts';
 export { webgpu, wasm };
 export type { WasmKernel, WasmProgram } from './wasm/index.ts';

@@ -11,8 +11,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { CompiledTraining, ProgramName } from '../../compiler/pipeline.ts';
 import { sharedTempSizes, type BufferRef } from '../../compiler/schedule.ts';
-import { UsageError } from '../../compiler/ir/errors.ts';
-import { renderTraining, type DeviceValues, type Executor, type Recording, type Target } from '../backend.ts';
+import { MemoryLimitError, renderTraining, type DeviceValues, type Executor, type Recording, type Target } from '../backend.ts';
 import { GEMM_KC, GEMM_MC, GEMM_MR, GEMM_NC, GEMM_NR, gemmModule } from './gemm.ts';
 import { attentionModule } from './attention.ts';
 import { enableRelaxedSimd, relaxedSimdAvailable, requireSimd128 } from './simd.ts';
@@ -135,9 +134,12 @@ export class WasmExecutor implements Executor<WasmProfiler> {
     }));
     this.memoryBytes = top * 4;
     if (this.memoryBytes > MAX_MEMORY_BYTES) {
-      throw new UsageError(
+      throw new MemoryLimitError(
         `the CPU backend needs ${(this.memoryBytes / 2 ** 30).toFixed(2)} GiB (${(this.valueBytes / 2 ** 30).toFixed(2)} GiB of model state, ` +
           `${(this.tempBytes / 2 ** 30).toFixed(2)} GiB of activations), more than WebAssembly's 4 GiB memory: lower --batch-size or --block-size`,
+        this.memoryBytes - this.tempBytes,
+        this.tempBytes,
+        MAX_MEMORY_BYTES,
       );
     }
     const pages = Math.ceil(this.memoryBytes / PAGE);
@@ -159,11 +161,11 @@ export class WasmExecutor implements Executor<WasmProfiler> {
           if (b.elements > r.elements) throw new Error(`wasm executor: kernel ${k.name} addresses ${b.elements} elements of a value of ${r.elements}`);
           return { offset: r.offset, elements: b.elements };
         });
-        return { name: k.name, source: k.source, units: k.units, base: regions.map((r) => r.offset), regions, written: k.written };
+        return { name: k.name, source: k.source, wasm: k.wasm, units: k.units, base: regions.map((r) => r.offset), regions, written: k.written };
       });
       this.programKernels.push(kernels.map((k) => ({ name: `${name}/${k.name}` })));
       const after = barriersAfter(kernels);
-      return { kernels: kernels.map((k, i) => ({ name: k.name, source: k.source, units: k.units, base: k.base, barrierAfter: after[i] })) };
+      return { kernels: kernels.map((k, i) => ({ name: k.name, source: k.source, wasm: k.wasm, units: k.units, base: k.base, barrierAfter: after[i] })) };
     });
 
     const module = new WebAssembly.Module(gemmModule({ fma }));

@@ -5,7 +5,7 @@
 // and gradient norm are read back later. Nothing in the step waits for the device.
 
 import { compileTraining } from '../../compiler/pipeline.ts';
-import type { DeviceValues, Executor, KernelTimes, Recording, RenderedProgram, RenderedTraining, Target } from '../../backends/index.ts';
+import { MemoryLimitError, type DeviceValues, type Executor, type KernelTimes, type Recording, type RenderedProgram, type RenderedTraining, type Target } from '../../backends/index.ts';
 import { numel } from '../../compiler/ir/graph.ts';
 import { UsageError } from '../../compiler/ir/errors.ts';
 import type { ModelDefinition, ModelShape, ParamSpec } from '../../compiler/frontend/nn.ts';
@@ -86,7 +86,12 @@ export async function createCompiledEngine<P extends RenderedProgram>(ctx: Compi
 export async function openCompiledEngine<P extends RenderedProgram>(ctx: CompiledEngineContext<P>, compiled: RenderedTraining<P>): Promise<CompiledEngine<P>> {
   const { blockSize } = ctx.config;
   const values = deviceValues(compiled, ctx.batchSize * blockSize, blockSize, ctx.lossMask === true);
-  const executor = await ctx.target.open(compiled.programs, values, { logits: { idx: 'idx1' } });
+  const executor = await ctx.target.open(compiled.programs, values, { logits: { idx: 'idx1' } }).catch((e: unknown) => {
+    if (!(e instanceof MemoryLimitError)) throw e;
+    // Activations grow with the micro-batch, the model's state does not.
+    const fits = Math.floor((ctx.batchSize * (e.limitBytes - e.stateBytes)) / e.activationBytes);
+    throw new UsageError(`${e.message}; ${fits >= 1 ? `about --batch-size ${fits} fits (this run has ${ctx.batchSize})` : 'the model state alone does not fit: use a smaller model'}`);
+  });
   return new CompiledEngine(ctx, compiled, executor);
 }
 
