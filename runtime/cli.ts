@@ -230,7 +230,7 @@ async function trainCommand(args: TrainArgs): Promise<void> {
   const overrides = Object.entries(MODEL_FLAGS).filter(([option]) => args[option] !== undefined);
   if (overrides.length > 0) given.modelOverrides = Object.fromEntries(overrides.map(([option, key]) => [key, args[option] as number]));
 
-  const result = await train({ ...given, resume: args.resume, device: args.device }, createEngine);
+  const result = await train({ ...given, resume: args.resume, device: deviceFor(args) }, createEngine);
   if (profiler.current) {
     await profiler.current.settle();
     const engine = engines[0];
@@ -273,7 +273,7 @@ async function sampleCommand(args: {
 }): Promise<void> {
   const createEngine = engineFactoryFor(args.mode ?? 'compiled');
   await sample(
-    { ckpt: args.ckpt, prompt: args.prompt, tokens: args.tokens, temperature: args.temperature, topK: args.topK === 0 ? null : args.topK, seed: args.seed, device: args.device },
+    { ckpt: args.ckpt, prompt: args.prompt, tokens: args.tokens, temperature: args.temperature, topK: args.topK === 0 ? null : args.topK, seed: args.seed, device: deviceFor(args) },
     createEngine,
   );
 }
@@ -325,7 +325,7 @@ async function finetuneCommand(args: Record<string, unknown> & { ckpt: string; t
       checkpointInterval: args.checkpointInterval as number | undefined,
       evalExamples: args.evalExamples as number | undefined,
       seed: args.seed as number | undefined,
-      device: args.device as DeviceChoice | undefined,
+      device: deviceFor(args),
     },
     engineFactoryFor(args.mode ?? 'compiled'),
   );
@@ -355,7 +355,7 @@ async function evalCommand(args: Record<string, unknown> & { ckpt: string; mode?
       text: args.text as string | undefined,
       labels: typeof args.labels === 'string' ? args.labels.split(',').map((l) => l.trim()) : undefined,
       evalExamples: args.evalExamples as number | undefined,
-      device: args.device as DeviceChoice | undefined,
+      device: deviceFor(args),
     },
     engineFactoryFor(args.mode ?? 'compiled'),
   );
@@ -384,9 +384,11 @@ async function exportCommand(args: { ckpt: string; out: string }): Promise<void>
 /** `--device`, on every command that runs a model. */
 const DEVICE_OPTION = {
   choices: DEVICE_CHOICES,
-  default: 'auto' as DeviceChoice,
-  describe: 'where it runs: gpu (WebGPU), cpu (WebAssembly SIMD on worker threads; no Vulkan driver needed), or auto: a real GPU if there is one, else the CPU (also when the only adapter is a software rasterizer such as lavapipe)',
+  describe: 'where it runs: gpu (WebGPU), cpu (WebAssembly SIMD on worker threads; no Vulkan driver needed), or auto: a real GPU if there is one, else the CPU (also when the only adapter is a software rasterizer such as lavapipe) [default: auto; with --mode eager, gpu]',
 } as const;
+
+/** The device a command asked for: eager mode runs WGSL op by op, so it means the GPU unless told otherwise. */
+const deviceFor = (args: { device?: unknown; mode?: Mode }): DeviceChoice | undefined => (args.device as DeviceChoice | undefined) ?? (args.mode === 'eager' ? 'gpu' : undefined);
 
 // --- engines ----------------------------------------------------------------------------------
 

@@ -40,5 +40,6 @@ export async function chooseDevice(choice: DeviceChoice, requestGpu: () => Promi
 /** The GPU a device has, or a usage error saying that `what` needs one. */
 export function gpuOf(device: Device, what: string): GpuContext {
   if (device.kind === 'gpu') return device.gpu;
-  throw new UsageError(`${what} needs a WebGPU adapter, and this runs on ${device.why}: use --device gpu (with a Vulkan driver, e.g. apt-get install mesa-vulkan-drivers)`);
+  const none = device.why.includes('no WebGPU adapter');
+  throw new UsageError(`${what} needs a WebGPU adapter, and this runs on ${device.why}: use --device gpu${none ? ' once a Vulkan driver is installed (bash scripts/install-software-gpu.sh installs Mesa lavapipe)' : ''}`);
 }

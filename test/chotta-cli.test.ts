@@ -200,7 +200,11 @@ describe('chotta flags reach the trainer and the fine-tuner (in process, both st
       evalInterval: 5, evalBatches: 6, checkpointInterval: 9, seed: 11, outDir: 'runs/o', modelFile: 'm.ts', preset: 'p',
       data: 'd.txt', evalData: 'e.txt', tokenizer: 'bpe:300', cacheDir: 'c', resume: true, batchSize: 3, init: 'hf:g',
       modelOverrides: { nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, vocabSize: 320 },
+      // Eager mode runs WGSL op by op: it asks for the GPU, never `auto`'s CPU.
+      device: 'gpu',
     });
+    await run(['train', '--device', 'cpu']);
+    expect(given(received.train.at(-1))).toEqual({ device: 'cpu' });
   });
 
   it('train: flags left out are left out, so the trainer (or the resumed run) decides', async () => {
@@ -217,6 +221,7 @@ describe('chotta flags reach the trainer and the fine-tuner (in process, both st
     expect(given(received.finetune.at(-1))).toEqual({
       ckpt: 'runs/pre', task: 'jsonl:t.jsonl', labels: ['good', 'bad'], baselines: true, outDir: 'runs/ft', steps: 12, maxLr: 0.002,
       minLrRatio: 0.4, warmupSteps: 2, microBatches: 3, context: 48, checkpointInterval: 5, evalExamples: 20, seed: 9, resume: true,
+      device: 'gpu',
     });
     await run(['finetune', '--ckpt', 'runs/pre', '--task', 'imdb-sentiment']);
     expect(given(received.finetune.at(-1))).toEqual({ ckpt: 'runs/pre', task: 'imdb-sentiment' });

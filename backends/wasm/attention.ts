@@ -153,8 +153,8 @@ function hsum4(f: FunctionBuilder, a: number[], t0: number, t1: number): void {
   f.f32x4Add();
 }
 
-interface ExpTemps { n: number; r: number; y: number; i: number }
-function expTemps(f: FunctionBuilder): ExpTemps {
+export interface ExpTemps { n: number; r: number; y: number; i: number }
+export function expTemps(f: FunctionBuilder): ExpTemps {
   return { n: f.local(V128), r: f.local(V128), y: f.local(V128), i: f.local(V128) };
 }
 
@@ -169,7 +169,7 @@ const EXP_P = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-
  * 2^(n − n>>1) so that both factors are normal: results overflow to +∞ past ln(FLT_MAX), go through
  * the subnormals exactly rounded once, and reach 0 below ~−103.9 (−∞ → 0). Clobbers x.
  */
-function emitExp(f: FunctionBuilder, fma: boolean, x: number, t: ExpTemps): void {
+export function emitExp(f: FunctionBuilder, fma: boolean, x: number, t: ExpTemps): void {
   f.localGet(x).f32x4Const(-110).f32x4Max().f32x4Const(88.8).f32x4Min().localSet(x);
   f.localGet(x).f32x4Const(LOG2E).f32x4Mul().simd(OP.f32x4Nearest).localSet(t.n);
   f.localGet(x).localGet(t.n).f32x4Const(LN2_HI).f32x4Mul().f32x4Sub();
@@ -192,7 +192,7 @@ const SQRTHF = 0.707106781186547524;
 const LOG_P = [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1];
 
 /** Pushes logf(x) lane-wise (Cephes) for positive normal x. Clobbers x and the temps. */
-function emitLog(f: FunctionBuilder, fma: boolean, x: number, t: ExpTemps): void {
+export function emitLog(f: FunctionBuilder, fma: boolean, x: number, t: ExpTemps): void {
   // e = exponent + 1 (frexp), m ∈ [0.5, 1)
   f.localGet(x).i32Const(23).simd(OP.i32x4ShrU).i32Const(126).simd(OP.i32x4Splat).simd(SIMD.i32x4Sub).simd(SIMD.f32x4ConvertI32x4S).localSet(t.n);
   f.localGet(x).v128Const(new Uint8Array(new Int32Array([0x7fffff, 0x7fffff, 0x7fffff, 0x7fffff]).buffer)).simd(SIMD.v128And);

@@ -21,6 +21,7 @@ import { isOp, stridesOf, type Op } from '../../compiler/ir/ops.ts';
 import type { AttentionLaunch, ScheduledKernel, ScheduledProgram } from '../../compiler/schedule.ts';
 import type { RenderedKernel, RenderedProgram } from '../backend.ts';
 import { attentionScratchBytes, attentionSupports } from './attention.ts';
+import { fusedWasmKernel } from './fused-wasm.ts';
 import { GEMM_KC, GEMM_MC, GEMM_MR, GEMM_NC, GEMM_NR } from './gemm.ts';
 
 export interface WasmKernel extends RenderedKernel {
@@ -36,6 +37,11 @@ export interface WasmKernel extends RenderedKernel {
   written: number[];
   /** Bytes of per-worker attention scratch (env.scratch.attention) an attention kernel needs. */
   attentionScratch?: number;
+  /**
+   * An elementwise kernel rendered as WebAssembly SIMD (fused-wasm.ts): the module's bytes in
+   * base64; the worker instantiates it on the shared memory as `env.kernel`, which `source` calls.
+   */
+  wasm?: string;
 }
 
 export type WasmProgram = RenderedProgram<WasmKernel>;
@@ -280,7 +286,7 @@ const toI32 = (x) => (x !== x ? 0 : x >= 2147483647 ? 2147483647 : x <= -2147483
 
 const indent = (lines: string[], by: string) => lines.map((l) => by + l.replace(/\n/g, `\n${by}`)).join('\n');
 
-function fusedSource(g: Graph, kernelOf: Int32Array, k: ScheduledKernel): { source: string; units: number } {
+function fusedSource(g: Graph, kernelOf: Int32Array, k: ScheduledKernel): { source: string; units: number; wasm?: string } {
   const reads = new Map(k.reads.map((r) => [r.node, r.binding]));
   const inKernel = new Set(k.members);
   const values = new ValueEmitter(g, reads, (id) => {
@@ -325,6 +331,9 @@ ${indent(colLines, '      ')}
 };`;
     return { source: `${head}\n${run}`, units: rowSize };
   }
+  // Four elements an iteration in WebAssembly SIMD where every op of the kernel has a rendering there.
+  const simd = fusedWasmKernel(g, kernelOf, k, { fma: false });
+  if (simd) return simd;
   const n = numel(g.nodes[k.writes[0].node].shape);
   return { source: `${head}\nreturn function run(lo, hi) {\n  for (let i = lo; i < hi; i++) {\n${indent(store('i'), '    ')}\n  }\n};`, units: n };
 }

@@ -24,7 +24,9 @@ const attention = new WebAssembly.Instance(attentionModule, { env: { memory } })
 /** Kernel k's run function, its unit range for this worker, and whether a barrier follows it. */
 const compiled = programs.map((p) =>
   p.kernels.map((k) => {
-    const env = { f32, i32, base: Int32Array.from(k.base), gemm, attention, scratch };
+    // An elementwise kernel in WebAssembly SIMD (fused-wasm.ts) brings its module; its source calls it.
+    const kernel = k.wasm ? new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(k.wasm, 'base64')), { env: { memory } }).exports : undefined;
+    const env = { f32, i32, base: Int32Array.from(k.base), gemm, attention, scratch, kernel };
     let run;
     try {
       run = new Function('env', k.source)(env);
