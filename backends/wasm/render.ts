@@ -414,24 +414,45 @@ ${indent(store('e'), '        ')}
     }`;
   const rowBlocks = Math.ceil(M / GEMM_MC);
   const colBlocks = Math.ceil(N / GEMM_NC);
+  // Units run column block by column block (a batch, then NC columns, then MC rows), so the units a
+  // worker owns mostly share their B block: it is packed once per K slice for all of them (BLIS's
+  // loop order). That needs the result to stay where the micro-kernel accumulates it across K
+  // slices: in place (no epilogue), or one K slice only. Otherwise each unit runs alone.
+  const shared = direct || K <= GEMM_KC;
+  const unit = `const r0 = (v - group0) * MC, mc = Math.min(MC, ${M} - r0), mcp = Math.ceil(mc / MR) * MR;`;
+  const body = shared
+    ? `for (let k0 = 0; k0 < ${Math.max(K, 1)}; k0 += KC) {
+        const kc = Math.min(KC, ${K} - k0);
+        ${packB}
+        for (let v = u; v < end; v++) {
+          ${unit}
+          ${packA}
+          gemm.gemm(mc, nc, kc, aP * 4, bP * 4, ${target}, k0 > 0 ? 1 : 0);
+          ${epilogue}
+        }
+      }`
+    : `for (let v = u; v < end; v++) {
+        ${unit}
+        for (let k0 = 0; k0 < ${K}; k0 += KC) {
+          const kc = Math.min(KC, ${K} - k0);
+          ${packA}
+          ${packB}
+          gemm.gemm(mc, nc, kc, aP * 4, bP * 4, ${target}, k0 > 0 ? 1 : 0);
+        }
+        ${epilogue}
+      }`;
   const run = `const { gemm, scratch } = env;
 const MR = ${GEMM_MR}, NR = ${GEMM_NR}, MC = ${GEMM_MC}, NC = ${GEMM_NC}, KC = ${GEMM_KC};
 const aP = scratch.a, bP = scratch.b, cP = scratch.c, LDC = scratch.ldc;
 return function run(lo, hi) {
-  for (let u = lo; u < hi; u++) {
+  for (let u = lo, end = lo; u < hi; u = end) {
     const bt = (u / ${rowBlocks * colBlocks}) | 0;
-    const rest = u - bt * ${rowBlocks * colBlocks};
-    const r0 = ((rest / ${colBlocks}) | 0) * MC, j0 = (rest % ${colBlocks}) * NC;
-    const mc = Math.min(MC, ${M} - r0), nc = Math.min(NC, ${N} - j0);
-    const mcp = Math.ceil(mc / MR) * MR, ncp = Math.ceil(nc / NR) * NR;
+    const cb = ((u - bt * ${rowBlocks * colBlocks}) / ${rowBlocks}) | 0;
+    const group0 = bt * ${rowBlocks * colBlocks} + cb * ${rowBlocks};
+    end = Math.min(hi, group0 + ${rowBlocks});
+    const j0 = cb * NC, nc = Math.min(NC, ${N} - j0), ncp = Math.ceil(nc / NR) * NR;
     const aBase = bt * ${M * K}, bBase = bt * ${K * N}, cBase = bt * ${M * N};
-    for (let k0 = 0; k0 < ${K}; k0 += KC) {
-      const kc = Math.min(KC, ${K} - k0);
-      ${packA}
-      ${packB}
-      gemm.gemm(mc, nc, kc, aP * 4, bP * 4, ${target}, k0 > 0 ? 1 : 0);
-    }${K === 0 ? `\n    gemm.gemm(mc, nc, 0, aP * 4, bP * 4, ${target}, 0);` : ''}
-    ${epilogue}
+    ${body}
   }
 };`;
   return { source: `${head}\n${run}`, units: batch * rowBlocks * colBlocks };
