@@ -30,7 +30,8 @@ export async function chooseDevice(choice: DeviceChoice, requestGpu: () => Promi
   try {
     gpu = await requestGpu();
   } catch (e) {
-    const first = (e instanceof Error ? e.message : String(e)).split('\n')[0];
+    // The reason's first sentence: the rest of requestDevice's message is how to install a driver.
+    const first = (e instanceof Error ? e.message : String(e)).split('\n')[0].split('. ')[0].replace(/\.$/, '');
     return { kind: 'cpu', why: `the CPU: no WebGPU adapter (${first}); --device forces one` };
   }
   if (isSoftwareAdapter(gpu)) return { kind: 'cpu', why: `the CPU: the only WebGPU adapter, ${adapterName(gpu)}, is a software rasterizer; --device gpu forces it` };
