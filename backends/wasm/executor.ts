@@ -14,7 +14,7 @@ import { sharedTempSizes, type BufferRef } from '../../compiler/schedule.ts';
 import { MemoryLimitError, renderTraining, type DeviceValues, type Executor, type Recording, type Target } from '../backend.ts';
 import { GEMM_KC, GEMM_MC, GEMM_MR, GEMM_NC, GEMM_NR, gemmModule } from './gemm.ts';
 import { attentionModule } from './attention.ts';
-import { enableRelaxedSimd, relaxedSimdAvailable, requireSimd128 } from './simd.ts';
+import { compileOptimized, enableRelaxedSimd, relaxedSimdAvailable, requireSimd128 } from './simd.ts';
 import { wasm } from './index.ts';
 import type { WasmProgram } from './render.ts';
 import { WasmProfiler } from './profiler.ts';
@@ -167,13 +167,20 @@ export class WasmExecutor implements Executor<WasmProfiler> {
       const after = barriersAfter(kernels);
       return { kernels: kernels.map((k, i) => ({ name: k.name, source: k.source, wasm: k.wasm, units: k.units, base: k.base, barrierAfter: after[i] })) };
     });
+    // Every module compiled once, here, optimized from the start (simd.ts compileOptimized): the
+    // GEMM, attention, and each distinct elementwise kernel (the layers' kernels repeat); the
+    // workers instantiate them on the shared memory.
+    const kernelBytes = [...new Set(workerPrograms.flatMap((p) => p.kernels.flatMap((k) => (k.wasm ? [k.wasm] : []))))];
+    const [module, attention, ...kernelModules] = compileOptimized([gemmModule({ fma }), attentionModule({ fma }), ...kernelBytes.map((b) => Buffer.from(b, 'base64'))]);
+    const moduleOf = new Map(kernelBytes.map((b, i) => [b, kernelModules[i]]));
+    const programsForWorkers = workerPrograms.map((p) => ({
+      kernels: p.kernels.map(({ wasm: bytes, ...k }) => ({ ...k, module: bytes ? moduleOf.get(bytes) : undefined })),
+    }));
 
-    const module = new WebAssembly.Module(gemmModule({ fma }));
-    const attention = new WebAssembly.Module(attentionModule({ fma }));
     const started: Promise<void>[] = [];
     for (let index = 0; index < threads; index++) {
       const worker = new Worker(new URL('./worker.js', import.meta.url), {
-        workerData: { memory: this.memory, gemmModule: module, attentionModule: attention, control: this.control.buffer, index, workers: threads, scratch: scratch[index], programs: workerPrograms },
+        workerData: { memory: this.memory, gemmModule: module, attentionModule: attention, control: this.control.buffer, index, workers: threads, scratch: scratch[index], programs: programsForWorkers },
       });
       worker.unref();
       started.push(

@@ -412,8 +412,15 @@ ${indent(lb.lines, '          ')}
 ${indent(store('e'), '        ')}
       }
     }`;
-  const rowBlocks = Math.ceil(M / GEMM_MC);
-  const colBlocks = Math.ceil(N / GEMM_NC);
+  // Blocks small enough that a small matmul (a weight gradient: 128 rows) still gives every worker
+  // some: at least MIN_UNITS result blocks, narrowing the columns first, then the rows.
+  let mcBlock = GEMM_MC;
+  let ncBlock = GEMM_NC;
+  const unitsOf = () => batch * Math.ceil(M / mcBlock) * Math.ceil(N / ncBlock);
+  while (unitsOf() < MIN_MATMUL_UNITS && ncBlock / 2 >= 4 * GEMM_NR && Math.ceil(N / (ncBlock / 2)) > Math.ceil(N / ncBlock)) ncBlock /= 2;
+  while (unitsOf() < MIN_MATMUL_UNITS && mcBlock / 2 >= 4 * GEMM_MR && Math.ceil(M / (mcBlock / 2)) > Math.ceil(M / mcBlock)) mcBlock /= 2;
+  const rowBlocks = Math.ceil(M / mcBlock);
+  const colBlocks = Math.ceil(N / ncBlock);
   // Units run column block by column block (a batch, then NC columns, then MC rows), so the units a
   // worker owns mostly share their B block: it is packed once per K slice for all of them (BLIS's
   // loop order). That needs the result to stay where the micro-kernel accumulates it across K
@@ -442,7 +449,7 @@ ${indent(store('e'), '        ')}
         ${epilogue}
       }`;
   const run = `const { gemm, scratch } = env;
-const MR = ${GEMM_MR}, NR = ${GEMM_NR}, MC = ${GEMM_MC}, NC = ${GEMM_NC}, KC = ${GEMM_KC};
+const MR = ${GEMM_MR}, NR = ${GEMM_NR}, MC = ${mcBlock}, NC = ${ncBlock}, KC = ${GEMM_KC};
 const aP = scratch.a, bP = scratch.b, cP = scratch.c, LDC = scratch.ldc;
 return function run(lo, hi) {
   for (let u = lo, end = lo; u < hi; u = end) {
@@ -457,6 +464,9 @@ return function run(lo, hi) {
 };`;
   return { source: `${head}\n${run}`, units: batch * rowBlocks * colBlocks };
 }
+
+/** Result blocks a matmul is split into at least (where it is large enough): work for up to 8 threads. */
+const MIN_MATMUL_UNITS = 8;
 
 // --- attention ----------------------------------------------------------------------------------
 

@@ -32,6 +32,23 @@ export function enableRelaxedSimd(): boolean {
   return relaxedSimdAvailable();
 }
 
+/**
+ * Compiles with V8's optimizing compiler from the start. By default V8 compiles Wasm with its
+ * baseline compiler (Liftoff) and tiers hot functions up to TurboFan on a background thread; on a
+ * machine whose every core runs a worker of ours, that thread waits, and the GEMM ran at half its
+ * speed for many steps (measured: 25 against 36–40 GFLOP/s a thread at 1024³). `--no-liftoff` is
+ * process-wide, so it is set around these compiles only, and the previous tiering comes back after
+ * (the peers in the benchmark compile their own Wasm as they always do).
+ */
+export function compileOptimized(bytes: Uint8Array[]): WebAssembly.Module[] {
+  v8.setFlagsFromString('--no-liftoff');
+  try {
+    return bytes.map((b) => new WebAssembly.Module(b as Uint8Array<ArrayBuffer>));
+  } finally {
+    v8.setFlagsFromString('--liftoff');
+  }
+}
+
 /** (a·b + c) lane 0 through f32x4.relaxed_madd, as a module exporting `madd(a, b, c): f32`. */
 function maddProbe(): Uint8Array<ArrayBuffer> {
   const m = new ModuleBuilder();

@@ -25,7 +25,7 @@ const attention = new WebAssembly.Instance(attentionModule, { env: { memory } })
 const compiled = programs.map((p) =>
   p.kernels.map((k) => {
     // An elementwise kernel in WebAssembly SIMD (fused-wasm.ts) brings its module; its source calls it.
-    const kernel = k.wasm ? new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(k.wasm, 'base64')), { env: { memory } }).exports : undefined;
+    const kernel = k.module ? new WebAssembly.Instance(k.module, { env: { memory } }).exports : undefined;
     const env = { f32, i32, base: Int32Array.from(k.base), gemm, attention, scratch, kernel };
     let run;
     try {
