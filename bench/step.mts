@@ -5,11 +5,12 @@
 //   npx tsx bench/step.mts --quick            tiny preset, 3 timed steps per engine
 //   npx tsx bench/step.mts --steps 10 --profile
 //   npx tsx bench/step.mts --preset gpt2 --engines compiled,compiled-software   both kernel families, GPT-2 124M
+//   npx tsx bench/step.mts --quick --engines compiled,compiled-wasm --profile   WGSL against the CPU backend
 //
 // (`npm run bench` is bench/bench.mts: these two engines and the peers, with a report.)
 
 import { defaultMicroBatch } from '../compiler/frontend/nn.ts';
-import { webgpuTarget } from '../backends/index.ts';
+import { wasmTarget, webgpuTarget } from '../backends/index.ts';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { loadModel } from '../compiler/frontend/load-model.ts';
@@ -29,7 +30,7 @@ const args = await yargs(hideBin(process.argv))
   .option('steps', { type: 'number', default: 5, describe: 'timed steps per engine (after one warm-up step)' })
   .option('profile', { type: 'boolean', describe: 'time every kernel of one more step per engine and print where the time goes' })
   .option('autotune', { type: 'boolean', describe: 'compiled mode uses per-shape tuned matmul tiles (tuned once, cached in .chotta/autotune)' })
-  .option('engines', { type: 'string', default: 'eager,compiled', describe: 'which to run, in order: eager, compiled (the adapter\'s kernel family), compiled-software, compiled-gpu' })
+  .option('engines', { type: 'string', default: 'eager,compiled', describe: 'which to run, in order: eager, compiled (the adapter\'s kernel family), compiled-software, compiled-gpu, compiled-wasm (the CPU backend)' })
   .strict()
   .help()
   .version(false)
@@ -93,12 +94,13 @@ async function profile(engine: TrainingEngine): Promise<string> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const ENGINES = ['eager', 'compiled', 'compiled-software', 'compiled-gpu'];
+const ENGINES = ['eager', 'compiled', 'compiled-software', 'compiled-gpu', 'compiled-wasm'];
 const engines = args.engines.split(',').filter(Boolean);
 for (const e of engines) if (!ENGINES.includes(e)) throw new Error(`--engines: unknown engine ${e} (engines: ${ENGINES.join(', ')})`);
 
 async function createEngine(name: string): Promise<TrainingEngine> {
   if (name === 'eager') return createEagerEngine({ def, config, batchSize: B, seed: 1337, gpu });
+  if (name === 'compiled-wasm') return createCompiledEngine({ def, config, batchSize: B, seed: 1337, target: wasmTarget(), cacheDir: '.chotta/compile', log });
   const family = kernelFamily(gpu, name === 'compiled' ? undefined : (name.slice('compiled-'.length) as KernelFamily));
   log(`${name}: the ${family} kernel family`);
   const tuner = args.autotune ? new MatmulTuner(gpu, undefined, { family }) : undefined;
