@@ -413,12 +413,13 @@ ${indent(store('e'), '        ')}
       }
     }`;
   // Blocks small enough that a small matmul (a weight gradient: 128 rows) still gives every worker
-  // some: at least MIN_UNITS result blocks, narrowing the columns first, then the rows.
+  // some: at least MIN_UNITS result blocks, narrowing the rows first (the row blocks of one column
+  // block share their packed B), then the columns.
   let mcBlock = GEMM_MC;
   let ncBlock = GEMM_NC;
   const unitsOf = () => batch * Math.ceil(M / mcBlock) * Math.ceil(N / ncBlock);
-  while (unitsOf() < MIN_MATMUL_UNITS && ncBlock / 2 >= 4 * GEMM_NR && Math.ceil(N / (ncBlock / 2)) > Math.ceil(N / ncBlock)) ncBlock /= 2;
   while (unitsOf() < MIN_MATMUL_UNITS && mcBlock / 2 >= 4 * GEMM_MR && Math.ceil(M / (mcBlock / 2)) > Math.ceil(M / mcBlock)) mcBlock /= 2;
+  while (unitsOf() < MIN_MATMUL_UNITS && ncBlock / 2 >= 4 * GEMM_NR && Math.ceil(N / (ncBlock / 2)) > Math.ceil(N / ncBlock)) ncBlock /= 2;
   const rowBlocks = Math.ceil(M / mcBlock);
   const colBlocks = Math.ceil(N / ncBlock);
   // Units run column block by column block (a batch, then NC columns, then MC rows), so the units a
