@@ -87,6 +87,8 @@ export class WasmExecutor implements Executor<WasmProfiler> {
   private readonly memory: WebAssembly.Memory;
   private readonly f32: Float32Array;
   private readonly control = new Int32Array(new SharedArrayBuffer(64));
+  /** A work-unit counter per kernel of the running program (worker.js claims units from them). */
+  private readonly claims: Int32Array;
   private readonly workers: Worker[] = [];
   private readonly regions = new Map<string, Region>();
   private readonly programIndex = new Map<string, number>();
@@ -165,7 +167,7 @@ export class WasmExecutor implements Executor<WasmProfiler> {
       });
       this.programKernels.push(kernels.map((k) => ({ name: `${name}/${k.name}` })));
       const after = barriersAfter(kernels);
-      return { kernels: kernels.map((k, i) => ({ name: k.name, source: k.source, wasm: k.wasm, units: k.units, base: k.base, barrierAfter: after[i] })) };
+      return { kernels: kernels.map((k, i) => ({ name: k.name, kind: plan.kernels[i].kind, source: k.source, wasm: k.wasm, units: k.units, base: k.base, barrierAfter: after[i] })) };
     });
     // Every module compiled once, here, optimized from the start (simd.ts compileOptimized): the
     // GEMM, attention, and each distinct elementwise kernel (the layers' kernels repeat); the
@@ -177,10 +179,11 @@ export class WasmExecutor implements Executor<WasmProfiler> {
       kernels: p.kernels.map(({ wasm: bytes, ...k }) => ({ ...k, module: bytes ? moduleOf.get(bytes) : undefined })),
     }));
 
+    this.claims = new Int32Array(new SharedArrayBuffer(4 * Math.max(1, ...plans.map((p) => p.kernels.length))));
     const started: Promise<void>[] = [];
     for (let index = 0; index < threads; index++) {
       const worker = new Worker(new URL('./worker.js', import.meta.url), {
-        workerData: { memory: this.memory, gemmModule: module, attentionModule: attention, control: this.control.buffer, index, workers: threads, scratch: scratch[index], programs: programsForWorkers },
+        workerData: { memory: this.memory, gemmModule: module, attentionModule: attention, control: this.control.buffer, claims: this.claims.buffer, index, workers: threads, scratch: scratch[index], programs: programsForWorkers },
       });
       worker.unref();
       started.push(
@@ -233,6 +236,8 @@ export class WasmExecutor implements Executor<WasmProfiler> {
   /** Runs one program on every worker and resolves when all are done. */
   private async runProgram(program: number): Promise<void> {
     const c = this.control;
+    // The workers are idle between runs: every kernel's units are unclaimed again.
+    this.claims.fill(0);
     Atomics.store(c, CONTROL.PROGRAM, program);
     Atomics.store(c, CONTROL.DONE, 0);
     Atomics.store(c, CONTROL.TIMING, this.profiler ? 1 : 0);

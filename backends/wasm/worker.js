@@ -14,14 +14,21 @@ const SEQ = 0, PROGRAM = 1, BAR_COUNT = 2, BAR_GEN = 3, DONE = 4, FAILED = 5, ST
 /** Spins before sleeping at a barrier: most waits are shorter than a futex round trip. */
 const SPIN = 4000;
 
-const { memory, gemmModule, attentionModule, control, index, workers, scratch, programs } = workerData;
+const { memory, gemmModule, attentionModule, control, claims: claimsBuffer, index, workers, scratch, programs } = workerData;
 const ctrl = new Int32Array(control);
+/** Per kernel of the running program: the next unclaimed work unit (the main thread zeroes them before a run). */
+const claims = new Int32Array(claimsBuffer);
 const f32 = new Float32Array(memory.buffer);
 const i32 = new Int32Array(memory.buffer);
 const gemm = new WebAssembly.Instance(gemmModule, { env: { memory } }).exports;
 const attention = new WebAssembly.Instance(attentionModule, { env: { memory } }).exports;
 
-/** Kernel k's run function, its unit range for this worker, and whether a barrier follows it. */
+/**
+ * Kernel k's run function, how many units a worker claims at a time, and whether a barrier follows
+ * it. Workers claim chunks of units from a shared counter rather than owning a fixed share, so a
+ * worker that runs slower (a core shared with another process, causal attention's longer rows) takes
+ * fewer: a few chunks a worker, fewer for matmuls, whose units in one chunk share a packed B.
+ */
 const compiled = programs.map((p) =>
   p.kernels.map((k) => {
     // An elementwise kernel in WebAssembly SIMD (fused-wasm.ts) brings its module; its source calls it.
@@ -33,8 +40,8 @@ const compiled = programs.map((p) =>
     } catch (e) {
       throw new Error(`kernel ${k.name} does not compile: ${e.message}\n--- source ---\n${k.source}`);
     }
-    const chunk = Math.ceil(k.units / workers);
-    return { name: k.name, run, lo: Math.min(k.units, index * chunk), hi: Math.min(k.units, (index + 1) * chunk), barrierAfter: k.barrierAfter };
+    const chunk = Math.max(1, Math.floor(k.units / (workers * (k.kind === 'matmul' ? 2 : 4))));
+    return { name: k.name, run, units: k.units, chunk, barrierAfter: k.barrierAfter };
   }),
 );
 
@@ -66,9 +73,9 @@ for (;;) {
   let t = timing ? performance.now() : 0;
   for (let k = 0; k < kernels.length; k++) {
     const kernel = kernels[k];
-    if (!failed && kernel.lo < kernel.hi) {
+    if (!failed) {
       try {
-        kernel.run(kernel.lo, kernel.hi);
+        for (let lo = Atomics.add(claims, k, kernel.chunk); lo < kernel.units; lo = Atomics.add(claims, k, kernel.chunk)) kernel.run(lo, Math.min(kernel.units, lo + kernel.chunk));
       } catch (e) {
         failed = true;
         Atomics.store(ctrl, FAILED, 1);
