@@ -429,7 +429,7 @@ async function cpuMatmulMs(M: number, N: number, K: number, reps: number): Promi
   try {
     await once();
     await once();
-    return median(await timed(once, reps * 3)) / CPU_MATMUL_LAUNCHES;
+    return median(await timed(once, reps * 5)) / CPU_MATMUL_LAUNCHES;
   } finally {
     await executor.close();
   }
@@ -493,7 +493,7 @@ if (sections.has('matmul')) {
     }
     results.cpuMatmul = {
       threads: wasmTarget().threads,
-      method: `C = A·B, float32, as the CPU backend runs a matmul kernel of a plan (backends/wasm: operands packed by the WebAssembly GEMM module, its SIMD micro-kernel, result blocks split over every worker thread): median wall time of ${reps * 3} runs after two untimed ones, each run one program of the kernel launched ${CPU_MATMUL_LAUNCHES} times (a barrier between launches, as between a step's kernels), from the submit to its end, divided by ${CPU_MATMUL_LAUNCHES}.`,
+      method: `C = A·B, float32, as the CPU backend runs a matmul kernel of a plan (backends/wasm: operands packed by the WebAssembly GEMM module, its SIMD micro-kernel, result blocks split over every worker thread): median wall time of ${reps * 5} runs after two untimed ones, each run one program of the kernel launched ${CPU_MATMUL_LAUNCHES} times (a barrier between launches, as between a step's kernels), from the submit to its end, divided by ${CPU_MATMUL_LAUNCHES}.`,
       rows: cpuRows,
     };
   }
