@@ -232,7 +232,9 @@ async function measureSystem(name: string, batches: Batch[], setup: () => Promis
     if (problem) row.note = problem;
     runner.dispose?.();
   } catch (err) {
-    row.note = `failed: ${errorText(err)}`;
+    // An optional peer that is not installed (torch-cpu) says "skipped: …" and how to install it.
+    const text = errorText(err);
+    row.note = text.startsWith('skipped:') ? text : `failed: ${text}`;
     log(`${name}: ${row.note}`);
   }
   return row;
