@@ -107,6 +107,23 @@ describe('the CPU backend executor', () => {
     }
   });
 
+  it('fails, instead of waiting forever, when a worker thread dies; every later run fails too; a closed executor records nothing', async () => {
+    // process.exit in a worker ends that worker's thread: the way an out-of-memory worker goes.
+    const dies = program('update', VALUES, [{ source: 'return () => { process.exit(3); };', units: 1, writes: ['y'], reads: ['x'] }]);
+    const ex = await open({ gradient: CHAIN, update: dies }, VALUES, 2);
+    try {
+      const r = ex.record();
+      r.run('update');
+      await expect(r.submit()).rejects.toThrow(/worker thread \d exited \(code 3\)/);
+      const again = ex.record();
+      again.run('gradient');
+      await expect(again.submit()).rejects.toThrow(/worker thread \d exited/);
+    } finally {
+      await ex.close();
+    }
+    expect(() => ex.record()).toThrow('wasm executor: closed');
+  });
+
   it('says how much memory a plan needs when it does not fit WebAssembly\'s 4 GiB, before allocating any', async () => {
     const huge = { weights: 2 ** 29, activations: 2 ** 29 + 2 ** 28 };
     const plan = program('gradient', huge, []);

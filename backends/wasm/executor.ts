@@ -197,6 +197,16 @@ export class WasmExecutor implements Executor<WasmProfiler> {
             this.errors.push(`worker ${index}: ${e.message}`);
             reject(e);
           });
+          // A worker that dies (out of memory, an error outside a kernel) would leave a run waiting
+          // for it forever: the pool is broken, this run and every later one fail.
+          worker.on('exit', (code) => {
+            if (this.closed) return;
+            this.broken = `worker thread ${index} exited (code ${code})${this.errors.length ? `: ${this.errors.join('; ')}` : ''}`;
+            reject(new Error(`wasm executor: ${this.broken}`));
+            Atomics.store(this.control, CONTROL.FAILED, 1);
+            Atomics.store(this.control, CONTROL.DONE, threads);
+            Atomics.notify(this.control, CONTROL.DONE);
+          });
         }),
       );
       this.workers.push(worker);
@@ -234,8 +244,13 @@ export class WasmExecutor implements Executor<WasmProfiler> {
   }
 
   /** Runs one program on every worker and resolves when all are done. */
+  /** Why the pool cannot run anything any more (a worker thread exited), if it cannot. */
+  private broken: string | undefined;
+  private closed = false;
+
   private async runProgram(program: number): Promise<void> {
     const c = this.control;
+    if (this.broken) throw new Error(`wasm executor: ${this.broken}`);
     // The workers are idle between runs: every kernel's units are unclaimed again.
     this.claims.fill(0);
     Atomics.store(c, CONTROL.PROGRAM, program);
@@ -247,6 +262,7 @@ export class WasmExecutor implements Executor<WasmProfiler> {
       const wait = waitAsync(c, CONTROL.DONE, done);
       if (wait.async) await wait.value;
     }
+    if (this.broken) throw new Error(`wasm executor: ${this.broken}`);
     if (Atomics.load(c, CONTROL.FAILED)) {
       Atomics.store(c, CONTROL.FAILED, 0);
       // The worker posts its error before it counts itself done; let the message arrive.
@@ -256,6 +272,7 @@ export class WasmExecutor implements Executor<WasmProfiler> {
   }
 
   record(): Recording {
+    if (this.closed) throw new Error('wasm executor: closed; open the programs again');
     if (this.recording) throw new Error('wasm executor: a recording is still open; submit it before starting another');
     this.recording = true;
     const steps: (() => void | Promise<void>)[] = [];
@@ -312,6 +329,7 @@ export class WasmExecutor implements Executor<WasmProfiler> {
 
   /** Stops the workers (the memory goes with the last reference to it). */
   async close(): Promise<void> {
+    this.closed = true;
     await this.queue;
     Atomics.store(this.control, CONTROL.STOP, 1);
     Atomics.add(this.control, CONTROL.SEQ, 1);
