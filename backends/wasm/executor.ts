@@ -148,6 +148,13 @@ export class WasmExecutor implements Executor<WasmProfiler> {
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     this.f32 = new Float32Array(this.memory.buffer);
 
+    // Every module compiled once, here, optimized from the start (simd.ts compileOptimized): the
+    // GEMM, attention, and each distinct elementwise kernel (the layers' kernels repeat); the
+    // workers instantiate them on the shared memory.
+    const kernelBytes = [...new Set(plans.flatMap((p) => p.kernels.flatMap((k) => (k.wasm ? [k.wasm] : []))))];
+    const [module, attention, ...kernelModules] = compileOptimized([gemmModule({ fma }), attentionModule({ fma }), ...kernelBytes.map((b) => Buffer.from(b, 'base64'))]);
+    const moduleOf = new Map(kernelBytes.map((b, i) => [b, kernelModules[i]]));
+
     const names = Object.keys(programs) as ProgramName[];
     const workerPrograms = names.map((name, p) => {
       this.programIndex.set(name, p);
@@ -157,33 +164,33 @@ export class WasmExecutor implements Executor<WasmProfiler> {
         const value = 'input' in ref ? (rebind[name]?.[ref.input] ?? ref.input) : ref.output;
         return this.region(value);
       };
-      const kernels = plan.kernels.map((k) => {
-        const regions = k.bindings.map((b) => {
+      const regions = plan.kernels.map((k) =>
+        k.bindings.map((b) => {
           const r = external(b.buffer);
           if (b.elements > r.elements) throw new Error(`wasm executor: kernel ${k.name} addresses ${b.elements} elements of a value of ${r.elements}`);
           return { offset: r.offset, elements: b.elements };
-        });
-        return { name: k.name, source: k.source, wasm: k.wasm, units: k.units, base: regions.map((r) => r.offset), regions, written: k.written };
-      });
-      this.programKernels.push(kernels.map((k) => ({ name: `${name}/${k.name}` })));
-      const after = barriersAfter(kernels);
-      return { kernels: kernels.map((k, i) => ({ name: k.name, kind: plan.kernels[i].kind, source: k.source, wasm: k.wasm, units: k.units, base: k.base, barrierAfter: after[i] })) };
+        }),
+      );
+      this.programKernels.push(plan.kernels.map((k) => ({ name: `${name}/${k.name}` })));
+      const after = barriersAfter(plan.kernels.map((k, i) => ({ regions: regions[i], written: k.written })));
+      return {
+        kernels: plan.kernels.map((k, i) => ({
+          name: k.name,
+          kind: k.kind,
+          source: k.source,
+          module: k.wasm ? moduleOf.get(k.wasm) : undefined,
+          units: k.units,
+          base: regions[i].map((r) => r.offset),
+          barrierAfter: after[i],
+        })),
+      };
     });
-    // Every module compiled once, here, optimized from the start (simd.ts compileOptimized): the
-    // GEMM, attention, and each distinct elementwise kernel (the layers' kernels repeat); the
-    // workers instantiate them on the shared memory.
-    const kernelBytes = [...new Set(workerPrograms.flatMap((p) => p.kernels.flatMap((k) => (k.wasm ? [k.wasm] : []))))];
-    const [module, attention, ...kernelModules] = compileOptimized([gemmModule({ fma }), attentionModule({ fma }), ...kernelBytes.map((b) => Buffer.from(b, 'base64'))]);
-    const moduleOf = new Map(kernelBytes.map((b, i) => [b, kernelModules[i]]));
-    const programsForWorkers = workerPrograms.map((p) => ({
-      kernels: p.kernels.map(({ wasm: bytes, ...k }) => ({ ...k, module: bytes ? moduleOf.get(bytes) : undefined })),
-    }));
 
     this.claims = new Int32Array(new SharedArrayBuffer(4 * Math.max(1, ...plans.map((p) => p.kernels.length))));
     const started: Promise<void>[] = [];
     for (let index = 0; index < threads; index++) {
       const worker = new Worker(new URL('./worker.js', import.meta.url), {
-        workerData: { memory: this.memory, gemmModule: module, attentionModule: attention, control: this.control.buffer, claims: this.claims.buffer, index, workers: threads, scratch: scratch[index], programs: programsForWorkers },
+        workerData: { memory: this.memory, gemmModule: module, attentionModule: attention, control: this.control.buffer, claims: this.claims.buffer, index, workers: threads, scratch: scratch[index], programs: workerPrograms },
       });
       worker.unref();
       started.push(
@@ -224,7 +231,7 @@ export class WasmExecutor implements Executor<WasmProfiler> {
     return this.region(name).elements * 4;
   }
 
-  /** Kernels are JavaScript and Wasm compiled before the first run: every run counts. */
+  /** With skipFirstRun, a kernel's first run (V8 still optimising its JavaScript) is not counted. */
   profile(opts: { skipFirstRun?: boolean } | false): WasmProfiler | undefined {
     this.profiler = opts ? new WasmProfiler(opts) : undefined;
     return this.profiler;
@@ -243,11 +250,11 @@ export class WasmExecutor implements Executor<WasmProfiler> {
     this.queue = this.queue.then(apply);
   }
 
-  /** Runs one program on every worker and resolves when all are done. */
   /** Why the pool cannot run anything any more (a worker thread exited), if it cannot. */
   private broken: string | undefined;
   private closed = false;
 
+  /** Runs one program on every worker and resolves when all are done. */
   private async runProgram(program: number): Promise<void> {
     const c = this.control;
     if (this.broken) throw new Error(`wasm executor: ${this.broken}`);

@@ -17,7 +17,7 @@
 
 import { isGraphInput, numel, type DType, type Graph, type Node } from '../../compiler/ir/graph.ts';
 import { layoutRead } from '../../compiler/ir/layout.ts';
-import { isOp, stridesOf, type Op } from '../../compiler/ir/ops.ts';
+import { stridesOf, type Op } from '../../compiler/ir/ops.ts';
 import type { AttentionLaunch, ScheduledKernel, ScheduledProgram } from '../../compiler/schedule.ts';
 import type { RenderedKernel, RenderedProgram } from '../backend.ts';
 import { attentionScratchBytes, attentionSupports } from './attention.ts';
@@ -122,8 +122,6 @@ function castExpr(from: DType, to: DType, a: string): string {
 class ValueEmitter {
   private blocks: { lines: string[]; memo: Map<string, string> }[] = [{ lines: [], memo: new Map() }];
   private count = 0;
-  /** The variable holding the matmul's result element, in a matmul kernel's epilogue. */
-  mmAcc = 'mmAcc';
 
   constructor(
     private readonly g: Graph,
@@ -146,36 +144,34 @@ class ValueEmitter {
     return this.blocks.pop()!.lines;
   }
 
-  /** The lines emitted so far in the outermost block, which are then cleared. */
-  take(): string[] {
-    const lines = this.blocks[0].lines;
-    this.blocks[0] = { lines: [], memo: new Map() };
-    return lines;
+  /** What `key` holds in this block or an enclosing one, if it was computed there. */
+  private lookup(key: string): string | undefined {
+    for (let b = this.blocks.length - 1; b >= 0; b--) {
+      const hit = this.blocks[b].memo.get(key);
+      if (hit !== undefined) return hit;
+    }
+    return undefined;
+  }
+
+  private remember(key: string, v: string): string {
+    this.blocks[this.blocks.length - 1].memo.set(key, v);
+    return v;
   }
 
   /** An index as a variable, so that every use of it is one memo key. */
   private indexVar(index: string): string {
     if (/^[\w$]+$/.test(index)) return index;
     const key = `#${index}`;
-    for (let b = this.blocks.length - 1; b >= 0; b--) {
-      const hit = this.blocks[b].memo.get(key);
-      if (hit !== undefined) return hit;
-    }
+    const known = this.lookup(key);
+    if (known !== undefined) return known;
     const v = this.fresh('j');
     this.emit(`const ${v} = ${index};`);
-    this.blocks[this.blocks.length - 1].memo.set(key, v);
-    return v;
+    return this.remember(key, v);
   }
 
   value(id: number, index: string): string {
     const key = `${id}@${index}`;
-    for (let b = this.blocks.length - 1; b >= 0; b--) {
-      const hit = this.blocks[b].memo.get(key);
-      if (hit !== undefined) return hit;
-    }
-    const v = this.compute(id, index);
-    this.blocks[this.blocks.length - 1].memo.set(key, v);
-    return v;
+    return this.lookup(key) ?? this.remember(key, this.compute(id, index));
   }
 
   private let(expr: string): string {
@@ -256,7 +252,8 @@ class ValueEmitter {
         return acc;
       }
       case 'matmul':
-        return this.mmAcc;
+        // The matmul kernel's epilogue holds the result element in `mmAcc` (matmulSource).
+        return 'mmAcc';
       case 'gather': {
         const [table, idx] = ins;
         const rows = table.shape[0];
@@ -400,7 +397,6 @@ ${indent(lb.lines, '          ')}
   // scratch block, from which the epilogue stores every written value.
   const direct = k.writes.length === 1 && k.writes[0].node === matmul;
   const target = direct ? `(B${k.writes[0].binding} + cBase + r0 * ${N} + j0) * 4, ${N}` : 'cP * 4, LDC';
-  values.mmAcc = 'mmAcc';
   const epilogue = direct
     ? ''
     : `for (let rr = 0; rr < mc; rr++) {

@@ -1,10 +1,10 @@
 // One worker of the CPU backend's pool (executor.ts). Plain JavaScript, so a worker starts without a
 // TypeScript loader. At start it compiles every kernel's source (render.ts) against the shared
-// memory and instantiates the GEMM module on it; then it waits for commands. A command names a
-// program: the worker runs its share of every kernel's work units, in order, meeting the other
-// workers at a barrier wherever a kernel touches memory that an earlier kernel since the last
-// barrier wrote (or writes what it read), and after the last. When all are done the main thread is
-// woken.
+// memory and instantiates the modules the executor compiled (the GEMM, attention, each elementwise
+// kernel's) on it; then it waits for commands. A command names a program: the worker claims chunks
+// of every kernel's work units, in order, meeting the other workers at a barrier wherever a kernel
+// touches memory that an earlier kernel since the last barrier wrote (or writes what it read), and
+// after the last. When all are done the main thread is woken.
 //
 // The control words are an Int32Array over a SharedArrayBuffer (executor.ts CONTROL).
 
