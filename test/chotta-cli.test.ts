@@ -1,16 +1,15 @@
 // chotta as a user runs it: a real process, real exit codes, what lands on stdout and stderr. And,
 // in this process with the trainer and the fine-tuner stubbed, that every flag reaches them.
 
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../runtime/cli.ts';
 import type { FinetuneOptions, FinetuneResult } from '../runtime/finetune/finetune.ts';
 import type { TrainOptions, TrainResult } from '../runtime/train/trainer.ts';
+import { chotta } from './support/chotta.ts';
 
 // Only this file's in-process calls of main() see these stubs; the chotta processes below are real.
 const received = vi.hoisted(() => ({ train: [] as unknown[], finetune: [] as unknown[] }));
@@ -29,24 +28,7 @@ vi.mock(import('../runtime/finetune/finetune.ts'), async (importOriginal) => ({
   },
 }));
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const fixture = 'test/fixtures/data/wikitext-sample.txt';
-
-/** Runs bin/chotta.js; asynchronously, so that the tests (each a fresh Node and tsx) run side by side. */
-function chotta(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [path.join(root, 'bin/chotta.js'), ...args], {
-    cwd: root,
-    env: { ...process.env, CHOTTA_DEBUG: '', NO_COLOR: '1', ...env },
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
-  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Ours is the last line; Dawn and the Vulkan loader print their own warnings before it. */
 const lastLine = (stderr: string) => stderr.trimEnd().split('\n').at(-1);

@@ -4,12 +4,10 @@
 // WGSL compiled engines taking the same steps from the same initialisation. A small GPT (1 layer,
 // width 32, context 16, a 300-token BPE) keeps every compile and step well under a second.
 
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
-import path, { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { kernelFamily, wasmTarget, webgpuTarget } from '../backends/index.ts';
 import { wasmFma } from '../backends/wasm/executor.ts';
@@ -26,8 +24,8 @@ import type { Batch } from '../runtime/train/sampler.ts';
 import { train, type EngineFactory, type TrainOptions, type TrainResult } from '../runtime/train/trainer.ts';
 import { gpuOrSkip } from './support/gpu.ts';
 import { writeToyCorpus } from './support/toy-run.ts';
+import { chotta } from './support/chotta.ts';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SMALL: GPTConfig = { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 512, bias: true };
 const B = 2;
 const smallModel: ModelDefinition = { ...model, presets: { small: SMALL }, microBatch: { small: B }, defaultPreset: 'small' };
@@ -270,19 +268,6 @@ describe('the CPU backend and the WGSL compiled engine', () => {
     expect([c5.step, g5.step]).toEqual([5, 5]);
   });
 });
-
-/** Runs bin/chotta.js in the repository, as test/chotta-cli.test.ts does. */
-function chotta(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [path.join(root, 'bin/chotta.js'), ...args], { cwd: root, env: { ...process.env, CHOTTA_DEBUG: '', NO_COLOR: '1' } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
-  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe.concurrent('chotta --device', () => {
   const fixture = 'test/fixtures/data/wikitext-sample.txt';
