@@ -21,7 +21,7 @@ import { Program } from '../backends/webgpu/program.ts';
 import { evaluate, type RefTensor } from '../compiler/ir/interpret.ts';
 import { assertClose, type Tolerance } from './support/compare.ts';
 import { gpuOrSkip } from './support/gpu.ts';
-import { runOnDevice } from './support/run-graph.ts';
+import { runOnCpu, runOnDevice } from './support/run-graph.ts';
 
 const GOLDEN = fileURLToPath(new URL('./golden/fuse-elementwise/', import.meta.url));
 
@@ -175,6 +175,15 @@ describe('fused kernels on the device equal the reference interpreter', () => {
     const expected = evaluate(g, inputs);
     const actual = await runOnDevice(gpu, g, inputs);
     expectOutputsClose(g, actual, expected, F32_TOL);
+  });
+
+  // Every case on the CPU backend (backends/wasm), which needs no adapter: its JavaScript and
+  // WebAssembly kernels, prologues packed by value functions (matmul-constant-operand), scatters and
+  // attention included, with three workers splitting every kernel.
+  it.for(cases())('%s, on the CPU backend', async ([, text]) => {
+    const g = parseGraph(text);
+    const inputs = randomInputs(g, 7);
+    expectOutputsClose(g, await runOnCpu(g, inputs, 3), evaluate(g, inputs), F32_TOL);
   });
 
   // Every case again with values stored in pieces: a binding limit of a third of the case's largest

@@ -1,10 +1,12 @@
-// Runs an IR graph on the real adapter the way the compiled runner does: fused (fuse-elementwise),
-// scheduled, recorded as a Program, and every output read back (values in pieces when asked). Tests compare the result with the
-// reference interpreter.
+// Runs an IR graph the way the compiled runner does: fused (fuse-elementwise), scheduled, and run on
+// the real adapter as a recorded Program (values in pieces when asked), or on the CPU backend;
+// every output read back. Tests compare the result with the reference interpreter.
 
 import { numel, type Graph } from '../../compiler/ir/graph.ts';
 import { schedule } from '../../compiler/schedule.ts';
-import { webgpu } from '../../backends/index.ts';
+import { wasm, webgpu, type WasmProgram } from '../../backends/index.ts';
+import { wasmTarget, type WasmExecutor } from '../../backends/wasm/executor.ts';
+import type { ProgramName } from '../../compiler/pipeline.ts';
 import { fuseElementwise } from '../../passes/fuse-elementwise.ts';
 import { createStored, pieceBytesOf, PipelineCache, Program, sliceStored, type Stored } from '../../backends/webgpu/program.ts';
 import type { GpuContext } from '../../backends/webgpu/device.ts';
@@ -61,4 +63,25 @@ export async function runOnDevice(
       return out;
     }),
   );
+}
+
+/**
+ * Runs `g` fused on the CPU backend (backends/wasm) as the compiled runner does: fused, scheduled,
+ * rendered, one value per graph input and output in the executor's memory; returns each output.
+ */
+export async function runOnCpu(g: Graph, inputs: Record<string, Float32Array | Int32Array>, threads = 2): Promise<Float32Array[]> {
+  const fused = fuseElementwise().run(g).graph;
+  const plan = wasm.render(schedule(fused));
+  const values = [...plan.inputs, ...plan.outputs.filter((v) => !v.inPlace)].map((v) => ({ name: v.name, elements: numel(v.shape) }));
+  const ex = (await wasmTarget({ threads }).open({ gradient: plan } as Record<ProgramName, WasmProgram>, { buffers: values, views: {} })) as WasmExecutor;
+  try {
+    const r = ex.record();
+    for (const v of plan.inputs) r.upload(v.name, inputs[v.name]);
+    r.run('gradient');
+    const reads = plan.outputs.map((v) => r.read(v.inPlace ?? v.name, numel(v.shape) * 4));
+    await r.submit();
+    return Promise.all(reads.map(async (b) => new Float32Array(await b)));
+  } finally {
+    await ex.close();
+  }
 }
