@@ -364,35 +364,30 @@ function matmulSource(g: Graph, k: ScheduledKernel, matmul: number, reads: Map<n
   const [bRow, bCol] = transB ? [1, K] : [N, 1];
   const pa = plain(a);
   const pb = plain(b);
-  const computed = (x: Node, index: string) => {
+  /**
+   * Packing a computed operand (a fused prologue) into the module's panels, as packA and packB do
+   * for one in memory: panel row i of `count` (zero past `valid`), k of kc, from element
+   * base + (start + i)·stride + (k0 + k)·kStride of the operand's value function.
+   */
+  const packByValue = (x: Node, o: { dst: string; width: string; count: string; valid: string; base: string; start: string; stride: number; kStride: number }) => {
     let v = '';
-    const lines = values.block(() => void (v = values.value(x.id, index)));
-    return { lines, v };
+    const lines = values.block(() => void (v = values.value(x.id, `src0 + kk * ${o.kStride}`)));
+    return `for (let i = 0; i < ${o.count}; i++) {
+        const dst = ${o.dst} + ((i / ${o.width}) | 0) * kc * ${o.width} + (i % ${o.width});
+        if (i >= ${o.valid}) { for (let kk = 0; kk < kc; kk++) f32[dst + kk * ${o.width}] = 0; continue; }
+        const src0 = ${o.base} + (${o.start} + i) * ${o.stride} + k0 * ${o.kStride};
+        for (let kk = 0; kk < kc; kk++) {
+${indent(lines, '          ')}
+          f32[dst + kk * ${o.width}] = ${v};
+        }
+      }`;
   };
-  const la = computed(a, `src0 + kk * ${aCol}`);
   const packA = pa !== undefined
     ? `gemm.packA((B${pa} + aBase + r0 * ${aRow} + k0 * ${aCol}) * 4, ${aRow}, ${aCol}, mc, kc, aP * 4);`
-    : `for (let rr = 0; rr < mcp; rr++) {
-        const dst = aP + ((rr / MR) | 0) * kc * MR + (rr % MR);
-        if (rr >= mc) { for (let kk = 0; kk < kc; kk++) f32[dst + kk * MR] = 0; continue; }
-        const src0 = aBase + (r0 + rr) * ${aRow} + k0 * ${aCol};
-        for (let kk = 0; kk < kc; kk++) {
-${indent(la.lines, '          ')}
-          f32[dst + kk * MR] = ${la.v};
-        }
-      }`;
-  const lb = computed(b, `src0 + kk * ${bRow}`);
+    : packByValue(a, { dst: 'aP', width: 'MR', count: 'mcp', valid: 'mc', base: 'aBase', start: 'r0', stride: aRow, kStride: aCol });
   const packB = pb !== undefined
     ? `gemm.packB((B${pb} + bBase + k0 * ${bRow} + j0 * ${bCol}) * 4, ${bRow}, ${bCol}, kc, nc, bP * 4);`
-    : `for (let jj = 0; jj < ncp; jj++) {
-        const dst = bP + ((jj / NR) | 0) * kc * NR + (jj % NR);
-        if (jj >= nc) { for (let kk = 0; kk < kc; kk++) f32[dst + kk * NR] = 0; continue; }
-        const src0 = bBase + k0 * ${bRow} + (j0 + jj) * ${bCol};
-        for (let kk = 0; kk < kc; kk++) {
-${indent(lb.lines, '          ')}
-          f32[dst + kk * NR] = ${lb.v};
-        }
-      }`;
+    : packByValue(b, { dst: 'bP', width: 'NR', count: 'ncp', valid: 'nc', base: 'bBase', start: 'j0', stride: bCol, kStride: bRow });
   // Without an epilogue the micro-kernel writes the result in place; with one, into this worker's
   // scratch block, from which the epilogue stores every written value.
   const direct = k.writes.length === 1 && k.writes[0].node === matmul;
