@@ -124,7 +124,14 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram
   const members: number[][] = Array.from({ length: count }, () => []);
   for (let id = 0; id < g.nodes.length; id++) if (kernelOf[id] >= 0) members[kernelOf[id]].push(id);
 
-  const outputNames = new Map(g.outputs.map((o) => [o, g.nodes[o].name ?? `out${o}`]));
+  // An unnamed output is called out<id>, with a _ appended while a named output has that name.
+  const taken = new Set(g.outputs.map((o) => g.nodes[o].name));
+  const unnamed = (o: number): string => {
+    let name = `out${o}`;
+    while (taken.has(name)) name += '_';
+    return name;
+  };
+  const outputNames = new Map(g.outputs.map((o) => [o, g.nodes[o].name ?? unnamed(o)]));
   const refOf = (id: number): BufferRef => {
     const node = g.nodes[id];
     if (isGraphInput(node)) return { input: node.name! };
@@ -208,7 +215,8 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram
         bindingOf.set(key, b);
         bindings.push({ buffer: ref, dtype: g.nodes[id].dtype, access, elements });
       } else {
-        if (access !== 'read' && bindings[b].access === 'read') bindings[b].access = access;
+        // A value bound twice (an in-place next.X with X): every write of a kernel is bound before
+        // its reads, with the one access of its kind, so only the element count can grow.
         bindings[b].elements = Math.max(bindings[b].elements, elements);
       }
       return b;
@@ -253,7 +261,7 @@ export function schedule(g: Graph, opts: ScheduleOptions = {}): ScheduledProgram
   }
 
   // Largest temporaries first: programs that share temporaries by index then pair large with large.
-  const bySize = temps.map((_, i) => i).sort((a, b) => temps[b] - temps[a] || a - b);
+  const bySize = temps.map((_, i) => i).sort((a, b) => temps[b] - temps[a]); // stable: equal sizes keep their order
   const renumber = new Map(bySize.map((old, i) => [old, i]));
   const renumbered = (ref: BufferRef): BufferRef => ('temp' in ref ? { temp: renumber.get(ref.temp)! } : ref);
   for (const k of kernels) {

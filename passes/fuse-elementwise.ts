@@ -46,6 +46,8 @@ interface Group {
   /** Threads of an elementwise kernel, elements of a matmul's result: every written value has this many. */
   size: number;
   matmul?: number;
+  /** An attention kernel's members by role (op and wrt): at most one of each. */
+  roles?: Set<string>;
 }
 
 /** WebGPU's guaranteed minimum of maxStorageBuffersPerShaderStage. */
@@ -117,7 +119,7 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
   const inlined = new Uint8Array(n);
   const uses: Set<number>[] = new Array(n);
   const groups: Group[] = [];
-  const attention = new Map<string, number>();
+  const attention = new Map<string, number[]>();
   const counters: PassCounters = { kernels: 0, 'ops-fused': 0, inlined: 0, 'matmul-epilogues': 0, 'reductions-fused': 0 };
 
   const usesOf = (id: number): Set<number> => {
@@ -174,13 +176,21 @@ function groupOnce(g: Graph, facts: GraphFacts, forced: Set<number>): Assignment
     const only = u.size === 1 && !escapes ? [...u][0] : -1;
     if (FLASH_OPS.has(node.op)) {
       // Members of one attention kernel compute from the same operands (the forward's o and lse,
-      // the backward's dk and dv): the first one visited starts it, the others join.
+      // the backward's dk and dv): each joins the first such kernel that has no member of its role
+      // yet (two forwards of one q and k with different values are two kernels), or starts one.
       const key = attentionKernelKey(node);
-      const k = attention.get(key);
+      const role = `${node.op} ${node.attrs.wrt}`;
+      const kernels = attention.get(key) ?? [];
+      attention.set(key, kernels);
+      const k = kernels.find((k) => !groups[k].roles!.has(role));
       if (k === undefined) {
-        attention.set(key, groups.length);
+        kernels.push(groups.length);
         start(id, 'attention');
-      } else groupOf[id] = k;
+        groups[groupOf[id]].roles = new Set([role]);
+      } else {
+        groupOf[id] = k;
+        groups[k].roles!.add(role);
+      }
       groups[groupOf[id]].first = id;
     } else if (node.op === 'matmul') {
       const grp = groups[only];

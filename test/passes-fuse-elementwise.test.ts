@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { isGraphInput } from '../compiler/ir/graph.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { runPasses } from '../compiler/ir/pass.ts';
+import { schedule } from '../compiler/schedule.ts';
 import { fuseElementwise } from '../passes/fuse-elementwise.ts';
 import { passNamed } from '../passes/index.ts';
 
@@ -18,7 +19,7 @@ function fuse(src: string, maxStorageBuffers?: number) {
   const { graph, counters } = runPasses(parseGraph(src), [pass]);
   const kernels: Record<string, number | '-'> = {};
   for (const n of graph.nodes) if (!isGraphInput(n)) kernels[n.name ?? `%${n.id}`] = (n.attrs.kernel as number | undefined) ?? '-';
-  return { kernels, counters: counters['fuse-elementwise'] };
+  return { kernels, counters: counters['fuse-elementwise'], graph };
 }
 
 describe('matmul epilogues and operands', () => {
@@ -241,6 +242,19 @@ graph two_queries(%q: f32[1,2,8,4], %q2: f32[1,2,8,4], %k: f32[1,2,8,4], %v: f32
   return %o, %o2
 }`);
     expect(kernels).toEqual({ o: 0, o2: 1 });
+  });
+
+  it('gives two forwards of one q and k but different values kernels of their own, each with at most one log-sum-exp', () => {
+    const { kernels, graph } = fuse(`
+graph two_values(%q: f32[1,2,8,4], %k: f32[1,2,8,4], %v: f32[1,2,8,4], %v2: f32[1,2,8,4]) {
+  %o: f32[1,2,8,4] = flash_attention %q, %k, %v {causal, scale=0.5}
+  %o2: f32[1,2,8,4] = flash_attention %q, %k, %v2 {causal, scale=0.5}
+  %lse: f32[1,2,8,1] = flash_attention_lse %q, %k {causal, scale=0.5}
+  return %o, %o2, %lse
+}`);
+    expect(kernels).toEqual({ o: 0, o2: 1, lse: 1 });
+    // The scheduler takes the plan: one o (and at most one lse) per attention kernel.
+    expect(schedule(graph).kernels.map((k) => k.attention?.variant)).toEqual(['forward', 'forward']);
   });
 
   // Thirty inputs, so that operand ids 1 and 23 against 12 and 3 spell the same digits.

@@ -79,6 +79,84 @@ graph step(%x: f32[4], %g: f32[4]) {
     expect(kernels(p)).toEqual(['k0_sub_4 [4]: x w 4, g r 4']);
     expect(p.outputs).toEqual([{ name: 'next.x', shape: [4], dtype: 'f32', inPlace: 'x' }]);
   });
+
+  it('reuses a free temporary of exactly the size needed, or exactly twice it', () => {
+    const p = plan(`
+graph fits(%x: f32[16,16], %w: f32[16,16], %w8: f32[16,8], %u: f32[8,8]) {
+  %a: f32[16,16] = tanh %x
+  %b: f32[16,16] = matmul %a, %w
+  %c: f32[16,16] = matmul %b, %w
+  %d: f32[16,8] = matmul %c, %w8
+  %out: f32[16,8] = matmul %d, %u
+  return %out
+}`);
+    // c (1 KiB) takes a's buffer, free after k1 and exactly as large; d (512 bytes) takes b's 1 KiB.
+    expect(kernels(p)).toEqual([
+      'k0_tanh_16x16 [16,16]: temp0 w 256, x r 256',
+      'k1_matmul_16x16 [16,16]: temp1 w 256, temp0 r 256, w r 256',
+      'k2_matmul_16x16 [16,16]: temp0 w 256, temp1 r 256, w r 256',
+      'k3_matmul_16x8 [16,8]: temp1 w 128, temp0 r 256, w8 r 128',
+      'k4_matmul_16x8 [16,8]: out:out w 128, temp1 r 128, u r 64',
+    ]);
+    expect(p.temps).toEqual([1024, 1024]);
+  });
+
+  it('takes the smallest of the free temporaries that fit', () => {
+    const p = plan(`
+graph smallest(%x: f32[16,16], %y: f32[16,12], %w: f32[12,12]) {
+  %a: f32[16,16] = tanh %x
+  %b: f32[16,12] = tanh %y
+  %m: f32[16,12] = matmul %a, %b
+  %n: f32[16,12] = matmul %m, %w
+  %out: f32[16,12] = matmul %n, %w
+  return %out
+}`);
+    // After k2, a's 1 KiB and b's 768 bytes are both free: n (768 bytes) takes b's.
+    expect(kernels(p)).toEqual([
+      'k0_tanh_16x16 [16,16]: temp0 w 256, x r 256',
+      'k1_tanh_16x12 [16,12]: temp1 w 192, y r 192',
+      'k2_matmul_16x12 [16,12]: temp2 w 192, temp0 r 256, temp1 r 192',
+      'k3_matmul_16x12 [16,12]: temp1 w 192, temp2 r 192, w r 144',
+      'k4_matmul_16x12 [16,12]: out:out w 192, temp1 r 192, w r 144',
+    ]);
+    expect(p.temps).toEqual([1024, 768, 768]);
+  });
+
+  it('runs a matmul kernel over the matmul result, not its reshaped operand or its reshaped epilogue', () => {
+    const p = plan(`
+graph mm(%x: f32[32], %w: f32[8,16]) {
+  %xr: f32[4,8] = reshape %x
+  %m: f32[4,16] = matmul %xr, %w
+  %r: f32[64] = reshape %m
+  %out: f32[64] = tanh %r
+  return %out
+}`);
+    expect(kernels(p)).toEqual(['k0_matmul_64 [4,16]: out:out w 64, x r 32, w r 128']);
+    expect(p.kernels[0].members).toEqual([2, 3, 4, 5]);
+  });
+
+  it('names an unnamed output so that it cannot take a named output\'s name', () => {
+    const p = plan(`
+graph names(%x: f32[4]) {
+  %out2: f32[4] = exp %x
+  %2: f32[4] = neg %out2
+  return %out2, %2
+}`);
+    expect(p.outputs.map((o) => o.name)).toEqual(['out2', 'out2_']);
+    expect(kernels(p)).toEqual(['k0_neg_4 [4]: out:out2 w 4, out:out2_ w 4, x r 4']);
+  });
+
+  it('computes no marked node that no output needs', () => {
+    const p = schedule(parseGraph(`graph g(%x: f32[4], %z: f32[4]) {
+  %y: f32[4] = exp %x {kernel=0}
+  %dead: f32[4] = neg %z {kernel=0}
+  %dead2: f32[4] = tanh %z {kernel=1}
+  return %y
+}`));
+    expect(kernels(p)).toEqual(['k0_exp_4 [4]: out:y w 4, x r 4']);
+    expect([...p.kernelOf]).toEqual([-1, -1, 0, -1, -1]);
+    expect(p.kernels[0].members).toEqual([2]);
+  });
 });
 
 describe('schedule: windows over values in pieces', () => {
@@ -100,6 +178,8 @@ graph update(%x: f32[200], %y: f32[200]) {
     ]);
     // Values that fit in one piece need no windows.
     expect(kernels(plan(update, 1024))).toEqual(['k0_mul_200 [200]: x w 200, y r 200']);
+    // Nor a kernel over exactly one piece (256 elements, pieces of 256).
+    expect(kernels(plan(update.replaceAll('200', '256'), 1024))).toEqual(['k0_mul_256 [256]: x w 256, y r 256']);
   });
 
   it('binds a value read at another index whole, and windows the rest', () => {
@@ -122,6 +202,49 @@ graph mm(%x: f32[16,16], %w: f32[16,16]) {
   return %out
 }`, 512);
     expect(kernels(p)).toEqual(['k0_matmul_16x16 [16,16]: out:out w 256, x r 256, w r 256']);
+  });
+});
+
+describe('schedule: attention kernels', () => {
+  it('binds a forward by role: q, k, v read, o and the log-sum-exp written, an unread log-sum-exp to a scratch temporary', () => {
+    const fwd = (lse: string, ret: string) => `
+graph att(%q: f32[2,8,4], %k: f32[2,8,4], %v: f32[2,8,4]) {
+  %o: f32[2,8,4] = flash_attention %q, %k, %v {causal, scale=0.5}
+${lse}  return ${ret}
+}`;
+    const launch = { variant: 'forward', heads: 2, rows: 8, headDim: 4, causal: true, scale: 0.5 };
+    // Extent [heads, rows, head dim]; with no reader for it, the log-sum-exp (2 × 8 values) goes to a scratch temporary.
+    const alone = plan(fwd('', '%o'));
+    expect(kernels(alone)).toEqual(['k0 [2,8,4]: q r 64, k r 64, v r 64, out:o w 64, temp0 w 16']);
+    expect(alone.kernels[0]).toMatchObject({ kind: 'attention', members: [3], reads: [{ node: 0, binding: 0 }, { node: 1, binding: 1 }, { node: 2, binding: 2 }], writes: [{ node: 3, binding: 3 }] });
+    expect(alone.kernels[0].attention).toEqual(launch);
+    expect(alone.temps).toEqual([64]);
+    const withLse = plan(fwd('  %lse: f32[2,8,1] = flash_attention_lse %q, %k {causal, scale=0.5}\n', '%o, %lse'));
+    expect(kernels(withLse)).toEqual(['k0 [2,8,4]: q r 64, k r 64, v r 64, out:o w 64, out:lse w 16']);
+    expect(withLse.kernels[0].attention).toEqual(launch);
+    expect(withLse.temps).toEqual([]);
+  });
+
+  it('plans dq in a kernel of its own and dk with dv, one of them alone with a scratch temporary for the other', () => {
+    const bwd = (ret: string) => `
+graph bwd(%q: f32[2,8,4], %k: f32[2,6,4], %v: f32[2,6,4], %do: f32[2,8,4], %lse: f32[2,8,1], %delta: f32[2,8,1]) {
+  %dq: f32[2,8,4] = flash_attention_bwd %q, %k, %v, %do, %lse, %delta {wrt=0, scale=0.5}
+  %dk: f32[2,6,4] = flash_attention_bwd %q, %k, %v, %do, %lse, %delta {wrt=1, scale=0.5}
+  %dv: f32[2,6,4] = flash_attention_bwd %q, %k, %v, %do, %lse, %delta {wrt=2, scale=0.5}
+  return ${ret}
+}`;
+    // Both kernels run over q's rows (8), not k's (6).
+    const operands = 'q r 64, k r 48, v r 48, do r 64, lse r 16, delta r 16';
+    const all = plan(bwd('%dq, %dk, %dv'));
+    expect(kernels(all)).toEqual([`k0 [2,8,4]: ${operands}, out:dq w 64`, `k1 [2,8,4]: ${operands}, out:dk w 48, out:dv w 48`]);
+    expect(all.kernels.map((k) => k.attention)).toEqual([
+      { variant: 'backward-query', heads: 2, rows: 8, headDim: 4, causal: false, scale: 0.5 },
+      { variant: 'backward-key-value', heads: 2, rows: 8, headDim: 4, causal: false, scale: 0.5 },
+    ]);
+    expect(kernels(plan(bwd('%dk')))).toEqual([`k0 [2,8,4]: ${operands}, out:dk w 48, temp0 w 48`]);
+    const dv = plan(bwd('%dv'));
+    expect(kernels(dv)).toEqual([`k0 [2,8,4]: ${operands}, temp0 w 48, out:dv w 48`]);
+    expect(dv.temps).toEqual([192]);
   });
 });
 
@@ -150,5 +273,103 @@ describe('schedule: plans it refuses', () => {
   return %next.x
 }`)),
     ).toThrow(/schedule: %\d+ reads an input at another index in the kernel that overwrites it in place/);
+  });
+
+  it('a scatter kernel that writes anything but its scatter_add', () => {
+    const scatter = (ret: string) => `graph g(%i: i32[6], %src: f32[6,8]) {
+  %z: f32[4,8] = scatter_add %i, %src {kernel=0}
+  %y: f32[4,8] = exp %z {kernel=0}
+  return ${ret}
+}`;
+    // Its scatter_add and another value; another value only.
+    expect(() => schedule(parseGraph(scatter('%z, %y')))).toThrow('schedule: scatter kernel 0 must write only its scatter_add');
+    expect(() => schedule(parseGraph(scatter('%y')))).toThrow('schedule: scatter kernel 0 must write only its scatter_add');
+  });
+
+  const qkv = '%q: f32[2,8,4], %k: f32[2,8,4], %v: f32[2,8,4]';
+  const grads = '%q: f32[2,8,4], %k: f32[2,6,4], %v: f32[2,6,4], %do: f32[2,8,4], %lse: f32[2,8,1], %delta: f32[2,8,1]';
+  const bwdOperands = '%q, %k, %v, %do, %lse, %delta';
+
+  it('two attention forwards in one kernel, naming the kernel', () => {
+    expect(() =>
+      schedule(parseGraph(`graph g(${qkv}) {
+  %v2: f32[2,8,4] = exp %v {kernel=0}
+  %o: f32[2,8,4] = flash_attention %q, %k, %v {scale=0.5, kernel=1}
+  %p: f32[2,8,4] = flash_attention %q, %k, %v2 {scale=0.5, kernel=1}
+  return %o, %p
+}`)),
+    ).toThrow('attention kernel k1: two o results');
+  });
+
+  it('two log-sum-exps in one attention forward', () => {
+    expect(() =>
+      schedule(parseGraph(`graph g(${qkv}) {
+  %o: f32[2,8,4] = flash_attention %q, %k, %v {scale=0.5, kernel=0}
+  %l1: f32[2,8,1] = flash_attention_lse %q, %k {scale=0.5, kernel=0}
+  %l2: f32[2,8,1] = flash_attention_lse %q, %k {scale=0.5, kernel=0}
+  return %o, %l1, %l2
+}`)),
+    ).toThrow('attention kernel k0: two lse results');
+  });
+
+  it('a log-sum-exp without its attention forward, alone or with a backward', () => {
+    expect(() => schedule(parseGraph(`graph g(${qkv}) {\n  %l: f32[2,8,1] = flash_attention_lse %q, %k {scale=0.5, kernel=0}\n  return %l\n}`))).toThrow(
+      'attention kernel k0: a log-sum-exp without its flash_attention',
+    );
+    expect(() =>
+      schedule(parseGraph(`graph g(${grads}) {
+  %l: f32[2,8,1] = flash_attention_lse %q, %k {scale=0.5, kernel=0}
+  %dk: f32[2,6,4] = flash_attention_bwd %q, %k, %v, %do, %l, %delta {wrt=1, scale=0.5, kernel=0}
+  return %dk
+}`)),
+    ).toThrow('attention kernel k0: a log-sum-exp without its flash_attention');
+  });
+
+  it('two gradients of one operand in one attention backward', () => {
+    expect(() =>
+      schedule(parseGraph(`graph g(${grads}) {
+  %dk: f32[2,6,4] = flash_attention_bwd ${bwdOperands} {wrt=1, scale=0.5, kernel=0}
+  %dk2: f32[2,6,4] = flash_attention_bwd ${bwdOperands} {wrt=1, scale=0.5, kernel=0}
+  return %dk, %dk2
+}`)),
+    ).toThrow('attention kernel k0: two dk results');
+  });
+
+  it('dq in a kernel with anything else', () => {
+    expect(() =>
+      schedule(parseGraph(`graph g(${grads}) {
+  %dq: f32[2,8,4] = flash_attention_bwd ${bwdOperands} {wrt=0, scale=0.5, kernel=0}
+  %dk: f32[2,6,4] = flash_attention_bwd ${bwdOperands} {wrt=1, scale=0.5, kernel=0}
+  return %dq, %dk
+}`)),
+    ).toThrow('attention kernel k0: dq shares a kernel');
+  });
+
+  it('attention members that read different operands', () => {
+    expect(() =>
+      schedule(parseGraph(`graph g(${grads}, %v2: f32[2,6,4]) {
+  %dk: f32[2,6,4] = flash_attention_bwd ${bwdOperands} {wrt=1, scale=0.5, kernel=0}
+  %dv: f32[2,6,4] = flash_attention_bwd %q, %k, %v2, %do, %lse, %delta {wrt=2, scale=0.5, kernel=0}
+  return %dk, %dv
+}`)),
+    ).toThrow('attention kernel k0: members read different operands');
+  });
+
+  it('an attention kernel with a member that is not an attention op (whatever its attributes)', () => {
+    expect(() =>
+      schedule(parseGraph(`graph g(${qkv}) {
+  %o: f32[2,8,4] = flash_attention %q, %k, %v {scale=0.5, kernel=0}
+  %e: f32[2,8,4] = exp %q {kernel=0}
+  return %o, %e
+}`)),
+    ).toThrow('attention kernel k0: members read different operands');
+    // Only a flash_attention_bwd is a gradient, even next to one: not a second dk.
+    expect(() =>
+      schedule(parseGraph(`graph g(${grads}) {
+  %dk: f32[2,6,4] = flash_attention_bwd ${bwdOperands} {wrt=1, scale=0.5, kernel=0}
+  %n: f32[2,6,4] = neg %k {wrt=1, kernel=0}
+  return %dk, %n
+}`)),
+    ).toThrow('attention kernel k0: members read different operands');
   });
 });
