@@ -1,11 +1,14 @@
 import { afterEach, beforeEach, describe, it, expect, vi } from 'vitest';
-import fs from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import fs, { type FileHandle } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
+import os, { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
 import {
   loadCheckpoint,
   readSafetensors,
   saveCheckpoint,
+  setAsideFailed,
   writeSafetensors,
   type Checkpoint,
   type HostTensor,
@@ -23,6 +26,23 @@ afterEach(async () => {
 });
 
 const tensor = (shape: number[], values: number[]): HostTensor => ({ shape, data: Float32Array.from(values) });
+
+/**
+ * Every file handle opened from now on, wrapped: `change` may replace its methods (given the real
+ * ones, bound); what each call to open returned is recorded by the path relative to `dir`.
+ */
+function wrapOpenedHandles(change: (handle: FileHandle, name: string) => void = () => {}): string[] {
+  const opened: string[] = [];
+  const realOpen = fs.open;
+  vi.spyOn(fs, 'open').mockImplementation(async (path, ...rest) => {
+    const handle = await realOpen(path, ...rest);
+    const name = relative(dir, String(path)).replace(/\.incomplete-\d+-[0-9a-f]{8}/, '.incomplete') || '.';
+    opened.push(name);
+    change(handle, name);
+    return handle;
+  });
+  return opened;
+}
 
 /** A tiny GPT-2-named parameter set whose values depend on `seed`, with moments to match. */
 function tinyCheckpoint(step: number, seed = step): Checkpoint {
@@ -153,6 +173,85 @@ describe('safetensors', () => {
     await fs.writeFile(path, Buffer.from([3, 0, 0, 0, 0, 0, 0, 0, 0x7b, 0x7b, 0x7b]));
     await expect(readSafetensors(path)).rejects.toThrow('the header is not valid JSON');
   });
+
+  it('refuses a header longer than the reference implementation allows (100,000,000 bytes), and reads one at the limit', async () => {
+    const path = join(dir, 'huge.safetensors');
+    /** A sparse file: the length prefix, then zeros. */
+    const withHeaderLength = async (headerBytes: number, fileBytes: number) => {
+      const prefix = Buffer.alloc(8);
+      prefix.writeBigUInt64LE(BigInt(headerBytes));
+      await fs.writeFile(path, prefix);
+      await fs.truncate(path, fileBytes);
+    };
+    await withHeaderLength(100_000_001, 100_000_017);
+    await expect(readSafetensors(path)).rejects.toThrow(`${path}: header length 100000001 does not fit in a file of 100000017 bytes (truncated or not safetensors)`);
+    // At the limit the header is read (stopped here, rather than reading 100 MB of zeros).
+    await withHeaderLength(100_000_000, 100_000_008);
+    wrapOpenedHandles((handle) => {
+      const read = handle.read.bind(handle);
+      handle.read = ((buffer: Uint8Array, offset: number, length: number, position: number) => {
+        if (length > 8) throw new Error(`reading ${length} bytes at ${position}`);
+        return read(buffer, offset, length, position);
+      }) as FileHandle['read'];
+    });
+    await expect(readSafetensors(path)).rejects.toThrow('reading 100000000 bytes at 8');
+  });
+
+  it('writes and reads whole files through partial writes and reads', async () => {
+    const path = join(dir, 'partial.safetensors');
+    const tensors = new Map([['a', tensor([2], [1, 2])], ['b', tensor([1, 1], [-0.5])]]);
+    // At most 5 bytes a write and 3 a read, as a pipe or a network file system may do.
+    wrapOpenedHandles((handle) => {
+      const [write, read] = [handle.write.bind(handle), handle.read.bind(handle)];
+      handle.write = ((buffer: Uint8Array, offset: number, length: number) => write(buffer, offset, Math.min(length, 5))) as FileHandle['write'];
+      handle.read = ((buffer: Uint8Array, offset: number, length: number, position: number) => read(buffer, offset, Math.min(length, 3), position)) as FileHandle['read'];
+    });
+    await writeSafetensors(path, tensors, { format: 'pt' });
+    vi.restoreAllMocks();
+    const expected = join(dir, 'whole.safetensors');
+    await writeSafetensors(expected, tensors, { format: 'pt' });
+    expect((await fs.readFile(path)).equals(await fs.readFile(expected))).toBe(true);
+
+    wrapOpenedHandles((handle) => {
+      const read = handle.read.bind(handle);
+      handle.read = ((buffer: Uint8Array, offset: number, length: number, position: number) => read(buffer, offset, Math.min(length, 3), position)) as FileHandle['read'];
+    });
+    const read = await readSafetensors(path);
+    expect(read.metadata).toEqual({ format: 'pt' });
+    expect([...read.tensors].map(([name, t]) => [name, t.shape, [...t.data]])).toEqual([['a', [2], [1, 2]], ['b', [1, 1], [-0.5]]]);
+  });
+
+  it('fails at the end of a file cut short while it is read', async () => {
+    const path = join(dir, 'cut.safetensors');
+    await writeSafetensors(path, new Map([['a', tensor([2], [1, 2])]]));
+    let reads = 0;
+    wrapOpenedHandles((handle) => {
+      const read = handle.read.bind(handle);
+      handle.read = (async (buffer: Uint8Array, offset: number, length: number, position: number) => {
+        if (reads++ === 0) await fs.truncate(path, 12); // another process rewrites the file after we opened it
+        if (reads > 100) throw new Error('still reading past the end of the file');
+        return read(buffer, offset, length, position);
+      }) as FileHandle['read'];
+    });
+    await expect(readSafetensors(path)).rejects.toThrow('unexpected end of file at byte 12');
+  });
+
+  it('refuses to read or write on a big-endian host, writing nothing', async () => {
+    const path = join(dir, 'host.safetensors');
+    await writeSafetensors(path, new Map([['a', tensor([1], [1])]]));
+    vi.spyOn(os, 'endianness').mockReturnValue('BE');
+    syncBuiltinESMExports(); // the module's named import follows the spy
+    try {
+      await expect(readSafetensors(path)).rejects.toThrow('safetensors: this reader and writer need a little-endian host');
+      await expect(writeSafetensors(join(dir, 'new.safetensors'), new Map([['a', tensor([1], [1])]]))).rejects.toThrow(
+        'safetensors: this reader and writer need a little-endian host',
+      );
+      expect(existsSync(join(dir, 'new.safetensors'))).toBe(false);
+    } finally {
+      vi.restoreAllMocks();
+      syncBuiltinESMExports();
+    }
+  });
 });
 
 describe('checkpoints', () => {
@@ -225,9 +324,77 @@ describe('checkpoints', () => {
     expect(loaded.state).toEqual(saved.state);
 
     const model = await readSafetensors(join(target, 'model.safetensors'));
-    expect(model.metadata).toMatchObject({ nLayer: '1', nEmbd: '4', name: 'tiny' });
+    // The config as strings (safetensors metadata holds strings only), after the format PyTorch readers expect.
+    expect(model.metadata).toEqual({ format: 'pt', nLayer: '1', nHead: '2', nEmbd: '4', vocabSize: '5', blockSize: '3', name: 'tiny' });
     const optimizer = await readSafetensors(join(target, 'optimizer.safetensors'));
     expect([...optimizer.tensors.keys()].slice(0, 2)).toEqual(['m.wte.weight', 'v.wte.weight']);
+    expect(optimizer.metadata).toEqual({ format: 'pt', step: '7' });
+    expect(await fs.readFile(join(target, 'state.json'), 'utf8')).toBe(JSON.stringify(saved.state, null, 2) + '\n');
+  });
+
+  it('fsyncs each file it writes and the directories it changes, and closes every file it opens', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const synced: string[] = [];
+    const closed: string[] = [];
+    const record = (handle: FileHandle, name: string) => {
+      const [sync, close] = [handle.sync.bind(handle), handle.close.bind(handle)];
+      handle.sync = () => (synced.push(name), sync());
+      handle.close = () => (closed.push(name), close());
+    };
+    let opened = wrapOpenedHandles(record);
+    await saveCheckpoint(target, tinyCheckpoint(2));
+    const files = ['model.safetensors', 'optimizer.safetensors', 'state.json'];
+    // The new checkpoint's files and its directory before the swap; the parent, which holds the swap, after.
+    expect(synced).toEqual([...files.map((f) => `ckpt.incomplete/${f}`), 'ckpt.incomplete', '.']);
+    expect(closed).toEqual(opened);
+    vi.restoreAllMocks();
+
+    closed.length = 0;
+    opened = wrapOpenedHandles(record);
+    expect((await loadCheckpoint(target)).state.step).toBe(2);
+    expect(opened).toEqual(['ckpt/model.safetensors', 'ckpt/optimizer.safetensors']);
+    expect(closed).toEqual(opened);
+  });
+
+  it('reports a failed fsync of the parent directory after the swap, the new checkpoint being in place', async () => {
+    const target = join(dir, 'ckpt');
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    const realOpen = fs.open;
+    vi.spyOn(fs, 'open').mockImplementation(async (path, ...rest) => {
+      if (path === dir) throw Object.assign(new Error('EIO: i/o error, open'), { code: 'EIO' });
+      return realOpen(path, ...rest);
+    });
+    await expect(saveCheckpoint(target, tinyCheckpoint(2))).rejects.toThrow('EIO: i/o error, open');
+    vi.restoreAllMocks();
+    expect((await loadCheckpoint(target)).state.step).toBe(2);
+    expect((await fs.readdir(dir)).sort()).toEqual(['ckpt', 'ckpt.previous']);
+  });
+
+  it('removes what saves that died while writing left behind, and nothing else', async () => {
+    const target = join(dir, 'ckpt');
+    const leftover = join(dir, 'ckpt.incomplete-4242-deadbeef');
+    await fs.mkdir(leftover);
+    await fs.writeFile(join(leftover, 'model.safetensors'), 'half');
+    await fs.mkdir(join(dir, 'other.incomplete-4242-deadbeef'));
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    expect((await fs.readdir(dir)).sort()).toEqual(['ckpt', 'other.incomplete-4242-deadbeef']);
+  });
+
+  it('sets a checkpoint that failed to load aside as <dir>.failed, the previous one taking its place', async () => {
+    const target = join(dir, 'ckpt');
+    expect(await setAsideFailed(target)).toBeUndefined(); // nothing there: nothing to do
+    expect(await fs.readdir(dir)).toEqual([]);
+    await saveCheckpoint(target, tinyCheckpoint(1));
+    await saveCheckpoint(target, tinyCheckpoint(2));
+    expect(await setAsideFailed(target)).toBe(`${target}.failed`);
+    expect((await fs.readdir(dir)).sort()).toEqual(['ckpt', 'ckpt.failed']);
+    expect([(await loadCheckpoint(target)).state.step, (await loadCheckpoint(`${target}.failed`)).state.step]).toEqual([1, 2]);
+    // A second time, the older .failed gives way.
+    await saveCheckpoint(target, tinyCheckpoint(3));
+    expect(await setAsideFailed(target)).toBe(`${target}.failed`);
+    expect((await fs.readdir(dir)).sort()).toEqual(['ckpt', 'ckpt.failed']);
+    expect([(await loadCheckpoint(target)).state.step, (await loadCheckpoint(`${target}.failed`)).state.step]).toEqual([1, 3]);
   });
 
   it('keeps the previous checkpoint loadable when the final rename fails', async () => {
@@ -289,7 +456,7 @@ describe('checkpoints', () => {
     await fresh();
     const model = join(target, 'model.safetensors');
     await fs.truncate(model, (await fs.stat(model)).size - 1);
-    await expect(loadCheckpoint(target)).rejects.toThrow(`${model}: the tensors cover`);
+    await expect(loadCheckpoint(target)).rejects.toThrow(new Error(`${model}: the tensors cover 400 bytes of data but the file holds 399 (truncated or padded)`));
 
     await fresh();
     await fs.rm(join(target, 'optimizer.safetensors'));
@@ -311,9 +478,16 @@ describe('checkpoints', () => {
     expect(fallbackNotice(loaded)).toBe(`warning: ${target} failed to load (${loaded.fellBack}); using ${target}.previous, the checkpoint saved before it`);
     expect(fallbackNotice(await loadCheckpoint(`${target}.previous`))).toBeUndefined();
 
-    // Both broken: the error names both faults.
+    // Both broken: the error names both faults, and its cause is the first.
     await fs.writeFile(join(`${target}.previous`, 'state.json'), '{');
-    await expect(loadCheckpoint(target)).rejects.toThrow(/the tensors cover.*; and the checkpoint before it failed too: .*state\.json: not valid JSON/);
+    const error = await loadCheckpoint(target).then(() => undefined, (e: Error) => e);
+    expect(error?.message).toMatch(/the tensors cover.*; and the checkpoint before it failed too: .*state\.json: not valid JSON/);
+    expect((error?.cause as Error).message).toBe(`${model}: the tensors cover 400 bytes of data but the file holds 399 (truncated or padded)`);
+  });
+
+  it('a checkpoint path that cannot be looked at is an error of its own, not a missing checkpoint', async () => {
+    await fs.writeFile(join(dir, 'file'), '');
+    await expect(loadCheckpoint(join(dir, 'file', 'ckpt'))).rejects.toMatchObject({ code: 'ENOTDIR' });
   });
 
   it('refuses moments that do not match the parameters', async () => {

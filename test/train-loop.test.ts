@@ -303,6 +303,30 @@ describe('sample', () => {
     expect((await run({ temperature: 1, topK: null, seed: 11 })).generated).toEqual(drawn.generated);
   });
 
+  it('streams each character once all its bytes are generated, holding back only an unfinished end', async () => {
+    // An engine whose likeliest next token is the next of `script`, so that greedy sampling generates
+    // it: byte tokens (ids 0–255 of the byte-level BPE) that split characters.
+    const script = [0x61, 0xe2, 0x82, 0xac, 0x80, 0xe2, 0x82, 0xac, 0x62]; // a € (a stray continuation byte) € b
+    let next = 0;
+    const engine = {
+      importState: () => {},
+      lastLogits: async () => {
+        const logits = new Float32Array(300);
+        logits[script[next++]] = 1;
+        return logits;
+      },
+    };
+    const chunks: string[] = [];
+    const result = await sample(
+      { ckpt: join(scratch, 'straight'), tokens: script.length, temperature: 0, def: toyModel, device: 'gpu', requestGpu: async () => NO_GPU, out: { write: (text: string) => chunks.push(text) } },
+      async () => engine as unknown as Awaited<ReturnType<Parameters<typeof sample>[1]>>,
+    );
+    expect(result.generated).toEqual(script);
+    expect(result.text).toBe('a€\uFFFD€b');
+    // No prompt: nothing before the first token. The stray byte's U+FFFD is printed with the character after it.
+    expect(chunks).toEqual(['a', '€', '\uFFFD€', 'b', '\n']);
+  });
+
   it('sampleToken: temperature 0 is greedy, top-k never leaves the k likeliest', () => {
     const logits = Float32Array.from([0.1, 2.5, -1, 2.4, 0.3]);
     const random = mulberry32(1);

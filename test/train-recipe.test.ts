@@ -320,5 +320,10 @@ describe('sampling: settings and the draw', () => {
     expect(sampleToken(Float32Array.from([0, 0]), 1, null, () => 0.5)).toBe(1);
     // top-k 1 leaves the largest only.
     expect(sampleToken(Float32Array.from([0, 5, 4]), 1, 1, () => 0.99)).toBe(1);
+    // A top-k above the vocabulary size (the default 200 on a small vocabulary) keeps every token.
+    expect(sampleToken(Float32Array.from([0, 0]), 1, 5, () => 0.9)).toBe(1);
+    // Logits whose exponentials overflow a double (e^400): weights 1 and e⁻¹, a draw at 0.9 of the total lands on the second.
+    expect(sampleToken(Float32Array.from([400, 399]), 1, null, () => 0.9)).toBe(1);
+    expect(sampleToken(Float32Array.from([400, 399]), 1, null, () => 0.7)).toBe(0);
   });
 });

@@ -40,6 +40,14 @@ function checkWellFormed(xml: string): void {
   expect(roots).toBe(1);
 }
 
+/** A chart's tick labels: along the step axis (below the plot) and along the loss axis (left of it). */
+function tickLabels(svg: string): { x: string[]; y: string[] } {
+  return {
+    x: [...svg.matchAll(/<text x="[^"]*" y="434" text-anchor="middle">([^<]*)<\/text>/g)].map((m) => m[1]),
+    y: [...svg.matchAll(/text-anchor="end" dominant-baseline="middle">([^<]*)<\/text>/g)].map((m) => m[1]),
+  };
+}
+
 describe('loss curve', () => {
   let dir: string | undefined;
   afterEach(async () => {
@@ -79,8 +87,30 @@ describe('loss curve', () => {
     expect(svg).toBe(readFileSync(path, 'utf8'));
   });
 
-  it('draws an empty chart without failing', () => {
-    checkWellFormed(lossChartSvg([]));
+  it('draws an empty chart without failing: axes from step 0 to 1 and loss 0 to 1, no curve, a note in the middle', () => {
+    const svg = lossChartSvg([]);
+    checkWellFormed(svg);
+    expect(svg).toContain('<text x="424" y="232" text-anchor="middle" fill="#888">no loss recorded yet</text>');
+    expect(svg).not.toMatch(/<polyline|<circle/);
+    expect(tickLabels(svg)).toEqual({ x: ['0', '1'], y: ['0.0', '0.2', '0.4', '0.6', '0.8', '1.0'] });
+    expect(lossChartSvg(rows)).not.toContain('no loss recorded yet');
+  });
+
+  it('titles the chart "Loss" unless told otherwise', () => {
+    expect(lossChartSvg(rows)).toContain('<text x="400" y="28" text-anchor="middle" font-size="16" font-weight="600">Loss</text>');
+  });
+
+  it("maps steps and losses linearly onto the plot, the data's extremes at its corners", () => {
+    // Axes from step -10 to 10 and from loss 2 to 4; the plot spans x 72…776 and y 48…416.
+    const svg = lossChartSvg([{ step: -10, trainLoss: 4, lr: 0 }, { step: 0, trainLoss: 3, lr: 0 }, { step: 10, trainLoss: 2, lr: 0 }]);
+    expect(svg).toContain('points="72.0,48.0 424.0,232.0 776.0,416.0"');
+  });
+
+  it('labels ticks with the decimals their spacing needs, and steps 1000 or more apart in thousands (k)', () => {
+    const chart = (steps: [number, number], losses: [number, number]) =>
+      lossChartSvg(steps.map((step, i) => ({ step, trainLoss: losses[i], lr: 0 })));
+    expect(tickLabels(chart([0, 2000], [3.4, 2.95]))).toEqual({ x: ['0', '500', '1000', '1500', '2000'], y: ['2.9', '3.0', '3.1', '3.2', '3.3', '3.4'] });
+    expect(tickLabels(chart([0, 5000], [4, 2]))).toEqual({ x: ['0', '1k', '2k', '3k', '4k', '5k'], y: ['2.0', '2.5', '3.0', '3.5', '4.0'] });
   });
 
   it('chooses round ticks that enclose the data', () => {
@@ -90,6 +120,8 @@ describe('loss curve', () => {
     expect(niceTicks(4, 4)).toEqual([3.8, 3.9, 4, 4.1, 4.2]);
     expect(niceTicks(0, 1, { integer: true })).toEqual([0, 1]);
     expect(niceTicks(0, 7, { integer: true })).toEqual([0, 2, 4, 6, 8]);
+    // Only a range under 1e-12 counts as a single value (and is widened); 1e-12 itself is a range.
+    expect(niceTicks(0, 1e-12)).toEqual([0, 2e-13, 4e-13, 6e-13, 8e-13, 1e-12]);
   });
 
   it('writes loss.csv and loss.svg into the directory', async () => {
@@ -141,6 +173,20 @@ describe('progress reporter', () => {
     expect(screen[1].length).toBeLessThanOrEqual(71);
     progress.finish();
     expect(terminal.output.endsWith('\n')).toBe(true);
+    // The bar redrawn as it stands, then a fresh line.
+    expect(terminal.screen()).toEqual([screen[0], screen[1], '']);
+  });
+
+  it('redraws at most every redrawMs on a terminal, and always for the last step', () => {
+    const terminal = new FakeTerminal(true);
+    let now = 0;
+    const progress = new ProgressReporter({ totalSteps: 10, stream: terminal, colour: false, redrawMs: 100, now: () => now });
+    for (const [at, step] of [[0, 0], [99, 1], [100, 2], [150, 3], [160, 9]]) {
+      now = at;
+      progress.update({ step });
+    }
+    const drawn = terminal.output.split('\r').filter(Boolean).map((line) => line.match(/ (\d+)\/10 /)?.[1]);
+    expect(drawn).toEqual(['1', '3', '10']);
   });
 
   it('cuts the line to the terminal width so it never wraps', () => {
@@ -151,16 +197,19 @@ describe('progress reporter', () => {
   });
 
   it('colours the bar unless NO_COLOR is set', () => {
-    const coloured = new FakeTerminal(true);
-    new ProgressReporter({ totalSteps: 10, stream: coloured, colour: true }).update({ step: 3 });
-    expect(coloured.output).toMatch(/\x1b\[36m/);
-
     const previous = process.env.NO_COLOR;
-    process.env.NO_COLOR = '1';
+    /** What a reporter on a terminal draws with NO_COLOR as given. */
+    const drawn = (noColor: string | undefined, options: { colour?: boolean } = {}) => {
+      if (noColor === undefined) delete process.env.NO_COLOR;
+      else process.env.NO_COLOR = noColor;
+      const terminal = new FakeTerminal(true);
+      new ProgressReporter({ totalSteps: 10, stream: terminal, ...options }).update({ step: 3 });
+      return terminal.output;
+    };
     try {
-      const plain = new FakeTerminal(true);
-      new ProgressReporter({ totalSteps: 10, stream: plain }).update({ step: 3 });
-      expect(plain.output).not.toMatch(/\x1b\[\d+m/);
+      expect(drawn(undefined)).toMatch(/\x1b\[36m/);
+      expect(drawn('1')).not.toMatch(/\x1b\[\d+m/);
+      expect(drawn('1', { colour: true })).toMatch(/\x1b\[36m/);
     } finally {
       if (previous === undefined) delete process.env.NO_COLOR;
       else process.env.NO_COLOR = previous;
@@ -188,6 +237,45 @@ describe('progress reporter', () => {
     ]);
     expect(log.output).not.toMatch(/\r|\x1b/);
     expect(lines[0]).toBe('step 1/40 (2.5%) | loss 5.0000 | eta --');
+  });
+
+  it('prints a plain line once everyMs has passed, to the millisecond', () => {
+    const log = new FakeTerminal(false);
+    let now = 0;
+    const progress = new ProgressReporter({ totalSteps: 10, stream: log, everySteps: 100, everyMs: 1000, now: () => now });
+    for (const [at, step] of [[0, 0], [999, 1], [1000, 2], [1999, 3]]) {
+      now = at;
+      progress.update({ step });
+    }
+    expect(log.output.trimEnd().split('\n').map((l) => l.split(' |')[0])).toEqual(['step 1/10 (10.0%)', 'step 3/10 (30.0%)']);
+  });
+
+  it('when not a terminal, finish prints the last step reported if its line is not out yet, and only once', () => {
+    const log = new FakeTerminal(false);
+    const progress = new ProgressReporter({ totalSteps: 100, stream: log, everySteps: 10, now: () => 0 });
+    progress.finish(); // nothing reported: nothing to show
+    expect(log.output).toBe('');
+    for (let step = 0; step < 15; step++) progress.update({ step });
+    progress.finish();
+    progress.finish();
+    expect(log.output.trimEnd().split('\n').map((l) => l.split(' |')[0])).toEqual(['step 1/100 (1.0%)', 'step 11/100 (11.0%)', 'step 15/100 (15.0%)']);
+  });
+
+  it('estimates the time left from the first step reported, and says 0s at the last step even when it is the first', () => {
+    const log = new FakeTerminal(false);
+    let now = 5000; // the first step ends 5 s in (compiling, warming up): the estimate leaves that out
+    const progress = new ProgressReporter({ totalSteps: 100, stream: log, everySteps: 10, now: () => now });
+    progress.update({ step: 0 });
+    for (let step = 1; step <= 10; step++) {
+      now += 100;
+      progress.update({ step });
+    }
+    // 10 steps in 1 s since the first, 89 to go.
+    expect(log.output).toBe('step 1/100 (1.0%) | eta --\nstep 11/100 (11.0%) | eta 9s\n');
+
+    const last = new FakeTerminal(false);
+    new ProgressReporter({ totalSteps: 1, stream: last, now: () => 5000 }).update({ step: 0, loss: 2 });
+    expect(last.output).toBe('step 1/1 (100.0%) | loss 2.0000 | eta 0s\n');
   });
 
   it('formats counts and durations', () => {

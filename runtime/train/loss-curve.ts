@@ -15,7 +15,7 @@ export interface LossRow {
 
 /** One row per entry; an absent or non-finite value is an empty cell. */
 export function lossCsv(rows: readonly LossRow[]): string {
-  const cell = (value: number | undefined) => (value === undefined || !Number.isFinite(value) ? '' : String(value));
+  const cell = (value: number | undefined) => (Number.isFinite(value) ? String(value) : '');
   const lines = ['step,train_loss,val_loss,lr,tokens_per_second'];
   for (const row of rows) {
     lines.push([row.step, row.trainLoss, row.valLoss, row.lr, row.tokensPerSecond].map(cell).join(','));
@@ -32,7 +32,7 @@ const FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial,
 
 /** Train and validation loss against step: axes with ticks and labels, a legend, a title. */
 export function lossChartSvg(rows: readonly LossRow[], title = 'Loss'): string {
-  const finite = (value: number | undefined): value is number => value !== undefined && Number.isFinite(value);
+  const finite = (value: number | undefined): value is number => Number.isFinite(value);
   const train = rows.filter((r) => finite(r.trainLoss)).map((r) => [r.step, r.trainLoss as number] as const);
   const validation = rows.filter((r) => finite(r.valLoss)).map((r) => [r.step, r.valLoss as number] as const);
   const points = [...train, ...validation];
