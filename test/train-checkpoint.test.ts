@@ -184,7 +184,7 @@ describe('safetensors', () => {
       await fs.truncate(path, fileBytes);
     };
     await withHeaderLength(100_000_001, 100_000_017);
-    await expect(readSafetensors(path)).rejects.toThrow(`${path}: header length 100000001 does not fit in a file of 100000017 bytes (truncated or not safetensors)`);
+    await expect(readSafetensors(path)).rejects.toThrow(`${path}: header length 100000001 is over the format's limit of 100000000 bytes (not safetensors)`);
     // At the limit the header is read (stopped here, rather than reading 100 MB of zeros).
     await withHeaderLength(100_000_000, 100_000_008);
     wrapOpenedHandles((handle) => {
@@ -233,7 +233,7 @@ describe('safetensors', () => {
         return read(buffer, offset, length, position);
       }) as FileHandle['read'];
     });
-    await expect(readSafetensors(path)).rejects.toThrow('unexpected end of file at byte 12');
+    await expect(readSafetensors(path)).rejects.toThrow(`${path}: unexpected end of file at byte 12 (truncated while being read)`);
   });
 
   it('refuses to read or write on a big-endian host, writing nothing', async () => {

@@ -87,18 +87,17 @@ export async function readSafetensors(path: string): Promise<SafetensorsFile> {
   try {
     const fileBytes = (await handle.stat()).size;
     if (fileBytes < 8) throw new Error(`${path}: ${fileBytes} bytes is too short for a safetensors file (no header length)`);
-    const prefix = await readExactly(handle, 8, 0);
+    const prefix = await readExactly(handle, path, 8, 0);
     const headerBytes = Number(Buffer.from(prefix).readBigUInt64LE(0));
-    if (headerBytes > MAX_HEADER_BYTES || 8 + headerBytes > fileBytes) {
-      throw new Error(`${path}: header length ${headerBytes} does not fit in a file of ${fileBytes} bytes (truncated or not safetensors)`);
-    }
-    const headerText = Buffer.from(await readExactly(handle, headerBytes, 8)).toString('utf8');
+    if (headerBytes > MAX_HEADER_BYTES) throw new Error(`${path}: header length ${headerBytes} is over the format's limit of ${MAX_HEADER_BYTES} bytes (not safetensors)`);
+    if (8 + headerBytes > fileBytes) throw new Error(`${path}: header length ${headerBytes} does not fit in a file of ${fileBytes} bytes (truncated or not safetensors)`);
+    const headerText = Buffer.from(await readExactly(handle, path, headerBytes, 8)).toString('utf8');
     const { entries, metadata } = parseHeader(headerText, fileBytes - 8 - headerBytes, path);
     const tensors = new Map<string, HostTensor>();
     for (const [name, entry] of entries) {
       const [begin, end] = entry.data_offsets;
       const data = new Float32Array((end - begin) / F32_BYTES);
-      await readExactly(handle, end - begin, 8 + headerBytes + begin, new Uint8Array(data.buffer));
+      await readExactly(handle, path, end - begin, 8 + headerBytes + begin, new Uint8Array(data.buffer));
       tensors.set(name, { shape: entry.shape, data });
     }
     return { tensors, metadata };
@@ -183,11 +182,11 @@ async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
 }
 
 /** A single read may be partial; loop until `length` bytes are in, failing at an early end of file. */
-async function readExactly(handle: FileHandle, length: number, position: number, into = new Uint8Array(length)): Promise<Uint8Array> {
+async function readExactly(handle: FileHandle, path: string, length: number, position: number, into = new Uint8Array(length)): Promise<Uint8Array> {
   let done = 0;
   while (done < length) {
     const { bytesRead } = await handle.read(into, done, length - done, position + done);
-    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`);
+    if (bytesRead === 0) throw new Error(`${path}: unexpected end of file at byte ${position + done} (truncated while being read)`);
     done += bytesRead;
   }
   return into;
