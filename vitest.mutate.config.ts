@@ -12,6 +12,7 @@ export default defineConfig({
       'test/reference.test.ts',
       'test/vjp.test.ts',
       'test/ir.test.ts',
+      'test/ir-ops.test.ts',
       'test/gpt.test.ts',
       'test/fused-kernels.test.ts',
       'test/train-recipe.test.ts',

@@ -11,6 +11,7 @@ import { traceForward } from '../compiler/frontend/trace.ts';
 import { Tensor, TraceError } from '../compiler/frontend/tensor.ts';
 import { model } from '../models/gpt.ts';
 import { evaluate } from '../compiler/ir/interpret.ts';
+import { GraphBuilder, IRError, stateUpdates } from '../compiler/ir/graph.ts';
 
 describe('IR text form', () => {
   it('print → parse → print is the identity on the full GPT-2 joint graph', () => {
@@ -88,5 +89,46 @@ describe('tracing', () => {
     };
     traceForward(probe, model.presets.tiny, { batchSize: defaultMicroBatch(model, 'tiny') });
     await expect(pending).rejects.toThrow(new RegExp(`^test/ir\\.test\\.ts:${lineOf('HOST-READ')}: reading the value of a traced tensor`));
+  });
+});
+
+describe('GraphBuilder', () => {
+  const leaf = (name?: string) => ({ op: 'input', inputs: [], shape: [2], dtype: 'f32' as const, attrs: {}, ...(name ? { name } : {}) });
+
+  it('IRError is an Error named IRError', () => {
+    const e = new IRError('bad');
+    expect(e).toBeInstanceOf(Error);
+    expect([e.name, e.message]).toEqual(['IRError', 'bad']);
+  });
+
+  it('refuses a name used twice and an input that does not exist yet', () => {
+    const gb = new GraphBuilder('g');
+    expect(gb.add(leaf('x'))).toBe(0);
+    expect(() => gb.add(leaf('x'))).toThrow(new IRError('duplicate value name %x'));
+    expect(gb.add({ ...leaf(), op: 'exp', inputs: [0] })).toBe(1);
+    expect(() => gb.add({ ...leaf(), op: 'exp', inputs: [2] })).toThrow(new IRError('exp: input %2 does not exist yet'));
+    expect(() => gb.add({ ...leaf(), op: 'exp', inputs: [-1] })).toThrow(new IRError('exp: input %-1 does not exist yet'));
+    expect(gb.nodes.map((n) => n.id)).toEqual([0, 1]);
+  });
+
+  it('rename: to its own name is a no-op, to a name in use is an error, the old name is freed', () => {
+    const gb = new GraphBuilder('g');
+    gb.add(leaf('x'));
+    gb.add(leaf('y'));
+    gb.rename(0, 'x');
+    expect(() => gb.rename(0, 'y')).toThrow(new IRError('duplicate value name %y'));
+    gb.rename(0, 'z');
+    expect(gb.add(leaf('x'))).toBe(2);
+    expect(gb.nodes.map((n) => n.name)).toEqual(['z', 'y', 'x']);
+  });
+
+  it('stateUpdates pairs next.X outputs with input X, and refuses one whose X is not an input', () => {
+    const gb = new GraphBuilder('g');
+    gb.add(leaf('w'));
+    gb.add({ ...leaf('h'), op: 'exp', inputs: [0] });
+    gb.add({ ...leaf('next.w'), op: 'exp', inputs: [1] });
+    gb.add({ ...leaf('next.h'), op: 'exp', inputs: [1] });
+    expect([...stateUpdates(gb.build([1, 2]))]).toEqual([[2, 0]]);
+    expect(() => stateUpdates(gb.build([3]))).toThrow(new Error('graph g: output %next.h updates %h, which is not an input'));
   });
 });

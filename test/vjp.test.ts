@@ -1,9 +1,10 @@
 // Every primitive's VJP rule against central finite differences, in float64.
 
 import { describe, expect, it } from 'vitest';
-import { VJP } from '../compiler/autodiff/autograd.ts';
+import { buildJointGraph, VJP } from '../compiler/autodiff/autograd.ts';
 import { GraphBuilder, type Shape } from '../compiler/ir/graph.ts';
 import { GraphOpBuilder, Ops } from '../compiler/ir/ops.ts';
+import { printGraph } from '../compiler/ir/printer.ts';
 import { compareGradients, randomArray, type Inputs } from './support/gradcheck.ts';
 
 type Case = {
@@ -118,5 +119,91 @@ describe('VJP rules vs finite differences (float64)', () => {
       expect(rows.length).toBeGreaterThan(0);
       for (const r of rows) expect(r.rel, `${r.param}[${r.index}] analytic ${r.analytic} vs numeric ${r.numeric}`).toBeLessThan(1e-6);
     });
+  });
+});
+
+/** A forward graph from `build`, whose result is the (first) output; `locate` sets the nodes' source lines. */
+function forwardGraph(name: string, build: (o: Ops<number>, b: GraphOpBuilder, at: (loc: string | undefined) => void) => number) {
+  const gb = new GraphBuilder(name);
+  const b = new GraphOpBuilder(gb);
+  let loc: string | undefined;
+  b.locate = () => loc;
+  const loss = build(new Ops(b), b, (l) => (loc = l));
+  return gb.build([loss]);
+}
+
+describe('the joint graph', () => {
+  const scalarOf = (o: Ops<number>, b: GraphOpBuilder) => o.sum(b.input('x', [3], 'f32', true), 0);
+
+  it('is named after the forward graph: a trailing _forward becomes _train, any other name gets _train', () => {
+    expect(buildJointGraph(forwardGraph('gpt_forward', scalarOf)).name).toBe('gpt_train');
+    expect(buildJointGraph(forwardGraph('gpt_forward_v2', scalarOf)).name).toBe('gpt_forward_v2_train');
+    expect(buildJointGraph(forwardGraph('mlp', scalarOf)).name).toBe('mlp_train');
+    expect(buildJointGraph(forwardGraph('gpt_forward', scalarOf), 'step').name).toBe('step');
+  });
+
+  it('refuses a first output that is not a scalar, and takes any all-ones shape', () => {
+    const vector = forwardGraph('f', (o, b) => o.exp(b.input('x', [1, 2], 'f32', true)));
+    expect(() => buildJointGraph(vector)).toThrow(new Error("autograd: the loss (the graph's first output) must be a scalar; it is f32[1,2]"));
+    const ones = buildJointGraph(forwardGraph('f', (o, b) => o.exp(b.input('x', [1, 1], 'f32', true))));
+    expect(ones.outputs.map((id) => ones.nodes[id].name)).toEqual([undefined, 'grad.x']);
+  });
+
+  it('attributes each backward node to the source line of the forward node it differentiates', () => {
+    const forward = forwardGraph('f', (o, b, at) => {
+      const x = b.input('x', [3], 'f32', true);
+      at('m.ts:1');
+      const y = o.exp(x);
+      at('m.ts:2');
+      return o.sum(y, 0);
+    });
+    // The seed and sum's VJP (a broadcast) come from line 2, exp's VJP (g · exp x) from line 1.
+    expect(printGraph(buildJointGraph(forward))).toBe(
+      [
+        'graph f_train(',
+        '    %x: f32[3] param',
+        ') {',
+        '  %0: f32[3] = exp %x                                                   # m.ts:1',
+        '  %1: f32[1] = sum %0 {axis=0}                                          # m.ts:2',
+        '  %2: f32[1] = const {value=1}                                          # m.ts:2',
+        '  %3: f32[3] = broadcast %2                                             # m.ts:2',
+        '  %grad.x: f32[3] = mul %3, %0                                          # m.ts:1',
+        '  return %1, %grad.x',
+        '}',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('gives a gradient that is already another output its own node, and no parameter loses its name', () => {
+    // d(a + b)/da and d(a + b)/db are both the seed: grad.a is the seed itself, grad.b a copy of it.
+    const forward = forwardGraph('f', (o, b) => o.add(b.input('a', [1], 'f32', true), b.input('b', [1], 'f32', true)));
+    expect(printGraph(buildJointGraph(forward))).toBe(
+      [
+        'graph f_train(',
+        '    %a: f32[1] param,',
+        '    %b: f32[1] param',
+        ') {',
+        '  %0: f32[1] = add %a, %b',
+        '  %grad.a: f32[1] = const {value=1}',
+        '  %1: f32[1] = const {value=0}',
+        '  %grad.b: f32[1] = add %grad.a, %1',
+        '  return %0, %grad.a, %grad.b',
+        '}',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('refuses a loss that is not f32: an integer cast of an f32 value has no gradient to give', () => {
+    const forward = forwardGraph('f', (o, b) => o.cast(b.input('x', [1], 'f32', true), 'i32'));
+    expect(() => buildJointGraph(forward)).toThrow(new Error("autograd: the loss (the graph's first output) must be f32; it is i32[1]"));
+  });
+
+  it('gives an integer parameter no gradient: a zero of its own dtype', () => {
+    const forward = forwardGraph('f', (o, b) => o.sum(o.cast(b.input('n', [3], 'i32', true), 'f32'), 0));
+    const joint = buildJointGraph(forward);
+    const grad = joint.nodes[joint.outputs[1]];
+    expect(grad).toMatchObject({ name: 'grad.n', op: 'const', inputs: [], shape: [3], dtype: 'i32', attrs: { value: 0 } });
   });
 });

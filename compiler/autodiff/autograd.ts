@@ -85,7 +85,8 @@ const VJP_TABLE: { readonly [O in Op]: VjpEntry<O> } = {
     const delta = o.sum(o.mul(g, out), -1);
     return [0, 1, 2].map((wrt) => o.b.emit('flash_attention_bwd', [q, k, v, g, lse, delta], { ...same, wrt }));
   },
-  cast: (o, [x], out, g) => (o.dtype(x) === 'f32' && o.dtype(out) === 'f32' ? [g] : [undefined]),
+  // Only f32 values get gradients (backprop drops the rest), and the loss is f32, so g is f32.
+  cast: (_o, _ins, _out, g) => [g],
 };
 
 /** The VJP rules there are, by op (the table without the ops that have none). */
@@ -135,7 +136,9 @@ export function buildJointGraph(forward: Graph, name = forward.name.replace(/_fo
   for (const n of forward.nodes) gb.add({ ...n, inputs: [...n.inputs], shape: [...n.shape], attrs: { ...n.attrs } });
 
   const root = forward.outputs[0];
-  if (gb.nodes[root].shape.some((d) => d !== 1)) throw new Error(`autograd: output ${root} is not a scalar`);
+  const loss = gb.nodes[root];
+  if (loss.shape.some((d) => d !== 1)) throw new Error(`autograd: the loss (the graph's first output) must be a scalar; it is ${loss.dtype}[${loss.shape.join(',')}]`);
+  if (loss.dtype !== 'f32') throw new Error(`autograd: the loss (the graph's first output) must be f32; it is ${loss.dtype}[${loss.shape.join(',')}]`);
   let loc: string | undefined;
   b.locate = () => loc;
   const tape = gb.nodes.filter((n) => !isGraphInput(n)).map((n) => ({ op: n.op, inputs: n.inputs, out: n.id, attrs: n.attrs, loc: n.loc }));
