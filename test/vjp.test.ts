@@ -196,8 +196,8 @@ describe('the joint graph', () => {
   });
 
   it('refuses a loss that is not f32: an integer cast of an f32 value has no gradient to give', () => {
-    const forward = forwardGraph('f', (o, b) => o.cast(b.input('x', [1], 'f32', true), 'i32'));
-    expect(() => buildJointGraph(forward)).toThrow(new Error("autograd: the loss (the graph's first output) must be f32; it is i32[1]"));
+    const forward = forwardGraph('f', (o, b) => o.cast(b.input('x', [1, 1], 'f32', true), 'i32'));
+    expect(() => buildJointGraph(forward)).toThrow(new Error("autograd: the loss (the graph's first output) must be f32; it is i32[1,1]"));
   });
 
   it('gives an integer parameter no gradient: a zero of its own dtype', () => {
