@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { GraphBuilder, IRError, type Attrs, type DType } from '../compiler/ir/graph.ts';
 import { flashAttentionSupports, GraphOpBuilder, inferType, Ops, stridesOf, type ValueType } from '../compiler/ir/ops.ts';
+import { formatType } from '../compiler/ir/printer.ts';
 
 /** 'f32[2,3]' → { dtype: 'f32', shape: [2, 3] }; 'f32[]' is a scalar. */
 const ty = (s: string): ValueType => {
@@ -16,7 +17,7 @@ const ty = (s: string): ValueType => {
 function outcome(op: string, ins: string[], attrs: Attrs, declared?: string): string {
   try {
     const t = inferType(op, ins.map(ty), attrs, declared === undefined ? undefined : ty(declared));
-    return `${t.dtype}[${t.shape.join(',')}]`;
+    return formatType(t);
   } catch (e) {
     return `${(e as Error).name}: ${(e as Error).message}`;
   }

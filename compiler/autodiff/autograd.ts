@@ -3,6 +3,7 @@
 
 import { GraphBuilder, isGraphInput, type Attrs, type Graph } from '../ir/graph.ts';
 import { GraphOpBuilder, Ops, type AttrsOf, type Op } from '../ir/ops.ts';
+import { formatType } from '../ir/printer.ts';
 
 /** Gradients of one op's inputs given the gradient `g` of its output; undefined = no gradient. */
 export type VjpRule<O extends Op = Op> = <V>(o: Ops<V>, ins: V[], out: V, g: V, attrs: AttrsOf<O>) => (V | undefined)[];
@@ -137,8 +138,8 @@ export function buildJointGraph(forward: Graph, name = forward.name.replace(/_fo
 
   const root = forward.outputs[0];
   const loss = gb.nodes[root];
-  if (loss.shape.some((d) => d !== 1)) throw new Error(`autograd: the loss (the graph's first output) must be a scalar; it is ${loss.dtype}[${loss.shape.join(',')}]`);
-  if (loss.dtype !== 'f32') throw new Error(`autograd: the loss (the graph's first output) must be f32; it is ${loss.dtype}[${loss.shape.join(',')}]`);
+  if (loss.shape.some((d) => d !== 1)) throw new Error(`autograd: the loss (the graph's first output) must be a scalar; it is ${formatType(loss)}`);
+  if (loss.dtype !== 'f32') throw new Error(`autograd: the loss (the graph's first output) must be f32; it is ${formatType(loss)}`);
   let loc: string | undefined;
   b.locate = () => loc;
   const tape = gb.nodes.filter((n) => !isGraphInput(n)).map((n) => ({ op: n.op, inputs: n.inputs, out: n.id, attrs: n.attrs, loc: n.loc }));
