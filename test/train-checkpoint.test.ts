@@ -357,6 +357,30 @@ describe('checkpoints', () => {
     expect(closed).toEqual(opened);
   });
 
+  it('skips a directory fsync that the platform refuses (EISDIR, EPERM, EINVAL, as on Windows), and fails on any other error', async () => {
+    const target = join(dir, 'ckpt');
+    const failDirectorySync = (code: string) =>
+      wrapOpenedHandles((handle, name) => {
+        if (name === '.' || name === 'ckpt.incomplete') {
+          handle.sync = async () => {
+            throw Object.assign(new Error(`${code}: fsync of a directory`), { code });
+          };
+        }
+      });
+    for (const [step, code] of [[1, 'EISDIR'], [2, 'EPERM'], [3, 'EINVAL']] as const) {
+      failDirectorySync(code);
+      await saveCheckpoint(target, tinyCheckpoint(step));
+      vi.restoreAllMocks();
+      expect((await loadCheckpoint(target)).state.step).toBe(step);
+    }
+    const opened = failDirectorySync('EIO');
+    await expect(saveCheckpoint(target, tinyCheckpoint(4))).rejects.toThrow('EIO: fsync of a directory');
+    // The new checkpoint's own directory failed, before the swap: the last one stays.
+    expect(opened.at(-1)).toBe('ckpt.incomplete');
+    vi.restoreAllMocks();
+    expect((await loadCheckpoint(target)).state.step).toBe(3);
+  });
+
   it('reports a failed fsync of the parent directory after the swap, the new checkpoint being in place', async () => {
     const target = join(dir, 'ckpt');
     await saveCheckpoint(target, tinyCheckpoint(1));
