@@ -13,7 +13,7 @@ import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { getEventListeners } from 'node:events';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { UsageError } from '../compiler/ir/errors.ts';
 import { traceForward } from '../compiler/frontend/trace.ts';
@@ -28,6 +28,7 @@ import { EpochSampler, fillBatch, windowCount } from '../runtime/train/sampler.t
 import { formatCount } from '../runtime/train/progress.ts';
 import { learningRate } from '../runtime/train/schedule.ts';
 import {
+  asUsageError,
   checkSameData,
   configForResume,
   DEFAULT_TRAIN_CONFIG,
@@ -415,6 +416,25 @@ describe('checkpoints of a run', () => {
     expect(locateModelFile('models/gpt.ts')).toBe('models/gpt.ts');
     expect(locateModelFile('models/no-such-model.ts')).toBe('models/no-such-model.ts');
   });
+
+  it("locateModelFile: a file missing from the working directory but in ChottaGPT's own folder, by that folder's path", () => {
+    vi.spyOn(process, 'cwd').mockReturnValue(tmpdir());
+    const packaged = locateModelFile('models/gpt.ts');
+    expect(isAbsolute(packaged) && packaged.endsWith(join('models', 'gpt.ts'))).toBe(true);
+    expect(existsSync(packaged)).toBe(true);
+    expect(locateModelFile('models/no-such-model.ts')).toBe('models/no-such-model.ts');
+  });
+
+  it('asUsageError: a UsageError passes through as it is; any other error becomes one that says where, keeping the error as its cause', async () => {
+    const usage = new UsageError('--steps must be a positive integer');
+    expect(await asUsageError(Promise.reject(usage), 'reading the data').catch((error: unknown) => error)).toBe(usage);
+    const io = new Error('EIO: i/o error, read');
+    const wrapped = (await asUsageError(Promise.reject(io), 'reading the data').catch((error: unknown) => error)) as Error;
+    expect(wrapped).toBeInstanceOf(UsageError);
+    expect(wrapped.message).toBe('reading the data: EIO: i/o error, read');
+    expect(wrapped.cause).toBe(io);
+    expect(await asUsageError(Promise.resolve(3), 'reading the data')).toBe(3);
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -775,6 +795,7 @@ describe('train', () => {
         `  checkpoint   ${checkpointDir}\n  loss curve   ${join(opts.outDir, 'loss.csv')}, ${join(opts.outDir, 'loss.svg')}\n`,
     );
     expect(lines).toContain("vocabSize 512 → 300: the tokenizer's size (rows no id selects would only cost time)");
+    expect(lines).toContain('device: the GPU an unnamed adapter (--device gpu)');
     expect(lines).toContain(
       `gpt/toy (nLayer 1, nHead 2, nEmbd 16, blockSize 8, vocabSize 300, bias true) · compiled engine · data ${prepared.dir}: ` +
         `${formatCount(data.train.length)} train tokens (${windowCount(data.train.length, T)} windows of 8), ${formatCount(data.val.length)} val`,
