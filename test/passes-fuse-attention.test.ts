@@ -745,3 +745,182 @@ describe('fuse-attention: near-misses are left alone, counted and explained', ()
     console.info(`near-miss: ${_}\n  ${verdicts[0].text}`);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// explainAttention word for word: each refusal names the first condition that failed, with the
+// node ids and numbers it saw; a fused candidate says so, and `fused` agrees with the text.
+
+describe('fuse-attention: explainAttention’s verdicts, word for word', () => {
+  /** The one candidate, rooted at %y, is left alone (counted as `counter`) and explained as `reason`, whose `%ref`s `id` turns into node ids. */
+  function expectRefused(built: { text: string; ids: Map<string, number> }, counter: keyof typeof ZERO, reason: (id: (ref: string) => string) => string) {
+    expectKept(built.text, counter);
+    const id = (ref: string) => `%${built.ids.get(ref) ?? `(no ${ref})`}`;
+    expect(explainAttention(parseGraph(built.text))).toEqual([{ node: built.ids.get('%y'), fused: false, text: `not fused: ${reason(id)}` }]);
+  }
+
+  /** q·kᵀ·0.5, the product named %z and the scores %s. */
+  const namedScores = (b: IR, t: Types) => b.op(t.scores, `mul ${b.op(t.scores, 'matmul %q, %k {transB}', 'z')}, ${b.op(t.scores, 'const {value=0.5}')}`, 's');
+  /** A ratio exp(x)/Σ over the last axis of exp(x): softmax's normalisation, named %e (numerator) and %total. */
+  const normalise = (b: IR, x: string, t: Types) => {
+    const e = b.op(t.scores, `exp ${x}`, 'e');
+    return b.op(t.scores, `div ${e}, ${b.op(t.scores, `broadcast ${b.op(t.row, `sum ${e} {axis=${t.last}}`, 'total')}`)}`);
+  };
+  /** The log-sum-exp spelling exp(s − broadcast(lse)), lse built from the scores by `lse`. */
+  const logSoftmax = (lse: (b: IR, s: string, t: Types) => string) => (b: IR, s: string, t: Types) =>
+    b.op(t.scores, `exp ${b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${lse(b, s, t)}`)}`)}`);
+  const rowMax = (b: IR, s: string, t: Types, name?: string) => b.op(t.row, `max_reduce ${s} {axis=${t.last}}`, name);
+  const logSumExp = (b: IR, x: string, t: Types) => b.op(t.row, `log ${b.op(t.row, `sum ${b.op(t.scores, `exp ${x}`)} {axis=${t.last}}`)}`, 'log');
+
+  it('reports a fused attention as fused, with its root, causality and scale', () => {
+    const built = attention({ mask: whereVisible(causalVisible) });
+    expect(explainAttention(parseGraph(built.text))).toEqual([{ node: built.ids.get('%y'), fused: true, text: 'fused (causal, scale 0.5)' }]);
+  });
+
+  it('reports no candidate for exp(scores)·v, an exponential that is neither divided nor a log-softmax', () => {
+    const built = attention({ softmax: (b, s, t) => b.op(t.scores, `exp ${s}`) });
+    expect(explainAttention(parseGraph(built.text))).toEqual([]);
+    expectKept(built.text);
+  });
+
+  it.each<[string, (b: IR, s: string, t: Types) => string, (id: (ref: string) => string) => string]>([
+    ['subtracts the row sum, not the row max', (b, s, t) => normalise(b, b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${b.op(t.row, `sum ${s} {axis=2}`, 'm')}`)}`), t),
+      (id) => `the softmax subtracts ${id('%m')} (sum), not the row max of its scores ${id('%s')}`],
+    ['subtracts the max over the queries (axis 1)', (b, s, t) => normalise(b, b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${b.op('f32[2,1,8]', `max_reduce ${s} {axis=1}`)}`)}`), t),
+      () => 'the softmax\'s max runs over axis 1, not the last (the keys)'],
+    ['divides by the row max, not the row sum', (b, s, t) => {
+      const e = b.op(t.scores, `exp ${s}`, 'e');
+      return b.op(t.scores, `div ${e}, ${b.op(t.scores, `broadcast ${b.op(t.row, `max_reduce ${e} {axis=2}`, 'd')}`)}`);
+    }, (id) => `the softmax's denominator ${id('%d')} (max_reduce) is not the sum of its numerator ${id('%e')}`],
+    ['sums over the queries (axis 1)', (b, s, t) => {
+      const e = b.op(t.scores, `exp ${s}`);
+      return b.op(t.scores, `div ${e}, ${b.op(t.scores, `broadcast ${b.op('f32[2,1,8]', `sum ${e} {axis=1}`)}`)}`);
+    }, () => 'the softmax sums over axis 1, not the last (the keys)'],
+    ['subtracts exp(s − max(s)), a max with no log Σ exp', logSoftmax((b, s, t) => rowMax(b, s, t, 'm')),
+      (id) => `the log-softmax subtracts ${id('%m')} (max_reduce), not log Σ exp of its scores`],
+    ['subtracts max + max, an add with no log on either side', logSoftmax((b, s, t) => {
+      const m = rowMax(b, s, t);
+      return b.op(t.row, `add ${m}, ${m}`, 'a');
+    }), (id) => `the log-softmax subtracts ${id('%a')} (add), which adds no log Σ exp`],
+    ['subtracts log Σ s, a log of a sum of no exponentials', logSoftmax((b, s, t) => b.op(t.row, `log ${b.op(t.row, `sum ${s} {axis=2}`, 'total')}`)),
+      (id) => `the log-softmax's ${id('%total')} (sum) is not a sum of exponentials`],
+    ['subtracts the log of a graph input', logSoftmax((b, s, t) => b.op(t.row, 'log %r')),
+      (id) => `the log-softmax's ${id('%r')} (input) is not a sum of exponentials`],
+    ['adds back the row sum where it subtracted the row max', logSoftmax((b, s, t) => {
+      const m = rowMax(b, s, t);
+      return b.op(t.row, `add ${logSumExp(b, b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${m}`)}`), t)}, ${b.op(t.row, `sum ${s} {axis=2}`, 'other')}`);
+    }), (id) => `the log-softmax adds ${id('%other')} back, not the max it subtracted`],
+    ['subtracts the row max inside log Σ exp and never adds it back', logSoftmax((b, s, t) => logSumExp(b, b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${rowMax(b, s, t)}`)}`), t)),
+      () => 'the log-softmax subtracts the row max inside log Σ exp but does not add it back'],
+  ])('explains a softmax that %s', (_, softmax, reason) => {
+    const inputs: [string, string][] = [['q', 'f32[2,8,4]'], ['k', 'f32[2,8,4]'], ['v', 'f32[2,8,4]'], ['r', 'f32[2,8,1]']];
+    expectRefused(attention({ inputs, scores: namedScores, softmax }), 'kept-spelling-not-matched', reason);
+  });
+
+  it('fuses the stable log-softmax written max + log Σ exp(s − max), the log on the right of the add', () => {
+    const softmax = logSoftmax((b, s, t) => {
+      const m = rowMax(b, s, t);
+      return b.op(t.row, `add ${m}, ${logSumExp(b, b.op(t.scores, `sub ${s}, ${b.op(t.scores, `broadcast ${m}`)}`), t)}`);
+    });
+    const { text } = attention({ mask: whereVisible(causalVisible), softmax });
+    expectFused(text, { causal: true, scale: 0.5 });
+    expect(explainAttention(parseGraph(text)).map((v) => v.text)).toEqual(['fused (causal, scale 0.5)']);
+  });
+
+  it('explains a log-softmax that adds back the additive mask’s row, not a max it subtracted', () => {
+    // s = y + broadcast(r) with r a row of zeros (an all-visible mask), lse = log Σ exp(s) + r: the
+    // value added back is what s adds, but no max was subtracted.
+    const built = attention({
+      scores: namedScores,
+      mask: (b, y, t) => b.op(t.scores, `add ${y}, ${b.op(t.scores, `broadcast ${b.op(t.row, 'const {value=0}', 'r')}`)}`),
+      softmax: logSoftmax((b, s, t) => b.op(t.row, `add ${logSumExp(b, s, t)}, %r`)),
+    });
+    expectRefused(built, 'kept-spelling-not-matched', (id) => `the log-softmax adds ${id('%r')} back, not the max it subtracted`);
+  });
+
+  it('explains a zero scale after the mask as scores that are no product (0 is not a positive scale)', () => {
+    const mask = (b: IR, y: string, t: Types) => {
+      const w = b.op(t.scores, `where ${lift(b, causalVisible(b, t), 'bool', t)}, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`, 'w');
+      return b.op(t.scores, `mul ${w}, ${b.op(t.scores, 'const {value=0}')}`);
+    };
+    expectRefused(attention({ mask }), 'kept-spelling-not-matched', (id) => `the scores ${id('%w')} (where) are not a product q·kᵀ`);
+  });
+
+  it('explains an additive mask neither side of which is a constant (log of a 0/1 causal matrix)', () => {
+    const logMask = (b: IR, t: Types) => b.op(t.square('f32'), `log ${b.op(t.square('f32'), `cast ${causalVisible(b, t)}`)}`);
+    expectRefused(attention({ mask: additive(logMask) }), 'kept-spelling-not-matched', () => 'neither side of the additive mask is a constant computed from iotas and constants');
+  });
+
+  it('explains scores that multiply a transposed q', () => {
+    const inputs: [string, string][] = [['q', 'f32[2,4,8]'], ['k', 'f32[2,8,4]'], ['v', 'f32[2,8,4]']];
+    expectRefused(attention({ inputs, scores: (b, t) => b.op(t.scores, 'matmul %q, %k {transA, transB}') }), 'kept-spelling-not-matched', () => 'the scores multiply a transposed q (transA)');
+  });
+
+  it('explains a kᵀ that is a permute but no transpose, naming its perm', () => {
+    const inputs: [string, string][] = [['q', 'f32[2,8,4]'], ['k', 'f32[2,4,8]'], ['v', 'f32[2,8,4]']];
+    const scores = (b: IR, t: Types) => b.op(t.scores, `matmul %q, ${b.op('f32[2,4,8]', 'permute %k {perm=[0,1,2]}', 'kt')}`);
+    expectRefused(attention({ inputs, scores }), 'kept-spelling-not-matched', (id) => `the scores' right operand ${id('%kt')} (permute [0,1,2]) is not k with its last two axes swapped`);
+  });
+
+  it('explains a kᵀ that is a graph input, with no perm to name', () => {
+    const inputs: [string, string][] = [['q', 'f32[2,8,4]'], ['kt', 'f32[2,4,8]'], ['v', 'f32[2,8,4]']];
+    expectRefused(attention({ inputs, scores: (b, t) => b.op(t.scores, 'matmul %q, %kt') }), 'kept-spelling-not-matched', (id) => `the scores' right operand ${id('%kt')} (input) is not k with its last two axes swapped`);
+  });
+
+  it.each<[string, Partial<Dims>, string]>([
+    ['cross-attention (16 keys for 8 queries)', { batch: [1], T: 8, Tk: 16 }, '8 queries attend to 16 keys and 16 values: the kernels take self-attention only'],
+    ['values with another head dim (8) than q and k (4)', { Dv: 8 }, 'head dims differ: q 4, k 4, v 8'],
+    ['a head dim the kernels do not take (6)', { D: 6 }, 'the kernels do not take T = 8, head dim 6'],
+  ])('explains %s as an unsupported shape', (_, dims, reason) => {
+    expectRefused(attention(dims), 'kept-shape-unsupported', () => reason);
+  });
+
+  it('explains a mask that reads a graph input, naming the ops a constant mask may use', () => {
+    const inputs: [string, string][] = [['q', 'f32[2,8,4]'], ['k', 'f32[2,8,4]'], ['v', 'f32[2,8,4]'], ['keep', 'bool[2,8,8]']];
+    const mask = (b: IR, y: string, t: Types) => b.op(t.scores, `where %keep, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`);
+    expectRefused(attention({ inputs, mask }), 'kept-mask-not-causal', (id) =>
+      `the mask ${id('%keep')} is not a constant: it reads a graph input or an op other than const, iota, cast, neg, add, sub, mul, max, eq, lt, le, gt, ge, where, reshape, broadcast, slice, permute, pad`);
+  });
+
+  it('explains a mask whose constant core is not T×T (a flat vector of 64)', () => {
+    const mask = (b: IR, y: string, t: Types) => b.op(t.scores, `add ${y}, ${lift(b, b.op(t.square('f32'), `reshape ${b.op('f32[64]', 'const {value=0}', 'flat')}`), 'f32', t)}`);
+    expectRefused(attention({ mask }), 'kept-mask-not-causal', (id) => `the mask ${id('%flat')} [64] is not 8×8 per head`);
+  });
+
+  it('explains a mask over the evaluation limit (2·2048² elements), with its size and the limit', () => {
+    const mask = (b: IR, y: string, t: Types) => {
+      const [i, j] = [b.op(t.full('i32'), 'iota {axis=1}'), b.op(t.full('i32'), 'iota {axis=2}')];
+      return b.op(t.scores, `where ${b.op(t.full('bool'), `ge ${i}, ${j}`, 'visible')}, ${y}, ${b.op(t.scores, 'const {value=-inf}')}`);
+    };
+    expectRefused(attention({ batch: [2], T: 2048, mask }), 'kept-mask-not-causal', (id) => `the mask ${id('%visible')} has 8388608 elements, more than the 4194304 the pass evaluates`);
+  });
+
+  it('explains an additive bias (−2 where key j > query i) by its first entry that is neither 0 nor a mask value', () => {
+    const build = (b: IR, t: Types) => {
+      const [i, j] = iotas(b, t);
+      const ahead = b.op(t.square('f32'), `cast ${b.op(t.square('bool'), `gt ${j}, ${i}`)}`);
+      return b.op(t.square('f32'), `mul ${ahead}, ${b.op(t.square('f32'), 'const {value=-2}')}`);
+    };
+    expectRefused(attention({ mask: additive(build) }), 'kept-mask-not-causal', () => 'the additive mask holds -2 (query 0, key 1), neither 0 nor at most -1000000000: a bias, not a mask');
+  });
+
+  it('explains an attention matrix returned as a graph output', () => {
+    let p = '';
+    const root = (b: IR, probs: string, t: Types) => {
+      p = probs;
+      return [b.op(t.out, `matmul ${probs}, %v`, 'y'), probs];
+    };
+    const built = attention({ mask: whereVisible(causalVisible), root });
+    expectRefused(built, 'kept-matrix-read-elsewhere', (id) => `the attention matrix ${id(p)} (div) is read outside the attention: the graph returns it`);
+  });
+
+  it('explains an attention matrix read by another op, naming that op (not the attention’s own P·v)', () => {
+    let p = '';
+    const root = (b: IR, probs: string, t: Types) => {
+      p = probs;
+      const y = b.op(t.out, `matmul ${probs}, %v`, 'y');
+      return [y, b.op(t.row, `sum ${b.op(t.scores, `mul ${probs}, ${probs}`, 'pp')} {axis=2}`)];
+    };
+    const built = attention({ mask: whereVisible(causalVisible), root });
+    expectRefused(built, 'kept-matrix-read-elsewhere', (id) => `the attention matrix ${id(p)} (div) is read outside the attention: ${id('%pp')} mul reads it`);
+  });
+});

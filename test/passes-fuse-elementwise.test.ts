@@ -192,6 +192,17 @@ graph output_read_twice(%x: f32[4,8]) {
     expect(kernels).toEqual({ a: 0, t: 1, v: 2 });
   });
 
+  it('fuses a chain of 20,000 pointwise ops into one kernel, with a binding limit or without', () => {
+    // With a limit the pass looks for the values the kernel reads only at the thread's own index
+    // (kernel-io.ts windowedValues), walking the chain: with explicit stacks, as recursion overflowed this deep.
+    const n = 20_000;
+    const chain = Array.from({ length: n }, (_, j) => `  %a${j + 1}: f32[8] = exp %a${j}`).join('\n');
+    const src = `graph deep(%a0: f32[8]) {\n${chain}\n  return %a${n}\n}`;
+    for (const pass of [passNamed('fuse-elementwise'), fuseElementwise({ maxBindingBytes: 256 })]) {
+      expect(runPasses(parseGraph(src), [pass]).counters['fuse-elementwise']).toMatchObject({ kernels: 1, 'ops-fused': n - 1 });
+    }
+  });
+
   it('marks every node of a graph that has no inputs, the first one included', () => {
     const { kernels } = fuse(`
 graph no_inputs() {
@@ -275,6 +286,25 @@ graph digits_bwd(${inputs}) {
   return %a, %b
 }`);
     expect(bwd.kernels).toEqual({ a: 0, b: 1 });
+    // dk and dv (roles that could share a kernel) of operands 1, 23 and 12, 3: kernels of their own.
+    const roles = fuse(`
+graph digits_dk_dv(${inputs}) {
+  %a: f32[1,1,4,4] = flash_attention_bwd %x1, %x23, %x5, %x6, %x28, %x29 {scale=0.5, wrt=1}
+  %b: f32[1,1,4,4] = flash_attention_bwd %x12, %x3, %x5, %x6, %x28, %x29 {scale=0.5, wrt=2}
+  return %a, %b
+}`);
+    expect(roles.kernels).toEqual({ a: 0, b: 1 });
+  });
+
+  it('gives two forwards of one q and k but different values kernels of their own when no log-sum-exp joins them', () => {
+    // The kernel the last forward starts already has a forward: the first one starts another.
+    const { kernels } = fuse(`
+graph two_values_alone(%q: f32[1,2,8,4], %k: f32[1,2,8,4], %v: f32[1,2,8,4], %v2: f32[1,2,8,4]) {
+  %o: f32[1,2,8,4] = flash_attention %q, %k, %v {causal, scale=0.5}
+  %o2: f32[1,2,8,4] = flash_attention %q, %k, %v2 {causal, scale=0.5}
+  return %o, %o2
+}`);
+    expect(kernels).toEqual({ o: 0, o2: 1 });
   });
 
   it('computes dq alone and dk with dv', () => {
@@ -313,10 +343,22 @@ graph attention_in_place(${qkv}) {
   });
 });
 
+/** The message of the error `f` throws. */
+function failure(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  throw new Error('did not fail');
+}
+
+const ADVICE = 'Lower --batch-size or --block-size (activations), or use an adapter with more storage buffers per shader stage';
+
 describe('values in pieces (past the storage-binding limit)', () => {
-  // 256 bytes a binding: pieces of 64 elements, so each [16,8] value below is two pieces.
-  const pieced = (src: string, maxStorageBuffers: number) => {
-    const { graph, counters } = runPasses(parseGraph(src), [fuseElementwise({ maxStorageBuffers, maxBindingBytes: 256 })]);
+  // 256 bytes a binding (unless told): pieces of 64 elements, so each [16,8] value below is two pieces.
+  const pieced = (src: string, maxStorageBuffers: number, maxBindingBytes = 256) => {
+    const { graph, counters } = runPasses(parseGraph(src), [fuseElementwise({ maxStorageBuffers, maxBindingBytes })]);
     return { kernels: Object.fromEntries(graph.nodes.filter((n) => !isGraphInput(n)).map((n) => [n.name!, n.attrs.kernel ?? '-'])), counters: counters['fuse-elementwise'] };
   };
 
@@ -355,6 +397,25 @@ graph too_wide(%y: f32[8,16]) {
   %t: f32[16,8] = permute %y {perm=[1,0]}
   return %t
 }`, 2)).toThrow(/binds 3 buffers and no part of it fits in 2; values larger than one binding \(256 bytes\) take a binding per piece: %y \(512 bytes\) in 2\. Lower --batch-size/);
+  });
+
+  it('lists only the values in pieces, comma-separated, and writes 1024 bytes as 1.0 KiB', () => {
+    // A matmul kernel runs no window: every value takes all its pieces. %x (one piece) is not listed.
+    const message = failure(() => pieced(`
+graph wide_matmul(%x: f32[4,8], %w: f32[8,64]) {
+  %out: f32[4,64] = matmul %x, %w
+  return %out
+}`, 3));
+    expect(message).toBe(`fuse-elementwise: kernel of %2 binds 13 buffers and no part of it fits in 3; values larger than one binding (256 bytes) take a binding per piece: %w (2.0 KiB) in 8, %out (1.0 KiB) in 4. ${ADVICE}`);
+  });
+
+  it('writes a binding of exactly 1 MiB as 1.0 MiB, and a value of 2 MiB as 2.0 MiB', () => {
+    const message = failure(() => pieced(`
+graph mib(%x: f32[1024,8], %w: f32[8,512]) {
+  %out: f32[1024,512] = matmul %x, %w
+  return %out
+}`, 3, 2 ** 20));
+    expect(message).toBe(`fuse-elementwise: kernel of %2 binds 4 buffers and no part of it fits in 3; values larger than one binding (1.0 MiB) take a binding per piece: %out (2.0 MiB) in 2. ${ADVICE}`);
   });
 });
 
@@ -429,6 +490,21 @@ graph only_const(%m: bool[8], %a: f32[8]) {
         2,
       ),
     ).toThrow(/fuse-elementwise: kernel of %3 binds 3 buffers and no part of it fits in 2/);
+  });
+
+  it('says nothing of pieces when no value is in pieces', () => {
+    const message = failure(() =>
+      fuse(
+        `
+graph only_const(%m: bool[8], %a: f32[8]) {
+  %c: f32[8] = const {value=1}
+  %out: f32[8] = where %m, %a, %c
+  return %out
+}`,
+        2,
+      ),
+    );
+    expect(message).toBe(`fuse-elementwise: kernel of %3 binds 3 buffers and no part of it fits in 2. ${ADVICE}`);
   });
 
   it('does not split a matmul from its epilogue to fit the limit', () => {

@@ -9,6 +9,7 @@ import { isGraphInput, nextStateName, numel, stateInputOf, type Graph } from '..
 import { runPasses } from '../compiler/ir/pass.ts';
 import { parseGraph } from '../compiler/ir/parser.ts';
 import { printGraph } from '../compiler/ir/printer.ts';
+import { fuseOptimizer } from '../passes/fuse-optimizer.ts';
 import { passNamed } from '../passes/index.ts';
 import { mulberry32 } from '../runtime/init.ts';
 import { evaluate, type RefInput } from '../compiler/ir/interpret.ts';
@@ -163,6 +164,14 @@ graph update(%w: f32[4] param, %grad_sum.w: f32[4], %sw: f32[4], %lr: f32[1]) {
     expect(layout.buffers.map((b) => b.name)).toEqual(['params', 'grad_sum']);
     expect(graph.nodes.filter(isGraphInput).map((n) => n.name)).toEqual(['params', 'grad_sum', 'sw', 'lr']);
     expect(graph.outputs.map((o) => graph.nodes[o].name)).toEqual(['next.params', 'sw']);
+  });
+
+  it('files the counters of a pass made with other options under fuse-optimizer, as the registered pass does', () => {
+    // The compiler makes its own (its adapter's alignment and binding limit); reports find it by this name.
+    const g = parseGraph(oneParam(`  %lr1: f32[1,1] = reshape %lr${sgd('w', '2,3', 0)}`));
+    const made = fuseOptimizer({ alignment: 512, maxBindingBytes: 2 ** 20 });
+    expect(made.name).toBe(pass.name);
+    expect(runPasses(g, [made]).counters).toEqual({ 'fuse-optimizer': { 'parameters-flattened': 1, 'flat-floats': 128, variants: 1 } });
   });
 
   it('labels the variants of the AdamW golden case by the rank of their parameters', () => {

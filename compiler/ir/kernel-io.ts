@@ -111,14 +111,17 @@ export function inPlaceViolations(g: Graph, facts: GraphFacts, kernel: Int32Arra
 function threadIndexed(g: Graph, facts: GraphFacts, kernel: Int32Array, k: number, members: number[], size: number): { here: Set<number>; atThreadIndex: Set<number> } {
   const here = new Set(computedIn(g, kernel, k, members));
   const atThreadIndex = new Set<number>();
-  const walk = (id: number): void => {
-    if (atThreadIndex.has(id) || !here.has(id)) return;
+  // From each value the kernel writes, back through its inputs: an explicit stack, as a kernel may
+  // chain thousands of ops.
+  const stack = [...here].filter((id) => kernel[id] === k && (facts.outputs.has(id) || facts.consumers[id].some((c) => kernel[c] !== k)));
+  while (stack.length) {
+    const id = stack.pop()!;
+    if (atThreadIndex.has(id) || !here.has(id)) continue;
     const n = g.nodes[id];
-    if (!POINTWISE_OR_RESHAPE(n.op) || numel(n.shape) !== size) return;
+    if (!POINTWISE_OR_RESHAPE(n.op) || numel(n.shape) !== size) continue;
     atThreadIndex.add(id);
-    n.inputs.forEach(walk);
-  };
-  for (const id of here) if (kernel[id] === k && (facts.outputs.has(id) || facts.consumers[id].some((c) => kernel[c] !== k))) walk(id);
+    stack.push(...n.inputs);
+  }
   return { here, atThreadIndex };
 }
 
@@ -127,11 +130,20 @@ function threadIndexed(g: Graph, facts: GraphFacts, kernel: Int32Array, k: numbe
  * computes from it are evaluated there (a layout op, a reduction or a gather further on would
  * evaluate it at other indices too).
  */
-function onlyAtThreadIndex(facts: GraphFacts, t: { here: Set<number>; atThreadIndex: Set<number> }, id: number, seen = new Set<number>()): boolean {
-  if (seen.has(id)) return true;
-  seen.add(id);
-  if (!t.atThreadIndex.has(id)) return false;
-  return facts.consumers[id].every((c) => !t.here.has(c) || onlyAtThreadIndex(facts, t, c, seen));
+function onlyAtThreadIndex(facts: GraphFacts, t: { here: Set<number>; atThreadIndex: Set<number> }, id: number): boolean {
+  const seen = new Set([id]);
+  const stack = [id];
+  while (stack.length) {
+    const at = stack.pop()!;
+    if (!t.atThreadIndex.has(at)) return false;
+    for (const c of facts.consumers[at]) {
+      if (t.here.has(c) && !seen.has(c)) {
+        seen.add(c);
+        stack.push(c);
+      }
+    }
+  }
+  return true;
 }
 
 /**
