@@ -850,6 +850,28 @@ describe('fuse-attention: explainAttention’s verdicts, word for word', () => {
     expectRefused(attention({ mask: additive(logMask) }), 'kept-spelling-not-matched', () => 'neither side of the additive mask is a constant computed from iotas and constants');
   });
 
+  it('explains a log-softmax whose log Σ is a constant, with an exponential right after the one graph input', () => {
+    // The constant has no inputs: nothing is summed, whatever node follows the graph input.
+    const text = `
+graph one_input(%x: f32[2,8,4]) {
+  %ex: f32[2,8,4] = exp %x
+  %z: f32[2,8,8] = matmul %x, %x {transB}
+  %half: f32[2,8,8] = const {value=0.5}
+  %s: f32[2,8,8] = mul %z, %half
+  %c: f32[2,8,1] = const {value=1}
+  %lse: f32[2,8,1] = log %c
+  %b: f32[2,8,8] = broadcast %lse
+  %d: f32[2,8,8] = sub %s, %b
+  %p: f32[2,8,8] = exp %d
+  %y: f32[2,8,4] = matmul %p, %x
+  return %y, %ex
+}`;
+    const g = parseGraph(text);
+    const id = (name: string) => g.nodes.find((n) => n.name === name)!.id;
+    expect(id('ex')).toBe(1);
+    expect(explainAttention(g)).toEqual([{ node: id('y'), fused: false, text: `not fused: the log-softmax's %${id('c')} (const) is not a sum of exponentials` }]);
+  });
+
   it('explains scores that multiply a transposed q', () => {
     const inputs: [string, string][] = [['q', 'f32[2,4,8]'], ['k', 'f32[2,8,4]'], ['v', 'f32[2,8,4]']];
     expectRefused(attention({ inputs, scores: (b, t) => b.op(t.scores, 'matmul %q, %k {transA, transB}') }), 'kept-spelling-not-matched', () => 'the scores multiply a transposed q (transA)');
